@@ -1,0 +1,90 @@
+"""verger end to end vs the inference floor and a Python peer, measured in one run on the same images.
+
+usage: .venv/bin/python bench/bench.py [--input DIR] [--threads N] [--batch-size N]
+
+Each contender runs as its own child process; CPU seconds and peak RSS come from that child's rusage, wall
+time from the clock. Prints a table and the ratios the project tracks. Run it on a quiet machine.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+MODEL = os.path.join(SHARED, "models/mobilenet_v2/mobilenet_v2_imagenet.onnx")
+# The original Spark + TensorFlow pipeline cannot run here (no Spark, no TensorFlow); these are the figures
+# the project brief records for it on this machine type, for the last column only.
+ORIGINAL = {"cpu_ms_per_image": 33.5, "images_per_s": 52.0, "peak_rss_mib": 5000.0}
+
+
+def measure(cmd):
+    """Runs cmd in a fresh child and returns wall, CPU and peak RSS of that child alone."""
+    probe = (
+        "import resource, subprocess, sys, time, json\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)\n"
+        "w = time.perf_counter() - t\n"
+        "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps({'rc': p.returncode, 'wall_s': w, 'cpu_s': r.ru_utime + r.ru_stime,"
+        " 'peak_rss_mib': r.ru_maxrss / 1024, 'stdout': p.stdout, 'stderr': p.stderr[-2000:]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, check=True)
+    m = json.loads(out.stdout)
+    if m["rc"] not in (0, 3):
+        sys.exit(f"{cmd[0]} failed ({m['rc']}):\n{m['stderr']}")
+    return m
+
+
+def target_dir():
+    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    return json.loads(meta.stdout)["target_directory"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--input", default=os.path.join(SHARED, "datasets/fruits360/Training"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "verger", "-p", "verger-engine", "--bins",
+                    "--examples"], cwd=ROOT, check=True)
+    release = os.path.join(target_dir(), "release")
+    n = sum(1 for _, _, files in os.walk(args.input) for f in files if f.endswith(".jpg"))
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        floor = measure([os.path.join(release, "examples/inference_floor"), MODEL, args.input, str(n),
+                         str(args.threads), str(args.batch_size)])
+        rows["inference floor"] = floor
+        rows["verger run"] = measure([os.path.join(release, "verger"), "run", "--input", args.input, "--output",
+                                      os.path.join(tmp, "verger"), "--threads", str(args.threads),
+                                      "--batch-size", str(args.batch_size)])
+        rows["python peer"] = measure([sys.executable, os.path.join(ROOT, "bench/python_peer.py"), "--input",
+                                       args.input, "--output", os.path.join(tmp, "peer.parquet"),
+                                       "--threads", str(args.threads)])
+
+    print(f"{n} images from {args.input}, {args.threads} threads, batch {args.batch_size}, {os.cpu_count()} cores\n")
+    print(f"{'':18} {'wall s':>8} {'images/s':>9} {'CPU ms/img':>11} {'peak MiB':>9}")
+    for name, m in rows.items():
+        m["images_per_s"] = n / m["wall_s"]
+        m["cpu_ms_per_image"] = m["cpu_s"] * 1000 / n
+        print(f"{name:18} {m['wall_s']:8.1f} {m['images_per_s']:9.1f} {m['cpu_ms_per_image']:11.2f} {m['peak_rss_mib']:9.0f}")
+    v, f, p = rows["verger run"], rows["inference floor"], rows["python peer"]
+    print()
+    print(f"verger CPU per image / floor:        {v['cpu_ms_per_image'] / f['cpu_ms_per_image']:.3f}  (goal <= 1.10)")
+    print(f"verger throughput / floor:           {v['images_per_s'] / f['images_per_s']:.3f}  (goal >= 0.90)")
+    print(f"verger throughput / python peer:     {v['images_per_s'] / p['images_per_s']:.2f}x (goal >= 1.2)")
+    print(f"python peer CPU per image / verger:  {p['cpu_ms_per_image'] / v['cpu_ms_per_image']:.2f}x")
+    print(f"verger throughput / original*:       {v['images_per_s'] / ORIGINAL['images_per_s']:.2f}x (goal >= 4)")
+    print(f"original* CPU per image / verger:    {ORIGINAL['cpu_ms_per_image'] / v['cpu_ms_per_image']:.2f}x")
+    print("* original Spark + TensorFlow figures as recorded in the project brief, not measured in this run")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+//! `featurize(uri)`: the read → decode → resize → infer stage as a DataFusion scalar function, so the same
+//! plan runs embedded or on a cluster. Each row yields either its features or the stage and reason it failed:
+//! one bad image never fails its batch.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float32Builder, ListBuilder, StringArray, StringBuilder, StructArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::common::{exec_datafusion_err, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+use serde::{Deserialize, Serialize};
+use verger_image::preprocess::scale_into;
+use verger_image::Limits;
+use verger_model::{FeaturizerPool, ModelSpec, FEATURE_DIM, INPUT_LEN};
+
+use crate::source;
+
+/// What every worker needs to featurize: which model, how many images per inference call, which limits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FeaturizeSettings {
+    pub model: ModelSpec,
+    pub batch_size: usize,
+    pub max_pixels: u64,
+}
+
+/// Names of the fields of `featurize`'s struct result.
+pub mod field {
+    pub const FEATURES: &str = "features";
+    pub const ERROR_STAGE: &str = "error_stage";
+    pub const ERROR_MESSAGE: &str = "error_message";
+}
+
+/// Stage names recorded in the errors output.
+pub mod stage {
+    pub const READ: &str = "read";
+    pub const DECODE: &str = "decode";
+    pub const INFER: &str = "infer";
+}
+
+pub fn features_type() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
+}
+
+fn result_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(field::FEATURES, features_type(), true),
+        Field::new(field::ERROR_STAGE, DataType::Utf8, true),
+        Field::new(field::ERROR_MESSAGE, DataType::Utf8, true),
+    ])
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct FeaturizeUdf {
+    signature: Signature,
+    pub settings: FeaturizeSettings,
+}
+
+impl FeaturizeUdf {
+    pub const NAME: &'static str = "featurize";
+
+    pub fn new(settings: FeaturizeSettings) -> Self {
+        FeaturizeUdf {
+            signature: Signature::string(1, Volatility::Volatile),
+            settings,
+        }
+    }
+}
+
+impl ScalarUDFImpl for FeaturizeUdf {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Struct(result_fields()))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let uris = args.args[0].to_array(args.number_rows)?;
+        let uris = cast(&uris, &DataType::Utf8)?;
+        let uris = uris
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| exec_datafusion_err!("featurize expects strings"))?;
+        let outcomes = featurize_uris(uris, &self.settings)?;
+        Ok(ColumnarValue::Array(outcomes_to_array(outcomes)))
+    }
+}
+
+/// A row's result: features, or (stage, message).
+pub type Outcome = std::result::Result<Vec<f32>, (&'static str, String)>;
+
+/// Reads, decodes and resizes each image, then runs the model in batches of `settings.batch_size`.
+fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Vec<Outcome>> {
+    let pool = FeaturizerPool::shared(&settings.model).map_err(|e| exec_datafusion_err!("{e}"))?;
+    let limits = Limits {
+        max_pixels: settings.max_pixels,
+    };
+    let batch_size = settings.batch_size.max(1);
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(uris.len());
+    let mut pending: Vec<usize> = Vec::with_capacity(batch_size);
+    let mut inputs = vec![0f32; batch_size * INPUT_LEN];
+
+    let flush =
+        |pending: &mut Vec<usize>, inputs: &[f32], outcomes: &mut Vec<Outcome>| -> Result<()> {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let mut featurizer = pool.get().map_err(|e| exec_datafusion_err!("{e}"))?;
+            match featurizer.embed(&inputs[..pending.len() * INPUT_LEN]) {
+                Ok(features) => {
+                    for (row, f) in pending.iter().zip(features.chunks_exact(FEATURE_DIM)) {
+                        outcomes[*row] = Ok(f.to_vec());
+                    }
+                }
+                Err(e) => {
+                    for row in pending.iter() {
+                        outcomes[*row] = Err((stage::INFER, e.to_string()));
+                    }
+                }
+            }
+            pending.clear();
+            Ok(())
+        };
+
+    for i in 0..uris.len() {
+        let outcome = if uris.is_null(i) {
+            Err((stage::READ, "missing path".to_string()))
+        } else {
+            source::read(uris.value(i))
+                .map_err(|e| (stage::READ, e))
+                .and_then(|bytes| {
+                    verger_image::load_rgb224(&bytes, &limits)
+                        .map_err(|e| (stage::DECODE, e.to_string()))
+                })
+        };
+        match outcome {
+            Ok(rgb) => {
+                let slot = pending.len();
+                scale_into(&rgb, &mut inputs[slot * INPUT_LEN..(slot + 1) * INPUT_LEN]);
+                pending.push(i);
+                outcomes.push(Ok(Vec::new()));
+                if pending.len() == batch_size {
+                    flush(&mut pending, &inputs, &mut outcomes)?;
+                }
+            }
+            Err(failure) => outcomes.push(Err(failure)),
+        }
+    }
+    flush(&mut pending, &inputs, &mut outcomes)?;
+    Ok(outcomes)
+}
+
+fn outcomes_to_array(outcomes: Vec<Outcome>) -> ArrayRef {
+    let n = outcomes.len();
+    let mut features =
+        ListBuilder::with_capacity(Float32Builder::with_capacity(n * FEATURE_DIM), n)
+            .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
+    let mut stages = StringBuilder::new();
+    let mut messages = StringBuilder::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(f) => {
+                features.values().append_slice(&f);
+                features.append(true);
+                stages.append_null();
+                messages.append_null();
+            }
+            Err((stage, message)) => {
+                features.append_null();
+                stages.append_value(stage);
+                messages.append_value(message);
+            }
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(features.finish()),
+        Arc::new(stages.finish()),
+        Arc::new(messages.finish()),
+    ];
+    Arc::new(StructArray::new(result_fields(), columns, None))
+}
+
+/// Features of individual files, outside any job: `(uri, features or failure)` in input order.
+pub fn featurize_files(
+    uris: &[String],
+    settings: &FeaturizeSettings,
+) -> Result<Vec<(String, Outcome)>> {
+    let array = StringArray::from_iter_values(uris.iter());
+    let outcomes = featurize_uris(&array, settings)?;
+    Ok(uris.iter().cloned().zip(outcomes).collect())
+}

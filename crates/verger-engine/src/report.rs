@@ -1,0 +1,126 @@
+//! The run report: what ran, how long each stage took, what it cost, in a JSON a person can read.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Process CPU time and peak memory, from `getrusage`.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub cpu_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl Usage {
+    pub fn now() -> Usage {
+        // SAFETY: getrusage fills the zeroed struct we own.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Usage {
+            cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        }
+    }
+}
+
+/// Wall and CPU seconds of one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub wall_s: f64,
+    pub cpu_s: f64,
+}
+
+/// Times stages one after another.
+pub struct Stopwatch {
+    started: Instant,
+    started_cpu: f64,
+    pub stages: Vec<StageTiming>,
+}
+
+impl Stopwatch {
+    pub fn start() -> Self {
+        Stopwatch {
+            started: Instant::now(),
+            started_cpu: Usage::now().cpu_s,
+            stages: Vec::new(),
+        }
+    }
+
+    /// Runs `f` as stage `name`, recording its wall and CPU time.
+    pub async fn stage<T>(&mut self, name: &str, f: impl std::future::Future<Output = T>) -> T {
+        let span = tracing::info_span!("stage", name);
+        let _entered = span.enter();
+        let (wall, cpu) = (Instant::now(), Usage::now().cpu_s);
+        let out = f.await;
+        let timing = StageTiming {
+            stage: name.to_string(),
+            wall_s: wall.elapsed().as_secs_f64(),
+            cpu_s: Usage::now().cpu_s - cpu,
+        };
+        tracing::info!(
+            stage = name,
+            wall_s = timing.wall_s,
+            cpu_s = timing.cpu_s,
+            "stage done"
+        );
+        self.stages.push(timing);
+        out
+    }
+
+    pub fn total_wall_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    pub fn total_cpu_s(&self) -> f64 {
+        Usage::now().cpu_s - self.started_cpu
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Counts {
+    pub listed: u64,
+    pub featurized: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PcaSummary {
+    pub k: usize,
+    pub explained_variance: f64,
+    pub explained_variance_ratio: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cost {
+    pub price_per_hour_usd: f64,
+    pub basis: String,
+    pub estimated_usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Versions {
+    pub verger: String,
+    pub datafusion: String,
+    pub onnxruntime_library: String,
+    pub model_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub counts: Counts,
+    pub stages: Vec<StageTiming>,
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    pub images_per_s: f64,
+    pub cpu_ms_per_image: f64,
+    pub peak_rss_mib: f64,
+    pub pca: PcaSummary,
+    pub cost: Cost,
+    pub versions: Versions,
+    pub config: serde_json::Value,
+}

@@ -1,0 +1,140 @@
+//! JPEG through libjpeg-turbo's TurboJPEG API, with Pillow's defaults (accurate integer IDCT, fancy
+//! upsampling). libjpeg warnings are not errors for Pillow, except running out of data: Pillow then
+//! raises "image file is truncated" where libjpeg would pad the image with grey.
+
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+use turbojpeg::raw;
+
+use super::Limits;
+use crate::error::ImageError;
+use crate::pixels::{Mode, Pixels};
+
+/// libjpeg's JWRN_JPEG_EOF: the data ended before the image did.
+const PREMATURE_END: &str = "Premature end of JPEG file";
+
+/// A TurboJPEG decompressor handle, reusable across images on one thread.
+pub struct JpegDecoder {
+    handle: raw::tjhandle,
+}
+
+// The handle is owned exclusively and only used through `&mut self`.
+unsafe impl Send for JpegDecoder {}
+
+impl Drop for JpegDecoder {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from tj3Init and is destroyed once.
+        unsafe { raw::tj3Destroy(self.handle) };
+    }
+}
+
+impl JpegDecoder {
+    pub fn new() -> Result<Self, ImageError> {
+        // SAFETY: plain constructor; a null return is checked.
+        let handle = unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as libc_int) };
+        if handle.is_null() {
+            return Err(ImageError::Jpeg("cannot initialise libjpeg-turbo".into()));
+        }
+        Ok(JpegDecoder { handle })
+    }
+
+    /// Runs `f` with this thread's decoder, created on first use.
+    pub fn with_thread_local<T>(
+        f: impl FnOnce(&mut JpegDecoder) -> Result<T, ImageError>,
+    ) -> Result<T, ImageError> {
+        thread_local! {
+            static DECODER: RefCell<Option<JpegDecoder>> = const { RefCell::new(None) };
+        }
+        DECODER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(JpegDecoder::new()?);
+            }
+            f(slot.as_mut().expect("decoder was just created"))
+        })
+    }
+
+    fn message(&self) -> String {
+        // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle.
+        unsafe { CStr::from_ptr(raw::tj3GetErrorStr(self.handle)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn get(&self, param: raw::TJPARAM) -> libc_int {
+        // SAFETY: reading a parameter of a valid handle.
+        unsafe { raw::tj3Get(self.handle, param as libc_int) }
+    }
+
+    /// Decodes into "L", "RGB" or "CMYK" as Pillow's JPEG plugin would.
+    pub fn decode(&mut self, bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
+        // SAFETY: the pointer and length describe `bytes`, which outlives the call.
+        let status =
+            unsafe { raw::tj3DecompressHeader(self.handle, bytes.as_ptr(), bytes.len() as _) };
+        if status != 0 {
+            return Err(self.failure());
+        }
+        let width = self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH);
+        let height = self.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT);
+        let (width, height) = match (usize::try_from(width), usize::try_from(height)) {
+            (Ok(w), Ok(h)) => (w, h),
+            _ => return Err(ImageError::Jpeg(format!("invalid size {width}x{height}"))),
+        };
+        limits.check(width, height)?;
+        if self.get(raw::TJPARAM_TJPARAM_PRECISION) != 8 {
+            return Err(ImageError::Unsupported(
+                "JPEG sample precision other than 8 bits".into(),
+            ));
+        }
+        let colorspace = self.get(raw::TJPARAM_TJPARAM_COLORSPACE) as u32;
+        let (mode, format) = match colorspace {
+            raw::TJCS_TJCS_GRAY => (Mode::L, raw::TJPF_TJPF_GRAY),
+            raw::TJCS_TJCS_RGB | raw::TJCS_TJCS_YCbCr => (Mode::Rgb, raw::TJPF_TJPF_RGB),
+            raw::TJCS_TJCS_CMYK | raw::TJCS_TJCS_YCCK => (Mode::Cmyk, raw::TJPF_TJPF_CMYK),
+            other => {
+                return Err(ImageError::Unsupported(format!(
+                    "JPEG colour space {other}"
+                )))
+            }
+        };
+        let channels = mode.bytes_per_pixel();
+        let mut data = vec![0u8; width * height * channels];
+        // SAFETY: `data` holds exactly height rows of width * channels bytes, the pitch we pass.
+        let status = unsafe {
+            raw::tj3Decompress8(
+                self.handle,
+                bytes.as_ptr(),
+                bytes.len() as _,
+                data.as_mut_ptr(),
+                (width * channels) as libc_int,
+                format as libc_int,
+            )
+        };
+        if status != 0 {
+            // SAFETY: reading the error code of a valid handle.
+            let is_warning = unsafe { raw::tj3GetErrorCode(self.handle) }
+                == raw::TJERR_TJERR_WARNING as libc_int;
+            if !is_warning || self.message().contains(PREMATURE_END) {
+                return Err(self.failure());
+            }
+        }
+        if mode == Mode::Cmyk {
+            // Pillow reads every CMYK JPEG with rawmode "CMYK;I" (Adobe's inverted convention).
+            data.iter_mut().for_each(|v| *v = 255 - *v);
+        }
+        Ok(Pixels::new(mode, width, height, data))
+    }
+
+    fn failure(&self) -> ImageError {
+        let message = self.message();
+        if message.contains(PREMATURE_END) {
+            ImageError::Truncated
+        } else {
+            ImageError::Jpeg(message)
+        }
+    }
+}
+
+#[allow(non_camel_case_types)]
+type libc_int = std::os::raw::c_int;

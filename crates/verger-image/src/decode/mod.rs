@@ -1,0 +1,71 @@
+//! Decoding into the mode Pillow's `Image.open` would give, refusing oversized images before allocating.
+
+mod jpeg;
+mod png;
+
+use crate::error::ImageError;
+use crate::pixels::Pixels;
+
+pub use self::jpeg::JpegDecoder;
+
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: `1024 * 1024 * 1024 // 4 // 3`.
+pub const PILLOW_MAX_IMAGE_PIXELS: u64 = 1024 * 1024 * 1024 / 4 / 3;
+
+/// Guards applied before any pixel buffer is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Images with more pixels than this are refused. The default is Pillow's: it raises
+    /// `DecompressionBombError` above twice `MAX_IMAGE_PIXELS` (and only warns below).
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pixels: 2 * PILLOW_MAX_IMAGE_PIXELS,
+        }
+    }
+}
+
+impl Limits {
+    fn check(&self, width: usize, height: usize) -> Result<(), ImageError> {
+        let pixels = width as u64 * height as u64;
+        if pixels > self.max_pixels {
+            return Err(ImageError::TooLarge {
+                width: width as u64,
+                height: height as u64,
+                pixels,
+                limit: self.max_pixels,
+            });
+        }
+        if pixels == 0 {
+            return Err(ImageError::Unsupported(format!(
+                "image has no pixels ({width}x{height})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a JPEG or PNG, chosen by its signature as Pillow does (the file name does not matter).
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
+    JpegDecoder::with_thread_local(|jpeg| decode_with(jpeg, bytes, limits))
+}
+
+/// [`decode`] with a caller-held JPEG decoder, to reuse its state across many images.
+pub fn decode_with(
+    jpeg: &mut JpegDecoder,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<Pixels, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        jpeg.decode(bytes, limits)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        png::decode(bytes, limits)
+    } else {
+        Err(ImageError::UnknownFormat)
+    }
+}

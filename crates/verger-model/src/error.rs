@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(
+        "ONNX Runtime library not found (looked in: {searched}).\n\
+         Install it with `scripts/setup` (it puts onnxruntime==1.32.0 into .venv), or point \
+         VERGER_ORT_LIB at libonnxruntime.so, e.g. after `pip install onnxruntime==1.32.0`."
+    )]
+    RuntimeNotFound { searched: String },
+    #[error("cannot load ONNX Runtime from {path}: {message}")]
+    RuntimeLoad { path: PathBuf, message: String },
+    #[error("cannot read model {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model {path} has sha256 {actual}, expected {expected}; refusing to use it")]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+    #[error("input holds {len} floats, not a whole number of 224x224x3 images")]
+    InputShape { len: usize },
+}
+
+impl<T> From<ort::Error<T>> for ModelError {
+    fn from(e: ort::Error<T>) -> Self {
+        ModelError::Ort(e.to_string())
+    }
+}

@@ -1,0 +1,26 @@
+//! MobileNetV2 features with ONNX Runtime.
+//!
+//! The original pipeline broadcast the Keras weights once to every Spark worker. Here the model file is read
+//! and verified (sha256) once per process ([`VerifiedModel`]), and each worker thread runs its own ONNX Runtime
+//! session with one intra-op thread and spinning off ([`Featurizer`]): on a busy machine parallelism across
+//! images costs less CPU than parallelism inside one image. The runtime library is loaded dynamically from the
+//! `onnxruntime` Python wheel the setup step installs ([`runtime`]).
+//!
+//! Scope: float32 NHWC batches in, 1280-d features out. No image decoding, no files other than the model.
+
+mod error;
+mod featurizer;
+mod model;
+pub mod runtime;
+
+pub use error::ModelError;
+pub use featurizer::{Featurizer, FeaturizerPool, PooledFeaturizer};
+pub use model::{ModelSpec, VerifiedModel};
+
+/// Length of one feature vector (MobileNetV2's global-average-pool layer).
+pub const FEATURE_DIM: usize = 1280;
+/// Floats in one preprocessed 224x224 RGB image.
+pub const INPUT_LEN: usize = 224 * 224 * 3;
+/// sha256 of `shared/models/mobilenet_v2/mobilenet_v2_imagenet.onnx`, the model the original pipeline used.
+pub const MOBILENET_V2_SHA256: &str =
+    "ac4f27c791d79080e9a239ae4dba42be64f588a703769b0dd8504663e0d7bcaf";

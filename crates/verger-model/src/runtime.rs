@@ -1,0 +1,112 @@
+//! Finding and loading the ONNX Runtime shared library (`ort` with `load-dynamic`).
+//!
+//! Search order: `VERGER_ORT_LIB`, `ORT_DYLIB_PATH`, the executable's folder (for deployments that ship the
+//! library beside the binary), the active Python virtual environment, then this checkout's `.venv`, which
+//! `scripts/setup` fills. The first hit is loaded once per process.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+
+use crate::error::ModelError;
+
+const LIBRARY_PREFIX: &str = "libonnxruntime.so";
+
+/// The loaded library and its ONNX Runtime environment, once per process.
+struct Loaded {
+    path: PathBuf,
+    environment: Environment,
+}
+
+fn loaded() -> Result<&'static Loaded, ModelError> {
+    static LOADED: OnceLock<Result<Loaded, String>> = OnceLock::new();
+    let outcome = LOADED.get_or_init(|| {
+        let path = locate().map_err(|e| e.to_string())?;
+        let load_error = |message: String| {
+            ModelError::RuntimeLoad {
+                path: path.clone(),
+                message,
+            }
+            .to_string()
+        };
+        let environment = ort::init_from(&path)
+            .map_err(|e| load_error(e.to_string()))?
+            .with_name("verger")
+            .build()
+            .map_err(|e| load_error(e.to_string()))?;
+        Ok(Loaded { path, environment })
+    });
+    outcome
+        .as_ref()
+        .map_err(|message| ModelError::Ort(message.clone()))
+}
+
+/// Loads ONNX Runtime (once per process) and returns the library's path.
+pub fn ensure_loaded() -> Result<&'static Path, ModelError> {
+    Ok(loaded()?.path.as_path())
+}
+
+/// The process's ONNX Runtime environment, loading the library on first use.
+pub fn environment() -> Result<&'static Environment, ModelError> {
+    Ok(&loaded()?.environment)
+}
+
+/// The library file that [`ensure_loaded`] would load.
+pub fn locate() -> Result<PathBuf, ModelError> {
+    let mut searched = Vec::new();
+    for var in ["VERGER_ORT_LIB", "ORT_DYLIB_PATH"] {
+        if let Some(path) = std::env::var_os(var).map(PathBuf::from) {
+            if path.is_file() {
+                return Ok(path);
+            }
+            searched.push(format!("${var}={}", path.display()));
+        }
+    }
+    let mut folders = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        folders.push(dir);
+    }
+    let mut venvs: Vec<PathBuf> = std::env::var_os("VIRTUAL_ENV")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    venvs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
+    for venv in venvs {
+        for lib in ["lib", "lib64"] {
+            let Ok(entries) = std::fs::read_dir(venv.join(lib)) else {
+                continue;
+            };
+            for python in entries.flatten() {
+                folders.push(python.path().join("site-packages/onnxruntime/capi"));
+            }
+        }
+    }
+    for folder in folders {
+        if let Some(found) = library_in(&folder) {
+            return Ok(found);
+        }
+        searched.push(folder.display().to_string());
+    }
+    Err(ModelError::RuntimeNotFound {
+        searched: searched.join(", "),
+    })
+}
+
+fn library_in(folder: &Path) -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(folder)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(LIBRARY_PREFIX))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop()
+}

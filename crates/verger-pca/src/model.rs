@@ -1,0 +1,203 @@
+use faer::Side;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::stats::PcaStats;
+
+#[derive(Debug, Error, PartialEq)]
+pub enum PcaError {
+    #[error("PCA needs at least 2 vectors, got {0}")]
+    TooFewRows(u64),
+    #[error("k = {k} is out of range 1..={dim}")]
+    BadK { k: usize, dim: usize },
+    #[error("variance fraction {0} is out of range (0, 1]")]
+    BadFraction(f64),
+    #[error("eigendecomposition did not converge")]
+    NoConvergence,
+}
+
+/// How many components to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Components {
+    /// Exactly this many.
+    Count(usize),
+    /// The fewest whose cumulative explained-variance ratio reaches this fraction.
+    VarianceFraction(f64),
+}
+
+/// A fitted PCA, saved as JSON beside the results and readable from any language.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PcaModel {
+    pub dim: usize,
+    pub k: usize,
+    pub count: u64,
+    /// Whether [`PcaModel::project`] subtracts `mean` first (Spark does not).
+    pub center: bool,
+    pub mean: Vec<f64>,
+    /// `k` rows of `dim` values: the principal axes, largest variance first.
+    pub components: Vec<Vec<f64>>,
+    /// All `dim` eigenvalues of the covariance, descending.
+    pub eigenvalues: Vec<f64>,
+    /// All `dim` eigenvalues over their sum.
+    pub explained_variance_ratio: Vec<f64>,
+}
+
+/// Fits PCA from merged statistics.
+pub fn fit(stats: &PcaStats, components: Components, center: bool) -> Result<PcaModel, PcaError> {
+    let dim = stats.dim();
+    if stats.count() < 2 {
+        return Err(PcaError::TooFewRows(stats.count()));
+    }
+    let eigen = stats
+        .covariance()
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|_| PcaError::NoConvergence)?;
+    let values = eigen.S().column_vector();
+    let vectors = eigen.U();
+    // faer sorts ascending; PCA wants descending.
+    let order: Vec<usize> = (0..dim).rev().collect();
+    let eigenvalues: Vec<f64> = order.iter().map(|&i| values[i]).collect();
+    let total: f64 = eigenvalues.iter().sum();
+    let explained_variance_ratio: Vec<f64> = eigenvalues.iter().map(|v| v / total).collect();
+
+    let k = match components {
+        Components::Count(k) if (1..=dim).contains(&k) => k,
+        Components::Count(k) => return Err(PcaError::BadK { k, dim }),
+        Components::VarianceFraction(f) if f > 0.0 && f <= 1.0 => {
+            let mut cumulative = 0.0;
+            explained_variance_ratio
+                .iter()
+                .position(|r| {
+                    cumulative += r;
+                    cumulative >= f - 1e-12
+                })
+                .map_or(dim, |i| i + 1)
+        }
+        Components::VarianceFraction(f) => return Err(PcaError::BadFraction(f)),
+    };
+    let components = order[..k]
+        .iter()
+        .map(|&c| {
+            let mut axis: Vec<f64> = (0..dim).map(|i| vectors[(i, c)]).collect();
+            // Eigenvector signs are arbitrary; fix them so that reruns agree: largest entry positive.
+            let largest = axis
+                .iter()
+                .copied()
+                .fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
+            if largest < 0.0 {
+                axis.iter_mut().for_each(|v| *v = -*v);
+            }
+            axis
+        })
+        .collect();
+    Ok(PcaModel {
+        dim,
+        k,
+        count: stats.count(),
+        center,
+        mean: stats.mean().to_vec(),
+        components,
+        eigenvalues,
+        explained_variance_ratio,
+    })
+}
+
+impl PcaModel {
+    /// Projects one vector onto the `k` components.
+    pub fn project(&self, row: &[f32]) -> Vec<f64> {
+        assert_eq!(
+            row.len(),
+            self.dim,
+            "vector length differs from the model's"
+        );
+        let x: Vec<f64> = if self.center {
+            row.iter()
+                .zip(&self.mean)
+                .map(|(&v, m)| f64::from(v) - m)
+                .collect()
+        } else {
+            row.iter().map(|&v| f64::from(v)).collect()
+        };
+        self.components
+            .iter()
+            .map(|axis| axis.iter().zip(&x).map(|(a, v)| a * v).sum())
+            .collect()
+    }
+
+    /// Sum of the kept components' explained-variance ratios.
+    pub fn explained_variance(&self) -> f64 {
+        self.explained_variance_ratio[..self.k].iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Points on a line y = 2x with small noise: one dominant component along (1, 2)/√5.
+    fn line() -> PcaStats {
+        let mut rows = Vec::new();
+        for i in 0..50 {
+            let x = i as f32 / 10.0;
+            let noise = if i % 2 == 0 { 0.01 } else { -0.01 };
+            rows.extend([x, 2.0 * x + noise]);
+        }
+        let mut s = PcaStats::new(2);
+        s.add_rows(&rows);
+        s
+    }
+
+    #[test]
+    fn finds_the_dominant_axis() {
+        let model = fit(&line(), Components::Count(1), false).unwrap();
+        let axis = &model.components[0];
+        let expected = [1.0 / 5f64.sqrt(), 2.0 / 5f64.sqrt()];
+        assert!(
+            (axis[0] - expected[0]).abs() < 1e-4 && (axis[1] - expected[1]).abs() < 1e-4,
+            "{axis:?}"
+        );
+        assert!(model.explained_variance_ratio[0] > 0.999);
+        assert!((model.explained_variance_ratio.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn projection_is_uncentred_unless_asked() {
+        let stats = line();
+        let spark = fit(&stats, Components::Count(1), false).unwrap();
+        let centred = fit(&stats, Components::Count(1), true).unwrap();
+        let p = spark.project(&[1.0, 2.0]);
+        assert!((p[0] - 5f64.sqrt()).abs() < 1e-3);
+        let mean_projection: f64 = spark.components[0]
+            .iter()
+            .zip(&spark.mean)
+            .map(|(a, m)| a * m)
+            .sum();
+        assert!((centred.project(&[1.0, 2.0])[0] - (p[0] - mean_projection)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn k_by_variance_fraction() {
+        let stats = line();
+        assert_eq!(
+            fit(&stats, Components::VarianceFraction(0.5), false)
+                .unwrap()
+                .k,
+            1
+        );
+        assert_eq!(
+            fit(&stats, Components::VarianceFraction(1.0), false)
+                .unwrap()
+                .k,
+            2
+        );
+        assert_eq!(
+            fit(&stats, Components::Count(3), false),
+            Err(PcaError::BadK { k: 3, dim: 2 })
+        );
+        assert_eq!(
+            fit(&PcaStats::new(2), Components::Count(1), false),
+            Err(PcaError::TooFewRows(0))
+        );
+    }
+}

@@ -1,0 +1,227 @@
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, Par};
+
+/// Count, mean and centred co-moment matrix (Σ (x − mean)(x − mean)ᵀ) of a set of `dim`-vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PcaStats {
+    dim: usize,
+    count: u64,
+    mean: Vec<f64>,
+    /// Full `dim × dim` co-moment matrix; only the upper triangle travels in [`PcaStats::to_bytes`].
+    comoment: Mat<f64>,
+}
+
+impl PcaStats {
+    pub fn new(dim: usize) -> Self {
+        PcaStats {
+            dim,
+            count: 0,
+            mean: vec![0.0; dim],
+            comoment: Mat::zeros(dim, dim),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn mean(&self) -> &[f64] {
+        &self.mean
+    }
+
+    /// Adds `rows.len() / dim` row-major vectors.
+    pub fn add_rows(&mut self, rows: &[f32]) {
+        assert_eq!(
+            rows.len() % self.dim,
+            0,
+            "rows must hold whole vectors of length {}",
+            self.dim
+        );
+        let n = rows.len() / self.dim;
+        if n == 0 {
+            return;
+        }
+        let mut mean = vec![0.0f64; self.dim];
+        for row in rows.chunks_exact(self.dim) {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += f64::from(v);
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f64);
+        let centred = Mat::from_fn(n, self.dim, |i, j| {
+            f64::from(rows[i * self.dim + j]) - mean[j]
+        });
+        let mut comoment = Mat::zeros(self.dim, self.dim);
+        matmul(
+            &mut comoment,
+            Accum::Replace,
+            centred.transpose(),
+            &centred,
+            1.0,
+            Par::Seq,
+        );
+        self.merge(&PcaStats {
+            dim: self.dim,
+            count: n as u64,
+            mean,
+            comoment,
+        });
+    }
+
+    /// Combines two summaries as if their rows had been added to one.
+    pub fn merge(&mut self, other: &PcaStats) {
+        assert_eq!(
+            self.dim, other.dim,
+            "cannot merge statistics of different dimensions"
+        );
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = other.clone();
+            return;
+        }
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        let delta: Vec<f64> = other
+            .mean
+            .iter()
+            .zip(&self.mean)
+            .map(|(b, a)| b - a)
+            .collect();
+        let weight = na * nb / n;
+        for j in 0..self.dim {
+            for i in 0..self.dim {
+                self.comoment[(i, j)] += other.comoment[(i, j)] + delta[i] * delta[j] * weight;
+            }
+        }
+        for (m, d) in self.mean.iter_mut().zip(&delta) {
+            *m += d * nb / n;
+        }
+        self.count += other.count;
+    }
+
+    /// Sample covariance, divided by count − 1 (Spark's convention).
+    pub fn covariance(&self) -> Mat<f64> {
+        let denominator = (self.count.max(2) - 1) as f64;
+        Mat::from_fn(self.dim, self.dim, |i, j| {
+            self.comoment[(i, j)] / denominator
+        })
+    }
+
+    /// Compact little-endian encoding: dim, count, mean, then the co-moment's upper triangle row by row.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let triangle = self.dim * (self.dim + 1) / 2;
+        let mut out = Vec::with_capacity(16 + 8 * (self.dim + triangle));
+        out.extend((self.dim as u64).to_le_bytes());
+        out.extend(self.count.to_le_bytes());
+        self.mean.iter().for_each(|v| out.extend(v.to_le_bytes()));
+        for i in 0..self.dim {
+            for j in i..self.dim {
+                out.extend(self.comoment[(i, j)].to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Inverse of [`PcaStats::to_bytes`]; `None` when the bytes are not such an encoding.
+    pub fn from_bytes(bytes: &[u8]) -> Option<PcaStats> {
+        let mut words = bytes
+            .chunks_exact(8)
+            .map(|w| <[u8; 8]>::try_from(w).expect("chunks of 8"));
+        if bytes.len() % 8 != 0 {
+            return None;
+        }
+        let dim = usize::try_from(u64::from_le_bytes(words.next()?)).ok()?;
+        let count = u64::from_le_bytes(words.next()?);
+        if bytes.len() != 16 + 8 * (dim + dim * (dim + 1) / 2) {
+            return None;
+        }
+        let mut values = words.map(f64::from_le_bytes);
+        let mean: Vec<f64> = values.by_ref().take(dim).collect();
+        let mut comoment = Mat::zeros(dim, dim);
+        for i in 0..dim {
+            for j in i..dim {
+                let v = values.next()?;
+                comoment[(i, j)] = v;
+                comoment[(j, i)] = v;
+            }
+        }
+        Some(PcaStats {
+            dim,
+            count,
+            mean,
+            comoment,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn close(a: &PcaStats, b: &PcaStats) -> bool {
+        let scale = 1.0 + b.covariance().norm_max();
+        a.count == b.count
+            && a.mean
+                .iter()
+                .zip(&b.mean)
+                .all(|(x, y)| (x - y).abs() <= 1e-12 * scale)
+            && (a.covariance() - b.covariance()).norm_max() <= 1e-10 * scale
+    }
+
+    proptest! {
+        /// Statistics merged from any split into partitions equal the single-partition result.
+        #[test]
+        fn merging_partitions_equals_one_pass(
+            rows in proptest::collection::vec(proptest::collection::vec(-6.0f32..6.0, 5), 2..60),
+            cuts in proptest::collection::vec(0usize..60, 0..6),
+        ) {
+            let flat: Vec<f32> = rows.concat();
+            let mut whole = PcaStats::new(5);
+            whole.add_rows(&flat);
+
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c % rows.len()).collect();
+            bounds.extend([0, rows.len()]);
+            bounds.sort_unstable();
+            let mut merged = PcaStats::new(5);
+            for w in bounds.windows(2) {
+                let mut part = PcaStats::new(5);
+                part.add_rows(&flat[w[0] * 5..w[1] * 5]);
+                let restored = PcaStats::from_bytes(&part.to_bytes()).expect("round trip");
+                merged.merge(&restored);
+            }
+            prop_assert!(close(&merged, &whole));
+        }
+    }
+
+    #[test]
+    fn covariance_matches_the_textbook_formula() {
+        let rows = [1.0f32, 2.0, 3.0, 5.0, 2.0, 0.5, 4.0, 4.0];
+        let mut s = PcaStats::new(2);
+        s.add_rows(&rows);
+        let c = s.covariance();
+        let xs = [1.0, 3.0, 2.0, 4.0];
+        let ys = [2.0, 5.0, 0.5, 4.0];
+        let (mx, my) = (2.5, 2.875);
+        let cxy: f64 = xs
+            .iter()
+            .zip(&ys)
+            .map(|(x, y)| (x - mx) * (y - my))
+            .sum::<f64>()
+            / 3.0;
+        assert!((c[(0, 1)] - cxy).abs() < 1e-12);
+        assert!((s.mean()[1] - my).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rejects_foreign_bytes() {
+        assert!(PcaStats::from_bytes(b"not statistics").is_none());
+        assert!(PcaStats::from_bytes(&[]).is_none());
+    }
+}

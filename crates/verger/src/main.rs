@@ -1,0 +1,267 @@
+//! The `verger` command: thin wiring of the crates below it. See `verger --help`.
+
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use verger_engine::{run_job, FeaturizeSettings, JobConfig};
+use verger_image::{Limits, MODEL_SIDE};
+use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
+use verger_pca::Components;
+
+const EXIT_STATUSES: &str =
+    "Exit status: 0 = every image processed; 1 = the run failed (nothing committed); \
+2 = bad command line; 3 = completed, but some inputs could not be processed (see OUTPUT/errors/).";
+
+#[derive(Parser)]
+#[command(name = "verger", version, about = "Turn large collections of images into compact feature vectors.", after_help = EXIT_STATUSES)]
+struct Cli {
+    /// More log output (repeat for more); logs go to stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List, featurize (MobileNetV2), reduce (PCA) and write Parquet: the whole job.
+    #[command(after_help = EXIT_STATUSES)]
+    Run(RunArgs),
+    /// Write the exact 224x224 RGB pixels the model sees, as DIR/<file stem>.png.
+    Preprocess {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the 1280-d features of a few images to one Parquet file (columns path, features).
+    Embed {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// The ONNX model. Default: $VERGER_MODEL, else the shared MobileNetV2 beside this checkout.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Expected sha256 of the model file; a mismatch stops the run before any image is read.
+    #[arg(long, default_value = MOBILENET_V2_SHA256)]
+    model_sha256: String,
+    /// Images per inference call.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Refuse images with more pixels than this, before decoding (default: Pillow's decompression-bomb limit).
+    #[arg(long, default_value_t = Limits::default().max_pixels)]
+    max_pixels: u64,
+}
+
+impl ModelArgs {
+    fn settings(&self) -> Result<FeaturizeSettings> {
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => {
+                default_model().context("no model given: pass --model PATH or set VERGER_MODEL")?
+            }
+        };
+        Ok(FeaturizeSettings {
+            model: ModelSpec {
+                path: std::path::absolute(&path)?,
+                sha256: self.model_sha256.clone(),
+            },
+            batch_size: self.batch_size,
+            max_pixels: self.max_pixels,
+        })
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Folder of images, searched recursively; each image's label is its parent folder's name.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder: result/, errors/, pca/, manifest/, report.json, _SUCCESS.
+    #[arg(long)]
+    output: PathBuf,
+    /// File-name pattern to include (repeatable). Default: *.jpg
+    #[arg(long = "glob")]
+    globs: Vec<String>,
+    /// Number of principal components to keep.
+    #[arg(long, conflicts_with = "variance")]
+    k: Option<usize>,
+    /// Keep the fewest components whose cumulative explained variance reaches this fraction (0 < F <= 1).
+    #[arg(long)]
+    variance: Option<f64>,
+    /// Project centred vectors (x - mean); the default projects raw vectors, as Spark ML does.
+    #[arg(long)]
+    center: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Images per partition (the unit of parallel work and of output files).
+    #[arg(long, default_value_t = 256)]
+    partition_rows: usize,
+    /// Replace the output folder if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    /// Hourly price of the machine in USD, for the report's cost estimate (default: an m5.xlarge on demand
+    /// in eu-west-1, the original EMR node type).
+    #[arg(long, default_value_t = 0.214)]
+    price_per_hour: f64,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// `$VERGER_MODEL`, else `shared/models/...` beside the checkout this binary was built from.
+fn default_model() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VERGER_MODEL") {
+        return Some(PathBuf::from(p));
+    }
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/models/mobilenet_v2/mobilenet_v2_imagenet.onnx");
+    shared.is_file().then_some(shared)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run(args) => run(args),
+        Command::Preprocess { images, out } => preprocess(&images, &out),
+        Command::Embed { images, out, model } => {
+            let files: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+            let failures = verger_engine::embed::embed_files(&files, &model.settings()?, &out)?;
+            for f in &failures {
+                eprintln!("{}: {} failed: {}", f.uri, f.stage, f.message);
+            }
+            println!(
+                "wrote {} rows to {}",
+                images.len() - failures.len(),
+                out.display()
+            );
+            Ok(if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+    }
+}
+
+fn preprocess(images: &[PathBuf], out: &Path) -> Result<ExitCode> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut failed = 0;
+    for image in images {
+        let written = (|| -> Result<PathBuf> {
+            let bytes = std::fs::read(image)?;
+            let rgb = verger_image::load_rgb224(&bytes, &Limits::default())?;
+            let stem = image.file_stem().context("image path has no file name")?;
+            let target = out.join(stem).with_extension("png");
+            std::fs::write(
+                &target,
+                verger_image::encode_png(&rgb, MODEL_SIDE, MODEL_SIDE)?,
+            )?;
+            Ok(target)
+        })();
+        match written {
+            Ok(target) => println!("{} -> {}", image.display(), target.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {e:#}", image.display());
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let components = match (args.k, args.variance) {
+        (_, Some(f)) => Components::VarianceFraction(f),
+        (k, None) => Components::Count(k.unwrap_or(50)),
+    };
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let config = JobConfig {
+        input: args.input.clone(),
+        output: args.output.clone(),
+        globs: if args.globs.is_empty() {
+            vec![verger_listing::DEFAULT_GLOB.to_string()]
+        } else {
+            args.globs.clone()
+        },
+        components,
+        center: args.center,
+        threads,
+        partition_rows: args.partition_rows,
+        overwrite: args.overwrite,
+        featurize: args.model.settings()?,
+        price_per_hour_usd: args.price_per_hour,
+    };
+    // Fail before listing when the runtime or the model is unusable.
+    verger_model::runtime::ensure_loaded()?;
+    verger_model::VerifiedModel::load(&config.featurize.model)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    let progress = Arc::new(progress::CliProgress::new());
+    let outcome = runtime.block_on(run_job(&config, progress))?;
+    let r = &outcome.report;
+    println!(
+        "{} images -> {} ({} failed); PCA k = {}, explained variance {:.4}; {:.1} s, {:.1} images/s, {:.2} ms CPU/image, peak {:.0} MiB, ~${:.4}",
+        r.counts.featurized,
+        config.output.join("result").display(),
+        r.counts.failed,
+        r.pca.k,
+        r.pca.explained_variance,
+        r.wall_s,
+        r.images_per_s,
+        r.cpu_ms_per_image,
+        r.peak_rss_mib,
+        r.cost.estimated_usd,
+    );
+    Ok(if r.counts.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
