@@ -24,7 +24,7 @@ from PIL import Image
 
 assert PIL.__version__ == "13.0.0", f"need Pillow 13.0.0, found {PIL.__version__}"
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ""}
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 HEADER = "# pillow 13.0.0; columns: path status mode width height sha256|error"
 
 
@@ -33,7 +33,7 @@ def clean(text):
 
 
 def candidate_files(root):
-    """Image-like files under root (plus extensionless ones), sorted by relative path."""
+    """Image files under root, sorted by relative path."""
     found = []
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
@@ -43,22 +43,23 @@ def candidate_files(root):
     return sorted(found)
 
 
-def fixture_row(path):
+def fixture_row(root, rel):
     """(status, mode, width, height, sha256|error); mode and size are Pillow's before resize."""
+    path = os.path.join(root, rel)
     mode = width = height = "-"
     try:
         # Pillow's own defaults apply: DecompressionBombWarning stays a warning,
         # DecompressionBombError (like anything else that raises) is an error.
-        img = Image.open(path)
-        mode, (width, height) = img.mode, img.size
-        img = img.resize((224, 224))  # forces the decode
+        with Image.open(path) as original:
+            mode, (width, height) = original.mode, original.size
+            img = original.resize((224, 224))  # forces the decode
         if img.mode != "RGB":
             img = img.convert("RGB")
         data = np.asarray(img, dtype=np.uint8).tobytes()
         assert len(data) == 224 * 224 * 3
         return "ok", mode, width, height, hashlib.sha256(data).hexdigest()
-    except Exception as exc:  # every failure is a fixture row
-        return "error", mode, width, height, f"{type(exc).__name__}: {clean(exc)}"
+    except Exception as exc:  # every failure is a fixture row; keep messages machine-independent
+        return "error", mode, width, height, f"{type(exc).__name__}: {clean(exc).replace(path, rel)}"
 
 
 def main(root, out_path):
@@ -66,7 +67,7 @@ def main(root, out_path):
     with open(out_path, "w", encoding="utf-8", newline="\n") as out:
         out.write(HEADER + "\n")
         for rel in candidate_files(root):
-            row = fixture_row(os.path.join(root, rel))
+            row = fixture_row(root, rel)
             out.write("\t".join(map(str, (rel,) + row)) + "\n")
             counts[(row[0], row[1])] += 1
     for (status, mode), n in sorted(counts.items()):

@@ -19,11 +19,7 @@ pub struct Failure {
 }
 
 /// Writes `path`, `features` for each file that could be featurized; returns the failures.
-pub fn embed_files(
-    files: &[&Path],
-    settings: &FeaturizeSettings,
-    out: &Path,
-) -> Result<Vec<Failure>, JobError> {
+pub fn embed_files(files: &[&Path], settings: &FeaturizeSettings, out: &Path) -> Result<Vec<Failure>, JobError> {
     let uris: Vec<String> = files
         .iter()
         .map(|p| {
@@ -33,8 +29,8 @@ pub fn embed_files(
         })
         .collect::<Result<_, _>>()?;
     let mut paths = Vec::new();
-    let mut features = ListBuilder::new(Float32Builder::new())
-        .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
+    let mut features =
+        ListBuilder::new(Float32Builder::new()).with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
     let mut failures = Vec::new();
     for (uri, outcome) in featurize_files(&uris, settings)? {
         match outcome {
@@ -43,25 +39,14 @@ pub fn embed_files(
                 features.append(true);
                 paths.push(uri);
             }
-            Err((stage, message)) => failures.push(Failure {
-                uri,
-                stage,
-                message,
-            }),
+            Err((stage, message)) => failures.push(Failure { uri, stage, message }),
         }
     }
     let schema = Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("features", features_type(), true),
     ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(paths)),
-        Arc::new(features.finish()),
-    ];
-    write_batches(
-        out,
-        schema.clone(),
-        &[RecordBatch::try_new(schema, columns)?],
-    )?;
+    let columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(paths)), Arc::new(features.finish())];
+    write_batches(out, schema.clone(), &[RecordBatch::try_new(schema, columns)?])?;
     Ok(failures)
 }

@@ -4,15 +4,11 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, Float32Builder, ListBuilder, StringArray, StringBuilder, StructArray,
-};
+use datafusion::arrow::array::{Array, ArrayRef, Float32Builder, ListBuilder, StringArray, StringBuilder, StructArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::{exec_datafusion_err, Result};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
 use serde::{Deserialize, Serialize};
 use verger_image::preprocess::scale_into;
 use verger_image::Limits;
@@ -110,27 +106,26 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
     let mut pending: Vec<usize> = Vec::with_capacity(batch_size);
     let mut inputs = vec![0f32; batch_size * INPUT_LEN];
 
-    let flush =
-        |pending: &mut Vec<usize>, inputs: &[f32], outcomes: &mut Vec<Outcome>| -> Result<()> {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            let mut featurizer = pool.get().map_err(|e| exec_datafusion_err!("{e}"))?;
-            match featurizer.embed(&inputs[..pending.len() * INPUT_LEN]) {
-                Ok(features) => {
-                    for (row, f) in pending.iter().zip(features.chunks_exact(FEATURE_DIM)) {
-                        outcomes[*row] = Ok(f.to_vec());
-                    }
-                }
-                Err(e) => {
-                    for row in pending.iter() {
-                        outcomes[*row] = Err((stage::INFER, e.to_string()));
-                    }
+    let flush = |pending: &mut Vec<usize>, inputs: &[f32], outcomes: &mut Vec<Outcome>| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut featurizer = pool.get().map_err(|e| exec_datafusion_err!("{e}"))?;
+        match featurizer.embed(&inputs[..pending.len() * INPUT_LEN]) {
+            Ok(features) => {
+                for (row, f) in pending.iter().zip(features.chunks_exact(FEATURE_DIM)) {
+                    outcomes[*row] = Ok(f.to_vec());
                 }
             }
-            pending.clear();
-            Ok(())
-        };
+            Err(e) => {
+                for row in pending.iter() {
+                    outcomes[*row] = Err((stage::INFER, e.to_string()));
+                }
+            }
+        }
+        pending.clear();
+        Ok(())
+    };
 
     for i in 0..uris.len() {
         let outcome = if uris.is_null(i) {
@@ -139,8 +134,7 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
             source::read(uris.value(i))
                 .map_err(|e| (stage::READ, e))
                 .and_then(|bytes| {
-                    verger_image::load_rgb224(&bytes, &limits)
-                        .map_err(|e| (stage::DECODE, e.to_string()))
+                    verger_image::load_rgb224(&bytes, &limits).map_err(|e| (stage::DECODE, e.to_string()))
                 })
         };
         match outcome {
@@ -162,9 +156,8 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
 
 fn outcomes_to_array(outcomes: Vec<Outcome>) -> ArrayRef {
     let n = outcomes.len();
-    let mut features =
-        ListBuilder::with_capacity(Float32Builder::with_capacity(n * FEATURE_DIM), n)
-            .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
+    let mut features = ListBuilder::with_capacity(Float32Builder::with_capacity(n * FEATURE_DIM), n)
+        .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
     let mut stages = StringBuilder::new();
     let mut messages = StringBuilder::new();
     for outcome in outcomes {
@@ -191,10 +184,7 @@ fn outcomes_to_array(outcomes: Vec<Outcome>) -> ArrayRef {
 }
 
 /// Features of individual files, outside any job: `(uri, features or failure)` in input order.
-pub fn featurize_files(
-    uris: &[String],
-    settings: &FeaturizeSettings,
-) -> Result<Vec<(String, Outcome)>> {
+pub fn featurize_files(uris: &[String], settings: &FeaturizeSettings) -> Result<Vec<(String, Outcome)>> {
     let array = StringArray::from_iter_values(uris.iter());
     let outcomes = featurize_uris(&array, settings)?;
     Ok(uris.iter().cloned().zip(outcomes).collect())

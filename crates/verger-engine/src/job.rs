@@ -6,23 +6,26 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt64Array,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
 use datafusion::common::DataFusionError;
+use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
 use datafusion::execution::{FunctionRegistry, SendableRecordBatchStream};
 use datafusion::physical_plan::{execute_stream, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::{col, ParquetReadOptions, SessionContext};
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use verger_listing::{list_folder, ImageEntry, ListingError, NameFilter};
 use verger_pca::{fit, Components, PcaError, PcaModel, PcaStats};
 
+use crate::fault;
 use crate::featurize::{features_type, field, FeaturizeSettings, FeaturizeUdf};
-use crate::output::{part_name, write_batches, write_stream, AtomicParquet};
+use crate::output::{part_name, remove_temp_files, write_batches, write_file, write_stream, AtomicParquet};
 use crate::pca::{PcaProjectUdf, PcaStatsUdaf};
 use crate::progress::Progress;
 use crate::report::{Cost, Counts, PcaSummary, Report, Stopwatch, Usage, Versions};
@@ -39,24 +42,47 @@ pub struct JobConfig {
     /// Images per manifest partition: the unit of parallel work and of output files.
     pub partition_rows: usize,
     pub overwrite: bool,
+    /// Continue an unfinished run in `output`, reusing every partition it committed.
+    pub resume: bool,
+    /// Stop as soon as more inputs than this have failed.
+    pub max_errors: Option<ErrorBudget>,
     pub featurize: FeaturizeSettings,
     /// Hourly price of the machine, for the report's cost estimate.
     pub price_per_hour_usd: f64,
 }
 
+/// How many bad inputs a run tolerates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorBudget {
+    Count(u64),
+    /// A fraction of the listed images.
+    Fraction(f64),
+}
+
+impl ErrorBudget {
+    pub fn limit(&self, listed: u64) -> u64 {
+        match *self {
+            ErrorBudget::Count(n) => n,
+            ErrorBudget::Fraction(f) => (f * listed as f64).floor() as u64,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum JobError {
-    #[error("output {0} already exists (use --overwrite to replace it)")]
+    #[error("output {0} already exists: --resume continues an unfinished run there, --overwrite replaces it")]
     OutputExists(PathBuf),
+    #[error("output {0} is already complete (_SUCCESS present); nothing to resume")]
+    AlreadyComplete(PathBuf),
+    #[error("{failed} inputs failed, more than the {limit} that --max-errors allows; stopped")]
+    TooManyErrors { failed: u64, limit: u64 },
     #[error("no file under {input} matches {globs:?}")]
     NoImages { input: PathBuf, globs: Vec<String> },
-    #[error("no image could be featurized ({failed} failed); see the errors output")]
-    NothingFeaturized { failed: u64 },
+    #[error("no image could be featurized; see the errors output")]
+    NothingFeaturized,
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Listing(#[from] ListingError),
     #[error(transparent)]
@@ -116,67 +142,76 @@ impl Layout {
 }
 
 /// Runs the whole job on an embedded DataFusion context.
-pub async fn run_job(
-    config: &JobConfig,
-    progress: Arc<dyn Progress>,
-) -> Result<JobOutcome, JobError> {
+///
+/// Commit order: manifest, staged partitions, errors, PCA model, result partitions, report, `_SUCCESS`. Every
+/// file is atomic, so a run killed anywhere resumes from what it committed, with the same partitions.
+pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<JobOutcome, JobError> {
     let layout = Layout {
         root: config.output.clone(),
     };
-    prepare_output(&layout, config.overwrite)?;
+    prepare_output(&layout, config)?;
     let ctx = crate::new_context(config.threads, &config.featurize);
     let mut clock = Stopwatch::start();
 
-    let entries = clock.stage("list", list(config)).await?;
-    write_manifest(&layout, &entries)?;
+    let (entries, partition_rows) = clock.stage("list", manifest(config, &layout)).await?;
+    let listed = entries.len() as u64;
+    let budget = Budget {
+        failed: AtomicU64::new(0),
+        limit: config.max_errors.map(|b| b.limit(listed)),
+    };
+    let parts = Partitions::new(&layout, &entries, partition_rows);
 
-    progress.begin("featurize", Some(entries.len() as u64));
+    progress.begin("featurize", Some(listed));
     let staged = clock
         .stage(
             "featurize",
-            featurize(&ctx, config, &layout, &entries, progress.clone()),
+            featurize(&ctx, config, &parts, &entries, &budget, progress.clone()),
         )
         .await;
     progress.end("featurize");
-    let partitions = staged?;
+    staged?;
+    let failed = count_failed(&ctx, &parts).await?;
+    budget.check(failed)?;
+    clock.stage("errors", write_errors(&ctx, &layout, &parts)).await?;
+    fault::checkpoint("errors");
 
     progress.begin("pca", None);
-    let model = clock.stage("pca_fit", fit_pca(&ctx, config, &layout)).await;
+    let model = clock.stage("pca_fit", fit_pca(&ctx, config, &layout, &parts)).await;
     progress.end("pca");
     let model = model?;
+    fault::checkpoint("pca");
 
-    progress.begin("write", Some(partitions as u64));
-    let written = clock
-        .stage(
-            "project_write",
-            write_results(&ctx, config, &layout, partitions, &model, progress.clone()),
-        )
-        .await;
-    progress.end("write");
-    let featurized = written?;
-    let failed = clock.stage("errors", write_errors(&ctx, &layout)).await?;
-    std::fs::remove_dir_all(layout.staging()).map_err(|e| JobError::io(&layout.staging(), e))?;
-
-    let report = build_report(
-        config,
-        &clock,
-        entries.len() as u64,
-        featurized,
-        failed,
-        &model,
+    progress.begin("write", Some(parts.count() as u64));
+    let written = clock.stage(
+        "project_write",
+        write_results(&ctx, config, &layout, &parts, &model, progress.clone()),
     );
-    let json = serde_json::to_vec_pretty(&report).expect("report serializes");
-    write_atomically(&layout.report(), &json)?;
-    write_atomically(&layout.success(), b"")?;
+    let featurized = written.await;
+    progress.end("write");
+    let featurized = featurized?;
+
+    let report = build_report(config, &clock, listed, featurized, failed, &model);
+    write_file(
+        &layout.report(),
+        &serde_json::to_vec_pretty(&report).expect("report serializes"),
+    )?;
+    fault::checkpoint("report");
+    write_file(&layout.success(), b"")?;
+    std::fs::remove_dir_all(layout.staging()).map_err(|e| JobError::io(&layout.staging(), e))?;
     Ok(JobOutcome { report })
 }
 
-fn prepare_output(layout: &Layout, overwrite: bool) -> Result<(), JobError> {
+fn prepare_output(layout: &Layout, config: &JobConfig) -> Result<(), JobError> {
     if layout.root.exists() {
-        if !overwrite {
+        if config.resume {
+            if layout.success().exists() {
+                return Err(JobError::AlreadyComplete(layout.root.clone()));
+            }
+        } else if config.overwrite {
+            std::fs::remove_dir_all(&layout.root).map_err(|e| JobError::io(&layout.root, e))?;
+        } else {
             return Err(JobError::OutputExists(layout.root.clone()));
         }
-        std::fs::remove_dir_all(&layout.root).map_err(|e| JobError::io(&layout.root, e))?;
     }
     for dir in [
         layout.result(),
@@ -186,8 +221,38 @@ fn prepare_output(layout: &Layout, overwrite: bool) -> Result<(), JobError> {
         layout.staging(),
     ] {
         std::fs::create_dir_all(&dir).map_err(|e| JobError::io(&dir, e))?;
+        remove_temp_files(&dir)?;
     }
-    Ok(())
+    remove_temp_files(&layout.root)
+}
+
+/// The partitioning a run commits to with its manifest, so that a resumed run cuts the same partitions.
+#[derive(Debug, Serialize, Deserialize)]
+struct Plan {
+    partition_rows: usize,
+}
+
+/// This run's manifest: read back when resuming one that committed it, else listed and committed.
+async fn manifest(config: &JobConfig, layout: &Layout) -> Result<(Vec<ImageEntry>, usize), JobError> {
+    let manifest_file = layout.manifest().join(part_name(0));
+    let plan_file = layout.manifest().join("_plan.json");
+    if config.resume && manifest_file.exists() {
+        let bytes = std::fs::read(&plan_file).map_err(|e| JobError::io(&plan_file, e))?;
+        let plan: Plan =
+            serde_json::from_slice(&bytes).map_err(|e| JobError::Task(format!("{}: {e}", plan_file.display())))?;
+        let entries = read_manifest(&manifest_file).await?;
+        tracing::info!(images = entries.len(), "resuming from the committed manifest");
+        return Ok((entries, plan.partition_rows));
+    }
+    let entries = list(config).await?;
+    fault::checkpoint("listed");
+    let plan = Plan {
+        partition_rows: config.partition_rows.max(1),
+    };
+    write_file(&plan_file, &serde_json::to_vec(&plan).expect("plan serializes"))?;
+    write_batches(&manifest_file, manifest_schema(), &[manifest_batch(&entries)?])?;
+    fault::checkpoint("manifest");
+    Ok((entries, plan.partition_rows))
 }
 
 async fn list(config: &JobConfig) -> Result<Vec<ImageEntry>, JobError> {
@@ -217,29 +282,93 @@ fn manifest_schema() -> SchemaRef {
 
 fn manifest_batch(entries: &[ImageEntry]) -> Result<RecordBatch, JobError> {
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            entries.iter().map(|e| e.uri.as_str()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            entries.iter().map(|e| e.label.as_str()),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            entries.iter().map(|e| e.size),
-        )),
-        Arc::new(Int64Array::from_iter_values(
-            entries.iter().map(|e| e.modified_ms),
-        )),
+        Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.uri.as_str()))),
+        Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.label.as_str()))),
+        Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.size))),
+        Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.modified_ms))),
     ];
     Ok(RecordBatch::try_new(manifest_schema(), columns)?)
 }
 
-fn write_manifest(layout: &Layout, entries: &[ImageEntry]) -> Result<(), JobError> {
-    write_batches(
-        &layout.manifest().join(part_name(0)),
-        manifest_schema(),
-        &[manifest_batch(entries)?],
-    )?;
-    Ok(())
+async fn read_manifest(path: &Path) -> Result<Vec<ImageEntry>, JobError> {
+    let batches = SessionContext::new()
+        .read_parquet(path_str(path)?, ParquetReadOptions::default())
+        .await?;
+    let mut entries = Vec::new();
+    for batch in batches.collect().await? {
+        let text = |i: usize| cast(batch.column(i), &DataType::Utf8);
+        let (paths, labels) = (text(0)?, text(1)?);
+        let (paths, labels) = (paths.as_string::<i32>(), labels.as_string::<i32>());
+        let sizes = batch.column(2).as_primitive::<UInt64Type>();
+        let modified = batch.column(3).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            entries.push(ImageEntry {
+                uri: paths.value(i).to_string(),
+                label: labels.value(i).to_string(),
+                size: sizes.value(i),
+                modified_ms: modified.value(i),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// Counts failed inputs as they are staged and stops the run once they exceed `--max-errors`.
+struct Budget {
+    failed: AtomicU64,
+    limit: Option<u64>,
+}
+
+impl Budget {
+    fn add(&self, failed: u64) -> Result<(), JobError> {
+        let total = self.failed.fetch_add(failed, Ordering::Relaxed) + failed;
+        self.check(total)
+    }
+
+    fn check(&self, failed: u64) -> Result<(), JobError> {
+        match self.limit {
+            Some(limit) if failed > limit => Err(JobError::TooManyErrors { failed, limit }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The manifest cut into contiguous partitions; partition i is staged at `_staging/part-i.parquet`.
+struct Partitions {
+    ranges: Vec<std::ops::Range<usize>>,
+    staging: PathBuf,
+}
+
+impl Partitions {
+    fn new(layout: &Layout, entries: &[ImageEntry], rows: usize) -> Self {
+        let ranges = (0..entries.len())
+            .step_by(rows)
+            .map(|s| s..(s + rows).min(entries.len()))
+            .collect();
+        Partitions {
+            ranges,
+            staging: layout.staging(),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.ranges.len()
+    }
+
+    fn staged(&self, i: usize) -> PathBuf {
+        self.staging.join(part_name(i))
+    }
+
+    fn all_staged(&self) -> Result<Vec<String>, JobError> {
+        (0..self.count())
+            .map(|i| path_str(&self.staged(i)).map(str::to_string))
+            .collect()
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str, JobError> {
+    path.to_str()
+        .ok_or_else(|| JobError::Task(format!("non-UTF-8 path {}", path.display())))
 }
 
 fn staging_schema() -> SchemaRef {
@@ -252,32 +381,38 @@ fn staging_schema() -> SchemaRef {
     ]))
 }
 
-/// Featurizes every manifest partition into `_staging/part-N.parquet`, `threads` partitions at a time.
+/// Featurizes every partition not yet staged, `threads` partitions at a time.
 async fn featurize(
     ctx: &SessionContext,
     config: &JobConfig,
-    layout: &Layout,
+    parts: &Partitions,
     entries: &[ImageEntry],
+    budget: &Budget,
     progress: Arc<dyn Progress>,
-) -> Result<usize, JobError> {
+) -> Result<(), JobError> {
     let manifest = manifest_batch(entries)?;
-    let per_partition = config.partition_rows.max(1);
     let per_batch = config.featurize.batch_size.max(1);
-    let partitions: Vec<Vec<RecordBatch>> = (0..entries.len())
-        .step_by(per_partition)
-        .map(|start| {
-            let len = per_partition.min(entries.len() - start);
-            (0..len)
+    let todo: Vec<usize> = (0..parts.count()).filter(|&i| !parts.staged(i).exists()).collect();
+    let done_rows: usize = (0..parts.count())
+        .filter(|i| !todo.contains(i))
+        .map(|i| parts.ranges[i].len())
+        .sum();
+    progress.advance(done_rows as u64);
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let tables: Vec<Vec<RecordBatch>> = todo
+        .iter()
+        .map(|&i| {
+            let range = parts.ranges[i].clone();
+            range
+                .clone()
                 .step_by(per_batch)
-                .map(|o| manifest.slice(start + o, per_batch.min(len - o)))
+                .map(|s| manifest.slice(s, per_batch.min(range.end - s)))
                 .collect()
         })
         .collect();
-    let count = partitions.len();
-    ctx.register_table(
-        "images",
-        Arc::new(MemTable::try_new(manifest_schema(), partitions)?),
-    )?;
+    ctx.register_table("images", Arc::new(MemTable::try_new(manifest_schema(), tables)?))?;
     let featurize = ctx.udf(FeaturizeUdf::NAME)?;
     let plan = ctx
         .table("images")
@@ -291,37 +426,44 @@ async fn featurize(
         .await?;
     assert_eq!(
         plan.output_partitioning().partition_count(),
-        count,
+        todo.len(),
         "one plan partition per manifest partition"
     );
 
-    let staging = layout.staging();
-    futures::stream::iter(0..count)
-        .map(|i| {
+    futures::stream::iter(todo.iter().enumerate())
+        .map(|(plan_partition, &part)| {
             let (plan, task_ctx, progress) = (plan.clone(), ctx.task_ctx(), progress.clone());
-            let path = staging.join(part_name(i));
+            let path = parts.staged(part);
             tokio::spawn(async move {
-                write_staging(&path, plan.execute(i, task_ctx)?, progress.as_ref()).await
+                write_staging(&path, plan.execute(plan_partition, task_ctx)?, progress.as_ref()).await
             })
         })
         .buffer_unordered(config.threads.max(1))
-        .map(|joined| joined.map_err(|e| JobError::Task(e.to_string()))?)
+        .map(|joined| {
+            let failed = joined.map_err(|e| JobError::Task(e.to_string()))??;
+            budget.add(failed)?;
+            fault::checkpoint("featurize");
+            Ok::<(), JobError>(())
+        })
         .try_collect::<Vec<()>>()
         .await?;
-    Ok(count)
+    Ok(())
 }
 
-/// Unpacks `featurize`'s struct column into flat staging columns and writes them.
+/// Unpacks `featurize`'s struct column into flat staging columns and commits them; returns the failed rows.
 async fn write_staging(
     path: &Path,
     mut stream: SendableRecordBatchStream,
     progress: &dyn Progress,
-) -> Result<(), JobError> {
+) -> Result<u64, JobError> {
     let mut file = AtomicParquet::create(path, staging_schema())?;
+    let mut failed = 0;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let result = batch.column(2).as_struct();
-        let columns = vec![batch.column(0).clone(), batch.column(1).clone()]
+        let error_stage = result.column(1);
+        failed += (error_stage.len() - error_stage.null_count()) as u64;
+        let columns = [batch.column(0).clone(), batch.column(1).clone()]
             .into_iter()
             .chain(result.columns().iter().cloned())
             .collect();
@@ -329,54 +471,69 @@ async fn write_staging(
         progress.advance(batch.num_rows() as u64);
     }
     file.commit()?;
-    Ok(())
+    Ok(failed)
 }
 
-async fn staged(
-    ctx: &SessionContext,
-    path: &Path,
-) -> Result<datafusion::dataframe::DataFrame, JobError> {
-    let path = path
-        .to_str()
-        .ok_or_else(|| JobError::Task(format!("non-UTF-8 path {}", path.display())))?;
-    Ok(ctx
-        .read_parquet(path, ParquetReadOptions::default())
-        .await?)
+async fn read_staged(ctx: &SessionContext, files: Vec<String>) -> Result<DataFrame, JobError> {
+    Ok(ctx.read_parquet(files, ParquetReadOptions::default()).await?)
 }
 
-/// Aggregates `pca_stats` over every featurized row, fits the model and saves it.
+async fn count_failed(ctx: &SessionContext, parts: &Partitions) -> Result<u64, JobError> {
+    let failed = read_staged(ctx, parts.all_staged()?)
+        .await?
+        .filter(col(field::ERROR_STAGE).is_not_null())?;
+    Ok(failed.count().await? as u64)
+}
+
+/// Aggregates `pca_stats` over each staged partition, merges the partial statistics in partition order (so
+/// the model is bit-for-bit the same however the work was scheduled or resumed), fits and saves the model.
 async fn fit_pca(
     ctx: &SessionContext,
     config: &JobConfig,
     layout: &Layout,
+    parts: &Partitions,
 ) -> Result<Arc<PcaModel>, JobError> {
     let pca_stats = ctx.udaf(PcaStatsUdaf::NAME)?;
-    let batches = staged(ctx, &layout.staging())
-        .await?
-        .filter(col(field::ERROR_STAGE).is_null())?
-        .aggregate(
-            vec![],
-            vec![pca_stats.call(vec![col(field::FEATURES)]).alias("stats")],
-        )?
-        .collect()
-        .await?;
-    let bytes = batches
-        .first()
-        .and_then(|b| {
-            b.column(0)
-                .as_binary_opt::<i32>()
-                .filter(|a| !a.is_empty() && a.is_valid(0))
-                .map(|a| a.value(0).to_vec())
+    let mut plans = Vec::with_capacity(parts.count());
+    for file in parts.all_staged()? {
+        let plan = read_staged(ctx, vec![file])
+            .await?
+            .filter(col(field::ERROR_STAGE).is_null())?
+            .aggregate(vec![], vec![pca_stats.call(vec![col(field::FEATURES)]).alias("stats")])?
+            .create_physical_plan()
+            .await?;
+        plans.push(plan);
+    }
+    let partials: Vec<Vec<RecordBatch>> = futures::stream::iter(plans)
+        .map(|plan| {
+            let task_ctx = ctx.task_ctx();
+            tokio::spawn(async move { datafusion::physical_plan::collect(plan, task_ctx).await })
         })
-        .ok_or_else(|| JobError::Task("pca_stats returned no row".into()))?;
-    let stats = PcaStats::from_bytes(&bytes)
-        .ok_or_else(|| JobError::Task("corrupt pca_stats result".into()))?;
+        .buffered(config.threads.max(1))
+        .map(|joined| Ok::<_, JobError>(joined.map_err(|e| JobError::Task(e.to_string()))??))
+        .try_collect()
+        .await?;
+    let mut stats = PcaStats::new(verger_model::FEATURE_DIM);
+    for batches in partials {
+        let bytes = batches
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_binary_opt::<i32>()
+                    .filter(|a| !a.is_empty() && a.is_valid(0))
+                    .map(|a| a.value(0))
+            })
+            .ok_or_else(|| JobError::Task("pca_stats returned no row".into()))?;
+        stats.merge(&PcaStats::from_bytes(bytes).ok_or_else(|| JobError::Task("corrupt pca_stats result".into()))?);
+    }
     if stats.count() == 0 {
-        return Err(JobError::NothingFeaturized { failed: 0 });
+        return Err(JobError::NothingFeaturized);
     }
     let model = fit(&stats, config.components, config.center)?;
-    let json = serde_json::to_vec(&model).expect("model serializes");
-    write_atomically(&layout.pca().join("model.json"), &json)?;
+    write_file(
+        &layout.pca().join("model.json"),
+        &serde_json::to_vec(&model).expect("model serializes"),
+    )?;
     tracing::info!(
         k = model.k,
         explained_variance = model.explained_variance(),
@@ -390,24 +547,22 @@ async fn write_results(
     ctx: &SessionContext,
     config: &JobConfig,
     layout: &Layout,
-    partitions: usize,
+    parts: &Partitions,
     model: &Arc<PcaModel>,
     progress: Arc<dyn Progress>,
 ) -> Result<u64, JobError> {
     crate::register_model(ctx, model.clone());
     let project = ctx.udf(PcaProjectUdf::NAME)?;
-    let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::with_capacity(partitions);
-    for i in 0..partitions {
-        let plan = staged(ctx, &layout.staging().join(part_name(i)))
+    let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::with_capacity(parts.count());
+    for i in 0..parts.count() {
+        let plan = read_staged(ctx, vec![path_str(&parts.staged(i))?.to_string()])
             .await?
             .filter(col(field::ERROR_STAGE).is_null())?
             .select(vec![
                 col("path"),
                 col("label"),
                 col(field::FEATURES),
-                project
-                    .call(vec![col(field::FEATURES)])
-                    .alias("pca_features"),
+                project.call(vec![col(field::FEATURES)]).alias("pca_features"),
             ])?
             .create_physical_plan()
             .await?;
@@ -416,8 +571,7 @@ async fn write_results(
     let result = layout.result();
     let rows: Vec<u64> = futures::stream::iter(plans.into_iter().enumerate())
         .map(|(i, plan)| {
-            let (task_ctx, path, progress) =
-                (ctx.task_ctx(), result.join(part_name(i)), progress.clone());
+            let (task_ctx, path, progress) = (ctx.task_ctx(), result.join(part_name(i)), progress.clone());
             tokio::spawn(async move {
                 let rows = write_stream(&path, execute_stream(plan, task_ctx)?).await?;
                 progress.advance(1);
@@ -425,15 +579,19 @@ async fn write_results(
             })
         })
         .buffer_unordered(config.threads.max(1))
-        .map(|joined| joined.map_err(|e| JobError::Task(e.to_string()))?)
+        .map(|joined| {
+            let rows = joined.map_err(|e| JobError::Task(e.to_string()))??;
+            fault::checkpoint("write");
+            Ok::<u64, JobError>(rows)
+        })
         .try_collect()
         .await?;
     Ok(rows.iter().sum())
 }
 
 /// Writes every failed row, sorted by path, to `errors/part-00000.parquet` (empty when none failed).
-async fn write_errors(ctx: &SessionContext, layout: &Layout) -> Result<u64, JobError> {
-    let df = staged(ctx, &layout.staging())
+async fn write_errors(ctx: &SessionContext, layout: &Layout, parts: &Partitions) -> Result<u64, JobError> {
+    let df = read_staged(ctx, parts.all_staged()?)
         .await?
         .filter(col(field::ERROR_STAGE).is_not_null())?
         .select(vec![
@@ -444,17 +602,7 @@ async fn write_errors(ctx: &SessionContext, layout: &Layout) -> Result<u64, JobE
         .sort(vec![col("path").sort(true, false)])?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await?;
-    Ok(write_batches(
-        &layout.errors().join(part_name(0)),
-        schema,
-        &batches,
-    )?)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), JobError> {
-    let temp = path.with_extension("tmp");
-    std::fs::write(&temp, bytes).map_err(|e| JobError::io(&temp, e))?;
-    std::fs::rename(&temp, path).map_err(|e| JobError::io(path, e))
+    write_batches(&layout.errors().join(part_name(0)), schema, &batches)
 }
 
 fn build_report(

@@ -7,6 +7,7 @@
 //! registered in one place ([`register_functions`]) so that a local context and a cluster run the same plan.
 
 pub mod embed;
+pub mod fault;
 pub mod featurize;
 pub mod job;
 pub mod output;
@@ -21,7 +22,7 @@ use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use featurize::FeaturizeSettings;
-pub use job::{run_job, JobConfig, JobOutcome};
+pub use job::{run_job, ErrorBudget, JobConfig, JobError, JobOutcome};
 pub use progress::{NoProgress, Progress};
 
 /// A DataFusion context for `threads` workers with verger's functions registered.
@@ -29,7 +30,9 @@ pub fn new_context(threads: usize, settings: &FeaturizeSettings) -> SessionConte
     let config = SessionConfig::new()
         .with_target_partitions(threads.max(1))
         .with_repartition_file_scans(false)
-        .with_information_schema(false);
+        .with_information_schema(false)
+        // Plain Utf8 columns, so that the Parquet we write carries `string`, which every reader knows.
+        .set_bool("datafusion.execution.parquet.schema_force_view_types", false);
     let ctx = SessionContext::new_with_config(config);
     register_functions(&ctx, settings);
     ctx
@@ -37,9 +40,7 @@ pub fn new_context(threads: usize, settings: &FeaturizeSettings) -> SessionConte
 
 /// Registers `featurize` and `pca_stats` (`pca_project` is registered once a model is fitted).
 pub fn register_functions(ctx: &SessionContext, settings: &FeaturizeSettings) {
-    ctx.register_udf(ScalarUDF::new_from_impl(featurize::FeaturizeUdf::new(
-        settings.clone(),
-    )));
+    ctx.register_udf(ScalarUDF::new_from_impl(featurize::FeaturizeUdf::new(settings.clone())));
     ctx.register_udaf(AggregateUDF::new_from_impl(pca::PcaStatsUdaf::new()));
 }
 

@@ -9,8 +9,7 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float32Type};
 use datafusion::common::{exec_datafusion_err, exec_err, Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature,
-    Volatility,
+    Accumulator, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 use verger_model::FEATURE_DIM;
 use verger_pca::{PcaModel, PcaStats};
@@ -34,10 +33,7 @@ fn rows_of(array: &ArrayRef, dim: usize) -> Result<Vec<f32>> {
             .as_primitive_opt::<Float32Type>()
             .ok_or_else(|| exec_datafusion_err!("expected float32 values"))?;
         if values.len() != dim {
-            return exec_err!(
-                "feature vector of length {} at row {i}, expected {dim}",
-                values.len()
-            );
+            return exec_err!("feature vector of length {} at row {i}, expected {dim}", values.len());
         }
         out.extend_from_slice(values.values());
     }
@@ -121,8 +117,7 @@ impl Accumulator for PcaStatsAccumulator {
             .as_binary_opt::<i32>()
             .ok_or_else(|| exec_datafusion_err!("pca_stats state must be binary"))?;
         for bytes in states.iter().flatten() {
-            let other = PcaStats::from_bytes(bytes)
-                .ok_or_else(|| exec_datafusion_err!("corrupt pca_stats state"))?;
+            let other = PcaStats::from_bytes(bytes).ok_or_else(|| exec_datafusion_err!("corrupt pca_stats state"))?;
             self.stats.merge(&other);
         }
         Ok(())
@@ -160,11 +155,7 @@ impl Hash for PcaProjectUdf {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.model.k.hash(state);
         self.model.count.hash(state);
-        self.model
-            .eigenvalues
-            .first()
-            .map(|v| v.to_bits())
-            .hash(state);
+        self.model.eigenvalues.first().map(|v| v.to_bits()).hash(state);
     }
 }
 
@@ -185,9 +176,8 @@ impl ScalarUDFImpl for PcaProjectUdf {
         let features = args.args[0].to_array(args.number_rows)?;
         let rows = rows_of(&features, self.model.dim)?;
         let n = rows.len() / self.model.dim;
-        let mut out =
-            ListBuilder::with_capacity(Float64Builder::with_capacity(n * self.model.k), n)
-                .with_field(Arc::new(Field::new_list_field(DataType::Float64, true)));
+        let mut out = ListBuilder::with_capacity(Float64Builder::with_capacity(n * self.model.k), n)
+            .with_field(Arc::new(Field::new_list_field(DataType::Float64, true)));
         for row in rows.chunks_exact(self.model.dim) {
             out.values().append_slice(&self.model.project(row));
             out.append(true);

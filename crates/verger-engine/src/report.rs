@@ -62,12 +62,7 @@ impl Stopwatch {
             wall_s: wall.elapsed().as_secs_f64(),
             cpu_s: Usage::now().cpu_s - cpu,
         };
-        tracing::info!(
-            stage = name,
-            wall_s = timing.wall_s,
-            cpu_s = timing.cpu_s,
-            "stage done"
-        );
+        tracing::info!(stage = name, wall_s = timing.wall_s, cpu_s = timing.cpu_s, "stage done");
         self.stages.push(timing);
         out
     }

@@ -14,10 +14,7 @@ fn stages(c: &mut Criterion) {
             "fruits360_100x100",
             fruits360_dir().join("Training/Apple 10/r0_103_100.jpg"),
         ),
-        (
-            "reference_photo",
-            model_dir().join("reference/images/pineapple.jpg"),
-        ),
+        ("reference_photo", model_dir().join("reference/images/pineapple.jpg")),
     ];
     for (name, path) in images {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -32,9 +29,7 @@ fn stages(c: &mut Criterion) {
         let resized = resize::pillow_resize(&decoded, MODEL_SIDE, MODEL_SIDE);
         let mut input = vec![0f32; MODEL_SIDE * MODEL_SIDE * 3];
         c.bench_function(&format!("preprocess/{name}"), |b| {
-            b.iter(|| {
-                preprocess::scale_into(&convert::to_rgb(black_box(&resized)).data, &mut input)
-            })
+            b.iter(|| preprocess::scale_into(&convert::to_rgb(black_box(&resized)).data, &mut input))
         });
     }
 }

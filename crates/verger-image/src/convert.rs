@@ -14,18 +14,12 @@ pub fn to_rgb(image: &Pixels) -> Pixels {
     let mut rgb = Vec::with_capacity(n * 3);
     match &image.mode {
         Mode::Rgb => rgb.extend_from_slice(&image.data),
-        Mode::L | Mode::Bilevel => image
-            .data
-            .iter()
-            .for_each(|&v| rgb.extend_from_slice(&[v, v, v])),
+        Mode::L | Mode::Bilevel => image.data.iter().for_each(|&v| rgb.extend_from_slice(&[v, v, v])),
         Mode::LA => image
             .data
             .chunks_exact(2)
             .for_each(|p| rgb.extend_from_slice(&[p[0], p[0], p[0]])),
-        Mode::Rgba => image
-            .data
-            .chunks_exact(4)
-            .for_each(|p| rgb.extend_from_slice(&p[..3])),
+        Mode::Rgba => image.data.chunks_exact(4).for_each(|p| rgb.extend_from_slice(&p[..3])),
         Mode::P { palette } => image.data.iter().for_each(|&i| {
             rgb.extend_from_slice(palette.get(usize::from(i)).unwrap_or(&[0, 0, 0]));
         }),

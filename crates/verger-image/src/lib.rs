@@ -37,14 +37,10 @@ pub fn encode_png(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>, Im
     let mut encoder = png::Encoder::new(&mut out, width as u32, height as u32);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder
-        .write_header()
-        .map_err(|e| ImageError::Png(e.to_string()))?;
+    let mut writer = encoder.write_header().map_err(|e| ImageError::Png(e.to_string()))?;
     writer
         .write_image_data(rgb)
         .map_err(|e| ImageError::Png(e.to_string()))?;
-    writer
-        .finish()
-        .map_err(|e| ImageError::Png(e.to_string()))?;
+    writer.finish().map_err(|e| ImageError::Png(e.to_string()))?;
     Ok(out)
 }

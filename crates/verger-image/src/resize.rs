@@ -137,9 +137,7 @@ impl Sample for u8 {
     fn convolve(samples: impl Iterator<Item = u8>, weights: &[i32]) -> u8 {
         let acc = samples
             .zip(weights)
-            .fold(1i32 << (PRECISION_BITS - 1), |acc, (v, &w)| {
-                acc + i32::from(v) * w
-            });
+            .fold(1i32 << (PRECISION_BITS - 1), |acc, (v, &w)| acc + i32::from(v) * w);
         clip8(acc)
     }
 }
@@ -151,9 +149,7 @@ impl Sample for u16 {
     }
     /// `_ImagingResample*_16bpc`: double accumulation, `CLIP16(ROUND_UP(ss))`.
     fn convolve(samples: impl Iterator<Item = u16>, weights: &[f64]) -> u16 {
-        let ss = samples
-            .zip(weights)
-            .fold(0.0f64, |acc, (v, &w)| acc + f64::from(v) * w);
+        let ss = samples.zip(weights).fold(0.0f64, |acc, (v, &w)| acc + f64::from(v) * w);
         let rounded = if ss >= 0.0 {
             (ss + 0.5) as i32
         } else {
@@ -184,10 +180,7 @@ impl<T: Sample> Plane<T> {
                 let (xmin, len) = c.window_of(xx);
                 let k = &weights[xx * c.window..][..len];
                 for ch in 0..channels {
-                    data.push(T::convolve(
-                        (xmin..xmin + len).map(|x| row[x * channels + ch]),
-                        k,
-                    ));
+                    data.push(T::convolve((xmin..xmin + len).map(|x| row[x * channels + ch]), k));
                 }
             }
         }
@@ -210,10 +203,7 @@ impl<T: Sample> Plane<T> {
             let k = &weights[yy * c.window..][..len];
             let first = ymin - row_offset;
             for i in 0..stride {
-                data.push(T::convolve(
-                    (first..first + len).map(|y| self.data[y * stride + i]),
-                    k,
-                ));
+                data.push(T::convolve((first..first + len).map(|y| self.data[y * stride + i]), k));
             }
         }
         Plane {
@@ -301,8 +291,7 @@ pub fn nearest(image: &Pixels, width: usize, height: usize) -> Pixels {
         let mut at = step * 0.5;
         (0..out_size)
             .map(|_| {
-                let index =
-                    if at < 0.0 { None } else { Some(at as usize) }.filter(|&i| i < in_size);
+                let index = if at < 0.0 { None } else { Some(at as usize) }.filter(|&i| i < in_size);
                 at += step;
                 index
             })

@@ -48,8 +48,7 @@ fn every_fruits360_image_resizes_exactly_like_pillow() {
         let cols: Vec<&str> = line.split('\t').collect();
         let (path, status, expected) = (cols[0], cols[1], cols[5]);
         assert_eq!(status, "ok", "Pillow failed on {path}");
-        let rgb =
-            load_rgb224(&std::fs::read(root.join(path)).unwrap(), &Limits::default()).unwrap();
+        let rgb = load_rgb224(&std::fs::read(root.join(path)).unwrap(), &Limits::default()).unwrap();
         checked += 1;
         if sha256_hex(&rgb) != expected {
             mismatched.push(path.to_string());
@@ -61,5 +60,36 @@ fn every_fruits360_image_resizes_exactly_like_pillow() {
         "{} images differ from Pillow, e.g. {:?}",
         mismatched.len(),
         &mismatched[..mismatched.len().min(5)]
+    );
+}
+
+/// Pillow's own odd test images (`tests/fixtures/pillow_test_images.tsv`): where Pillow gives pixels, verger
+/// gives the same pixels; where Pillow refuses the file, verger refuses it too.
+#[test]
+fn pillow_test_images_agree_with_pillow() {
+    let text = std::fs::read_to_string(fixture("pillow_test_images.tsv")).expect("fixture");
+    let root = verger_testdata::shared_dir().join("datasets/pillow-test-images");
+    let mut disagreements = Vec::new();
+    let mut checked = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (path, status, expected) = (cols[0], cols[1], cols[5]);
+        let ours = load_rgb224(&std::fs::read(root.join(path)).unwrap(), &Limits::default());
+        checked += 1;
+        match (status, &ours) {
+            ("ok", Ok(rgb)) if sha256_hex(rgb) == expected => {}
+            ("error", Err(_)) => {}
+            _ => disagreements.push(format!(
+                "{path}: Pillow {status} {expected}, verger {:?}",
+                ours.map(|p| sha256_hex(&p))
+            )),
+        }
+    }
+    assert_eq!(checked, 70);
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
     );
 }

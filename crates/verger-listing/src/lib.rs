@@ -149,11 +149,7 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [
-                ("Apple 10", "a.jpg"),
-                ("Apple 10", "z.jpg"),
-                ("Banana", "b.jpg")
-            ]
+            [("Apple 10", "a.jpg"), ("Apple 10", "z.jpg"), ("Banana", "b.jpg")]
         );
         assert!(found[0].uri.starts_with("file:///"));
         assert_eq!(
@@ -173,15 +169,9 @@ mod tests {
     #[test]
     fn refuses_missing_input_and_bad_globs() {
         assert!(matches!(
-            list_folder(
-                Path::new("/no/such/folder"),
-                &NameFilter::new(&["*"]).unwrap()
-            ),
+            list_folder(Path::new("/no/such/folder"), &NameFilter::new(&["*"]).unwrap()),
             Err(ListingError::NotAFolder { .. })
         ));
-        assert!(matches!(
-            NameFilter::new(&["a[b"]),
-            Err(ListingError::Glob { .. })
-        ));
+        assert!(matches!(NameFilter::new(&["a[b"]), Err(ListingError::Glob { .. })));
     }
 }

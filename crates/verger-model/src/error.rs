@@ -13,10 +13,7 @@ pub enum ModelError {
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     RuntimeLoad { path: PathBuf, message: String },
     #[error("cannot read model {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("model {path} has sha256 {actual}, expected {expected}; refusing to use it")]
     Checksum {
         path: PathBuf,

@@ -31,7 +31,7 @@ impl Featurizer {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        if inputs.len() % INPUT_LEN != 0 {
+        if !inputs.len().is_multiple_of(INPUT_LEN) {
             return Err(ModelError::InputShape { len: inputs.len() });
         }
         let n = inputs.len() / INPUT_LEN;
@@ -39,9 +39,7 @@ impl Featurizer {
         let outputs = self.session.run(ort::inputs!["input" => tensor])?;
         let (shape, features) = outputs["features"].try_extract_tensor::<f32>()?;
         if shape.num_elements() != n * FEATURE_DIM {
-            return Err(ModelError::Ort(format!(
-                "unexpected output shape {shape:?}"
-            )));
+            return Err(ModelError::Ort(format!("unexpected output shape {shape:?}")));
         }
         Ok(features.to_vec())
     }
@@ -111,11 +109,7 @@ impl std::ops::DerefMut for PooledFeaturizer {
 impl Drop for PooledFeaturizer {
     fn drop(&mut self) {
         if let Some(f) = self.featurizer.take() {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(f);
+            self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(f);
         }
     }
 }

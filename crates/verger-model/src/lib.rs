@@ -22,5 +22,4 @@ pub const FEATURE_DIM: usize = 1280;
 /// Floats in one preprocessed 224x224 RGB image.
 pub const INPUT_LEN: usize = 224 * 224 * 3;
 /// sha256 of `shared/models/mobilenet_v2/mobilenet_v2_imagenet.onnx`, the model the original pipeline used.
-pub const MOBILENET_V2_SHA256: &str =
-    "ac4f27c791d79080e9a239ae4dba42be64f588a703769b0dd8504663e0d7bcaf";
+pub const MOBILENET_V2_SHA256: &str = "ac4f27c791d79080e9a239ae4dba42be64f588a703769b0dd8504663e0d7bcaf";

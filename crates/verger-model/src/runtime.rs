@@ -37,9 +37,7 @@ fn loaded() -> Result<&'static Loaded, ModelError> {
             .map_err(|e| load_error(e.to_string()))?;
         Ok(Loaded { path, environment })
     });
-    outcome
-        .as_ref()
-        .map_err(|message| ModelError::Ort(message.clone()))
+    outcome.as_ref().map_err(|message| ModelError::Ort(message.clone()))
 }
 
 /// Loads ONNX Runtime (once per process) and returns the library's path.
@@ -70,10 +68,7 @@ pub fn locate() -> Result<PathBuf, ModelError> {
     {
         folders.push(dir);
     }
-    let mut venvs: Vec<PathBuf> = std::env::var_os("VIRTUAL_ENV")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
+    let mut venvs: Vec<PathBuf> = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from).into_iter().collect();
     venvs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
     for venv in venvs {
         for lib in ["lib", "lib64"] {

@@ -106,16 +106,9 @@ pub fn fit(stats: &PcaStats, components: Components, center: bool) -> Result<Pca
 impl PcaModel {
     /// Projects one vector onto the `k` components.
     pub fn project(&self, row: &[f32]) -> Vec<f64> {
-        assert_eq!(
-            row.len(),
-            self.dim,
-            "vector length differs from the model's"
-        );
+        assert_eq!(row.len(), self.dim, "vector length differs from the model's");
         let x: Vec<f64> = if self.center {
-            row.iter()
-                .zip(&self.mean)
-                .map(|(&v, m)| f64::from(v) - m)
-                .collect()
+            row.iter().zip(&self.mean).map(|(&v, m)| f64::from(v) - m).collect()
         } else {
             row.iter().map(|&v| f64::from(v)).collect()
         };
@@ -168,29 +161,15 @@ mod tests {
         let centred = fit(&stats, Components::Count(1), true).unwrap();
         let p = spark.project(&[1.0, 2.0]);
         assert!((p[0] - 5f64.sqrt()).abs() < 1e-3);
-        let mean_projection: f64 = spark.components[0]
-            .iter()
-            .zip(&spark.mean)
-            .map(|(a, m)| a * m)
-            .sum();
+        let mean_projection: f64 = spark.components[0].iter().zip(&spark.mean).map(|(a, m)| a * m).sum();
         assert!((centred.project(&[1.0, 2.0])[0] - (p[0] - mean_projection)).abs() < 1e-9);
     }
 
     #[test]
     fn k_by_variance_fraction() {
         let stats = line();
-        assert_eq!(
-            fit(&stats, Components::VarianceFraction(0.5), false)
-                .unwrap()
-                .k,
-            1
-        );
-        assert_eq!(
-            fit(&stats, Components::VarianceFraction(1.0), false)
-                .unwrap()
-                .k,
-            2
-        );
+        assert_eq!(fit(&stats, Components::VarianceFraction(0.5), false).unwrap().k, 1);
+        assert_eq!(fit(&stats, Components::VarianceFraction(1.0), false).unwrap().k, 2);
         assert_eq!(
             fit(&stats, Components::Count(3), false),
             Err(PcaError::BadK { k: 3, dim: 2 })

@@ -52,9 +52,7 @@ impl PcaStats {
             }
         }
         mean.iter_mut().for_each(|m| *m /= n as f64);
-        let centred = Mat::from_fn(n, self.dim, |i, j| {
-            f64::from(rows[i * self.dim + j]) - mean[j]
-        });
+        let centred = Mat::from_fn(n, self.dim, |i, j| f64::from(rows[i * self.dim + j]) - mean[j]);
         let mut comoment = Mat::zeros(self.dim, self.dim);
         matmul(
             &mut comoment,
@@ -74,10 +72,7 @@ impl PcaStats {
 
     /// Combines two summaries as if their rows had been added to one.
     pub fn merge(&mut self, other: &PcaStats) {
-        assert_eq!(
-            self.dim, other.dim,
-            "cannot merge statistics of different dimensions"
-        );
+        assert_eq!(self.dim, other.dim, "cannot merge statistics of different dimensions");
         if other.count == 0 {
             return;
         }
@@ -87,12 +82,7 @@ impl PcaStats {
         }
         let (na, nb) = (self.count as f64, other.count as f64);
         let n = na + nb;
-        let delta: Vec<f64> = other
-            .mean
-            .iter()
-            .zip(&self.mean)
-            .map(|(b, a)| b - a)
-            .collect();
+        let delta: Vec<f64> = other.mean.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
         let weight = na * nb / n;
         for j in 0..self.dim {
             for i in 0..self.dim {
@@ -108,9 +98,7 @@ impl PcaStats {
     /// Sample covariance, divided by count − 1 (Spark's convention).
     pub fn covariance(&self) -> Mat<f64> {
         let denominator = (self.count.max(2) - 1) as f64;
-        Mat::from_fn(self.dim, self.dim, |i, j| {
-            self.comoment[(i, j)] / denominator
-        })
+        Mat::from_fn(self.dim, self.dim, |i, j| self.comoment[(i, j)] / denominator)
     }
 
     /// Compact little-endian encoding: dim, count, mean, then the co-moment's upper triangle row by row.
@@ -130,12 +118,12 @@ impl PcaStats {
 
     /// Inverse of [`PcaStats::to_bytes`]; `None` when the bytes are not such an encoding.
     pub fn from_bytes(bytes: &[u8]) -> Option<PcaStats> {
+        if !bytes.len().is_multiple_of(8) {
+            return None;
+        }
         let mut words = bytes
             .chunks_exact(8)
             .map(|w| <[u8; 8]>::try_from(w).expect("chunks of 8"));
-        if bytes.len() % 8 != 0 {
-            return None;
-        }
         let dim = usize::try_from(u64::from_le_bytes(words.next()?)).ok()?;
         let count = u64::from_le_bytes(words.next()?);
         if bytes.len() != 16 + 8 * (dim + dim * (dim + 1) / 2) {
@@ -168,10 +156,7 @@ mod tests {
     fn close(a: &PcaStats, b: &PcaStats) -> bool {
         let scale = 1.0 + b.covariance().norm_max();
         a.count == b.count
-            && a.mean
-                .iter()
-                .zip(&b.mean)
-                .all(|(x, y)| (x - y).abs() <= 1e-12 * scale)
+            && a.mean.iter().zip(&b.mean).all(|(x, y)| (x - y).abs() <= 1e-12 * scale)
             && (a.covariance() - b.covariance()).norm_max() <= 1e-10 * scale
     }
 
@@ -209,12 +194,7 @@ mod tests {
         let xs = [1.0, 3.0, 2.0, 4.0];
         let ys = [2.0, 5.0, 0.5, 4.0];
         let (mx, my) = (2.5, 2.875);
-        let cxy: f64 = xs
-            .iter()
-            .zip(&ys)
-            .map(|(x, y)| (x - mx) * (y - my))
-            .sum::<f64>()
-            / 3.0;
+        let cxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum::<f64>() / 3.0;
         assert!((c[(0, 1)] - cxy).abs() < 1e-12);
         assert!((s.mean()[1] - my).abs() < 1e-12);
     }

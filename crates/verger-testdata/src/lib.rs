@@ -98,10 +98,7 @@ pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .nth(1)
         .and_then(|s| s.split(')').next())
         .expect("shape");
-    let shape = shape_text
-        .split(',')
-        .filter_map(|d| d.trim().parse().ok())
-        .collect();
+    let shape = shape_text.split(',').filter_map(|d| d.trim().parse().ok()).collect();
     let values = bytes[start + header_len..]
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

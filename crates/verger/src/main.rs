@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use verger_engine::{run_job, FeaturizeSettings, JobConfig};
+use verger_engine::{run_job, ErrorBudget, FeaturizeSettings, JobConfig, JobError};
 use verger_image::{Limits, MODEL_SIDE};
 use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
 use verger_pca::Components;
 
-const EXIT_STATUSES: &str =
-    "Exit status: 0 = every image processed; 1 = the run failed (nothing committed); \
+const EXIT_STATUSES: &str = "Exit status: 0 = every image processed; 1 = the run failed (nothing committed); \
 2 = bad command line; 3 = completed, but some inputs could not be processed (see OUTPUT/errors/).";
 
 #[derive(Parser)]
@@ -70,9 +69,7 @@ impl ModelArgs {
     fn settings(&self) -> Result<FeaturizeSettings> {
         let path = match &self.model {
             Some(p) => p.clone(),
-            None => {
-                default_model().context("no model given: pass --model PATH or set VERGER_MODEL")?
-            }
+            None => default_model().context("no model given: pass --model PATH or set VERGER_MODEL")?,
         };
         Ok(FeaturizeSettings {
             model: ModelSpec {
@@ -112,8 +109,16 @@ struct RunArgs {
     #[arg(long, default_value_t = 256)]
     partition_rows: usize,
     /// Replace the output folder if it exists.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Continue an unfinished run in the output folder: committed partitions are reused, the rest is done,
+    /// and the result has exactly the rows of an uninterrupted run.
+    #[arg(long)]
+    resume: bool,
+    /// Fail as soon as more inputs than this cannot be processed: a count (10) or a fraction of the listed
+    /// images (0.01 or 1%). Default: no limit.
+    #[arg(long, value_parser = parse_error_budget)]
+    max_errors: Option<ErrorBudget>,
     /// Hourly price of the machine in USD, for the report's cost estimate (default: an m5.xlarge on demand
     /// in eu-west-1, the original EMR node type).
     #[arg(long, default_value_t = 0.214)]
@@ -127,8 +132,8 @@ fn default_model() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("VERGER_MODEL") {
         return Some(PathBuf::from(p));
     }
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/models/mobilenet_v2/mobilenet_v2_imagenet.onnx");
+    let shared =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/mobilenet_v2/mobilenet_v2_imagenet.onnx");
     shared.is_file().then_some(shared)
 }
 
@@ -140,9 +145,7 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
         .with_writer(std::io::stderr)
         .init();
     match dispatch(cli.command) {
@@ -164,11 +167,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             for f in &failures {
                 eprintln!("{}: {} failed: {}", f.uri, f.stage, f.message);
             }
-            println!(
-                "wrote {} rows to {}",
-                images.len() - failures.len(),
-                out.display()
-            );
+            println!("wrote {} rows to {}", images.len() - failures.len(), out.display());
             Ok(if failures.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -187,10 +186,7 @@ fn preprocess(images: &[PathBuf], out: &Path) -> Result<ExitCode> {
             let rgb = verger_image::load_rgb224(&bytes, &Limits::default())?;
             let stem = image.file_stem().context("image path has no file name")?;
             let target = out.join(stem).with_extension("png");
-            std::fs::write(
-                &target,
-                verger_image::encode_png(&rgb, MODEL_SIDE, MODEL_SIDE)?,
-            )?;
+            std::fs::write(&target, verger_image::encode_png(&rgb, MODEL_SIDE, MODEL_SIDE)?)?;
             Ok(target)
         })();
         match written {
@@ -232,6 +228,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         threads,
         partition_rows: args.partition_rows,
         overwrite: args.overwrite,
+        resume: args.resume,
+        max_errors: args.max_errors,
         featurize: args.model.settings()?,
         price_per_hour_usd: args.price_per_hour,
     };
@@ -244,7 +242,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     let progress = Arc::new(progress::CliProgress::new());
-    let outcome = runtime.block_on(run_job(&config, progress))?;
+    let outcome = match runtime.block_on(run_job(&config, progress)) {
+        Ok(outcome) => outcome,
+        Err(JobError::AlreadyComplete(path)) => {
+            println!("{} is already complete; nothing to do", path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let r = &outcome.report;
     println!(
         "{} images -> {} ({} failed); PCA k = {}, explained variance {:.4}; {:.1} s, {:.1} images/s, {:.2} ms CPU/image, peak {:.0} MiB, ~${:.4}",
@@ -264,4 +269,25 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// `--max-errors`: `10` (a count), `0.01` or `1%` (a fraction of the listed images).
+fn parse_error_budget(text: &str) -> Result<ErrorBudget, String> {
+    let fraction = |f: f64| {
+        if (0.0..=1.0).contains(&f) {
+            Ok(ErrorBudget::Fraction(f))
+        } else {
+            Err(format!("fraction {f} is not between 0 and 1"))
+        }
+    };
+    if let Some(percent) = text.strip_suffix('%') {
+        return fraction(percent.trim().parse::<f64>().map_err(|e| e.to_string())? / 100.0);
+    }
+    if let Ok(count) = text.parse::<u64>() {
+        return Ok(ErrorBudget::Count(count));
+    }
+    fraction(
+        text.parse::<f64>()
+            .map_err(|_| format!("{text:?} is neither a count nor a fraction"))?,
+    )
 }

@@ -40,8 +40,7 @@ impl Progress for CliProgress {
         self.done.store(0, Ordering::Relaxed);
         let bar = self.terminal.then(|| {
             let bar = total.map_or_else(ProgressBar::new_spinner, ProgressBar::new);
-            let template =
-                "{msg:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}";
+            let template = "{msg:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}";
             bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
             bar.set_message(stage.to_string());
             bar.enable_steady_tick(Duration::from_millis(200));
@@ -82,11 +81,7 @@ impl Progress for CliProgress {
             if let Some(bar) = stage.bar {
                 bar.finish_and_clear();
             }
-            eprintln!(
-                "{}: done in {:.1} s",
-                stage.name,
-                stage.started.elapsed().as_secs_f64()
-            );
+            eprintln!("{}: done in {:.1} s", stage.name, stage.started.elapsed().as_secs_f64());
         }
     }
 }

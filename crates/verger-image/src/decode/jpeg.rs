@@ -40,9 +40,7 @@ impl JpegDecoder {
     }
 
     /// Runs `f` with this thread's decoder, created on first use.
-    pub fn with_thread_local<T>(
-        f: impl FnOnce(&mut JpegDecoder) -> Result<T, ImageError>,
-    ) -> Result<T, ImageError> {
+    pub fn with_thread_local<T>(f: impl FnOnce(&mut JpegDecoder) -> Result<T, ImageError>) -> Result<T, ImageError> {
         thread_local! {
             static DECODER: RefCell<Option<JpegDecoder>> = const { RefCell::new(None) };
         }
@@ -70,11 +68,8 @@ impl JpegDecoder {
     /// Decodes into "L", "RGB" or "CMYK" as Pillow's JPEG plugin would.
     pub fn decode(&mut self, bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
         // SAFETY: the pointer and length describe `bytes`, which outlives the call.
-        let status =
-            unsafe { raw::tj3DecompressHeader(self.handle, bytes.as_ptr(), bytes.len() as _) };
-        if status != 0 {
-            return Err(self.failure());
-        }
+        let status = unsafe { raw::tj3DecompressHeader(self.handle, bytes.as_ptr(), bytes.len() as _) };
+        self.check(status)?;
         let width = self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH);
         let height = self.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT);
         let (width, height) = match (usize::try_from(width), usize::try_from(height)) {
@@ -92,11 +87,7 @@ impl JpegDecoder {
             raw::TJCS_TJCS_GRAY => (Mode::L, raw::TJPF_TJPF_GRAY),
             raw::TJCS_TJCS_RGB | raw::TJCS_TJCS_YCbCr => (Mode::Rgb, raw::TJPF_TJPF_RGB),
             raw::TJCS_TJCS_CMYK | raw::TJCS_TJCS_YCCK => (Mode::Cmyk, raw::TJPF_TJPF_CMYK),
-            other => {
-                return Err(ImageError::Unsupported(format!(
-                    "JPEG colour space {other}"
-                )))
-            }
+            other => return Err(ImageError::Unsupported(format!("JPEG colour space {other}"))),
         };
         let channels = mode.bytes_per_pixel();
         let mut data = vec![0u8; width * height * channels];
@@ -111,14 +102,7 @@ impl JpegDecoder {
                 format as libc_int,
             )
         };
-        if status != 0 {
-            // SAFETY: reading the error code of a valid handle.
-            let is_warning = unsafe { raw::tj3GetErrorCode(self.handle) }
-                == raw::TJERR_TJERR_WARNING as libc_int;
-            if !is_warning || self.message().contains(PREMATURE_END) {
-                return Err(self.failure());
-            }
-        }
+        self.check(status)?;
         if mode == Mode::Cmyk {
             // Pillow reads every CMYK JPEG with rawmode "CMYK;I" (Adobe's inverted convention).
             data.iter_mut().for_each(|v| *v = 255 - *v);
@@ -126,12 +110,20 @@ impl JpegDecoder {
         Ok(Pixels::new(mode, width, height, data))
     }
 
-    fn failure(&self) -> ImageError {
+    /// Maps a TurboJPEG status to Pillow's outcome: warnings pass, running out of data and errors fail.
+    fn check(&self, status: libc_int) -> Result<(), ImageError> {
+        if status == 0 {
+            return Ok(());
+        }
         let message = self.message();
+        // SAFETY: reading the error code of a valid handle.
+        let is_warning = unsafe { raw::tj3GetErrorCode(self.handle) } == raw::TJERR_TJERR_WARNING as libc_int;
         if message.contains(PREMATURE_END) {
-            ImageError::Truncated
+            Err(ImageError::Truncated)
+        } else if is_warning {
+            Ok(())
         } else {
-            ImageError::Jpeg(message)
+            Err(ImageError::Jpeg(message))
         }
     }
 }

@@ -53,11 +53,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
 }
 
 /// [`decode`] with a caller-held JPEG decoder, to reuse its state across many images.
-pub fn decode_with(
-    jpeg: &mut JpegDecoder,
-    bytes: &[u8],
-    limits: &Limits,
-) -> Result<Pixels, ImageError> {
+pub fn decode_with(jpeg: &mut JpegDecoder, bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }

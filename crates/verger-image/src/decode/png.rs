@@ -38,6 +38,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
         .ok_or_else(|| ImageError::Png("image too large".into()))?;
     let mut raw = vec![0u8; size];
     let frame = reader.next_frame(&mut raw).map_err(png_error)?;
+    check_text_chunks(reader.info())?;
     let stride = frame.line_size;
 
     let rows = (0..height).map(|y| &raw[y * stride..(y + 1) * stride]);
@@ -65,8 +66,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
         (ColorType::Indexed, depth) => {
             let bits = depth as u8;
             rows.for_each(|r| data.extend(unpack_bits(r, bits, width)));
-            let palette: Vec<[u8; 3]> =
-                palette.ok_or_else(|| ImageError::Png("palette image without PLTE".into()))?;
+            let palette: Vec<[u8; 3]> = palette.ok_or_else(|| ImageError::Png("palette image without PLTE".into()))?;
             Mode::P {
                 palette: full_palette(palette),
             }
@@ -116,11 +116,30 @@ fn unpack_bits(row: &[u8], bits: u8, width: usize) -> impl Iterator<Item = u8> +
     })
 }
 
+/// Pillow's `MAX_TEXT_CHUNK` (`ImageFile.SAFEBLOCK`): compressed text chunks that inflate beyond it make
+/// Pillow refuse the file, a guard against decompression bombs hidden in metadata.
+const MAX_TEXT_CHUNK: usize = 1024 * 1024;
+
+fn check_text_chunks(info: &png::Info) -> Result<(), ImageError> {
+    let too_large = || ImageError::Png("compressed text chunk inflates beyond Pillow's MAX_TEXT_CHUNK (1 MiB)".into());
+    for chunk in &info.compressed_latin1_text {
+        chunk
+            .clone()
+            .decompress_text_with_limit(MAX_TEXT_CHUNK)
+            .map_err(|_| too_large())?;
+    }
+    for chunk in info.utf8_text.iter().filter(|c| c.compressed) {
+        chunk
+            .clone()
+            .decompress_text_with_limit(MAX_TEXT_CHUNK)
+            .map_err(|_| too_large())?;
+    }
+    Ok(())
+}
+
 fn png_error(e: png::DecodingError) -> ImageError {
     match e {
-        png::DecodingError::IoError(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Truncated
-        }
+        png::DecodingError::IoError(ref io) if io.kind() == std::io::ErrorKind::UnexpectedEof => ImageError::Truncated,
         other => ImageError::Png(other.to_string()),
     }
 }

@@ -1,0 +1,36 @@
+//! A test hook for crash consistency: `VERGER_ABORT_AT=<point>[:<n>]` aborts the process, as `kill -9` would
+//! (no destructors, no flushing), the n-th time (default: first) the job reaches `point`. Points are named
+//! after what has just been committed: `listed`, `manifest`, `featurize`, `pca`, `write`, `errors`, `report`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+pub const ENV: &str = "VERGER_ABORT_AT";
+
+fn target() -> &'static Option<(String, usize)> {
+    static TARGET: OnceLock<Option<(String, usize)>> = OnceLock::new();
+    TARGET.get_or_init(|| {
+        let spec = std::env::var(ENV).ok()?;
+        let (point, n) = spec.split_once(':').unwrap_or((&spec, "1"));
+        Some((point.to_string(), n.parse().ok()?))
+    })
+}
+
+/// Marks that `point` was reached; aborts if the hook asks for it.
+pub fn checkpoint(point: &str) {
+    let Some((target, n)) = target() else { return };
+    if target != point {
+        return;
+    }
+    static SEEN: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let count = seen.entry(point.to_string()).or_default();
+    *count += 1;
+    if *count == *n {
+        eprintln!("{ENV}: aborting at {point}:{n}");
+        std::process::abort();
+    }
+}
