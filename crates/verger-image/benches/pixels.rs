@@ -3,7 +3,6 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
-use verger_image::decode::JpegDecoder;
 use verger_image::{convert, decode, preprocess, resize, Limits, MODEL_SIDE};
 use verger_testdata::{fruits360_dir, model_dir};
 

@@ -2,7 +2,6 @@
 //! upsampling). libjpeg warnings are not errors for Pillow, except running out of data: Pillow then
 //! raises "image file is truncated" where libjpeg would pad the image with grey.
 
-use std::cell::RefCell;
 use std::ffi::CStr;
 
 use turbojpeg::raw;
@@ -14,8 +13,10 @@ use crate::pixels::{Mode, Pixels};
 /// libjpeg's JWRN_JPEG_EOF: the data ended before the image did.
 const PREMATURE_END: &str = "Premature end of JPEG file";
 
-/// A TurboJPEG decompressor handle, reusable across images on one thread.
-pub struct JpegDecoder {
+/// A TurboJPEG decompressor handle for one image. Handles are not reused: after a broken stream libjpeg can
+/// keep state (tables, the previous image's size) that would leak into the next image, and a new handle
+/// costs microseconds next to milliseconds of inference.
+pub(crate) struct JpegDecoder {
     handle: raw::tjhandle,
 }
 
@@ -39,20 +40,6 @@ impl JpegDecoder {
         Ok(JpegDecoder { handle })
     }
 
-    /// Runs `f` with this thread's decoder, created on first use.
-    pub fn with_thread_local<T>(f: impl FnOnce(&mut JpegDecoder) -> Result<T, ImageError>) -> Result<T, ImageError> {
-        thread_local! {
-            static DECODER: RefCell<Option<JpegDecoder>> = const { RefCell::new(None) };
-        }
-        DECODER.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Some(JpegDecoder::new()?);
-            }
-            f(slot.as_mut().expect("decoder was just created"))
-        })
-    }
-
     fn message(&self) -> String {
         // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle.
         unsafe { CStr::from_ptr(raw::tj3GetErrorStr(self.handle)) }
@@ -73,8 +60,9 @@ impl JpegDecoder {
         let width = self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH);
         let height = self.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT);
         let (width, height) = match (usize::try_from(width), usize::try_from(height)) {
-            (Ok(w), Ok(h)) => (w, h),
-            _ => return Err(ImageError::Jpeg(format!("invalid size {width}x{height}"))),
+            (Ok(w), Ok(h)) if w > 0 && h > 0 => (w, h),
+            // libjpeg reports no frame when the data ends before it: Pillow calls that truncated.
+            _ => return Err(ImageError::Truncated),
         };
         limits.check(width, height)?;
         if self.get(raw::TJPARAM_TJPARAM_PRECISION) != 8 {

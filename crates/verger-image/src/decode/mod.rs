@@ -6,8 +6,6 @@ mod png;
 use crate::error::ImageError;
 use crate::pixels::Pixels;
 
-pub use self::jpeg::JpegDecoder;
-
 /// Pillow's `Image.MAX_IMAGE_PIXELS`: `1024 * 1024 * 1024 // 4 // 3`.
 pub const PILLOW_MAX_IMAGE_PIXELS: u64 = 1024 * 1024 * 1024 / 4 / 3;
 
@@ -49,16 +47,11 @@ impl Limits {
 
 /// Decodes a JPEG or PNG, chosen by its signature as Pillow does (the file name does not matter).
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
-    JpegDecoder::with_thread_local(|jpeg| decode_with(jpeg, bytes, limits))
-}
-
-/// [`decode`] with a caller-held JPEG decoder, to reuse its state across many images.
-pub fn decode_with(jpeg: &mut JpegDecoder, bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        jpeg.decode(bytes, limits)
+        jpeg::JpegDecoder::new()?.decode(bytes, limits)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         png::decode(bytes, limits)
     } else {

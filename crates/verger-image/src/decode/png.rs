@@ -39,6 +39,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
     let mut raw = vec![0u8; size];
     let frame = reader.next_frame(&mut raw).map_err(png_error)?;
     check_text_chunks(reader.info())?;
+    check_trailing_chunks(bytes)?;
     let stride = frame.line_size;
 
     let rows = (0..height).map(|y| &raw[y * stride..(y + 1) * stride]);
@@ -133,6 +134,40 @@ fn check_text_chunks(info: &png::Info) -> Result<(), ImageError> {
             .clone()
             .decompress_text_with_limit(MAX_TEXT_CHUNK)
             .map_err(|_| too_large())?;
+    }
+    Ok(())
+}
+
+/// After the image data Pillow reads chunk after chunk up to IEND (`PngImageFile.load_end`): a missing or
+/// cut-off chunk header ends the file quietly, but a chunk whose body is cut off is "Truncated File Read".
+/// An animated PNG stops at its second frame's `fcTL`.
+fn check_trailing_chunks(bytes: &[u8]) -> Result<(), ImageError> {
+    let chunk_at = |at: usize| -> Option<(usize, &[u8])> {
+        let header = bytes.get(at..at + 8)?;
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        Some((length, &header[4..8]))
+    };
+    // Walk to the end of the first run of IDAT chunks.
+    let (mut at, mut seen_idat, mut animated) = (8, false, false);
+    while let Some((length, kind)) = chunk_at(at) {
+        if kind == b"acTL" {
+            animated = true;
+        }
+        if kind == b"IDAT" {
+            seen_idat = true;
+        } else if seen_idat {
+            break;
+        }
+        at += 12 + length;
+    }
+    while let Some((length, kind)) = chunk_at(at) {
+        if kind == b"IEND" || (animated && kind == b"fcTL") {
+            return Ok(());
+        }
+        if bytes.len() < at + 8 + length {
+            return Err(ImageError::Truncated);
+        }
+        at += 12 + length;
     }
     Ok(())
 }
