@@ -50,7 +50,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--input", default=os.path.join(SHARED, "datasets/fruits360/Training"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=1)
     args = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "verger", "-p", "verger-engine", "--bins",

@@ -112,6 +112,9 @@ pub struct JobOutcome {
     pub report: Report,
 }
 
+/// Rows per record batch fed to `featurize` (the model batch, `--batch-size`, may be smaller).
+const ROWS_PER_BATCH: usize = 32;
+
 /// The output folder's layout.
 pub struct Layout {
     pub root: PathBuf,
@@ -391,7 +394,8 @@ async fn featurize(
     progress: Arc<dyn Progress>,
 ) -> Result<(), JobError> {
     let manifest = manifest_batch(entries)?;
-    let per_batch = config.featurize.batch_size.max(1);
+    // Rows per record batch: enough to amortise per-batch overhead, and whole model batches.
+    let per_batch = config.featurize.batch_size.max(ROWS_PER_BATCH);
     let todo: Vec<usize> = (0..parts.count()).filter(|&i| !parts.staged(i).exists()).collect();
     let done_rows: usize = (0..parts.count())
         .filter(|i| !todo.contains(i))
@@ -504,28 +508,22 @@ async fn fit_pca(
             .await?;
         plans.push(plan);
     }
-    let partials: Vec<Vec<RecordBatch>> = futures::stream::iter(plans)
+    // Partial statistics arrive in partition order and are folded as they come: one 13 MB partial at a time.
+    let stats = futures::stream::iter(plans)
         .map(|plan| {
             let task_ctx = ctx.task_ctx();
             tokio::spawn(async move { datafusion::physical_plan::collect(plan, task_ctx).await })
         })
         .buffered(config.threads.max(1))
         .map(|joined| Ok::<_, JobError>(joined.map_err(|e| JobError::Task(e.to_string()))??))
-        .try_collect()
+        .try_fold(
+            PcaStats::new(verger_model::FEATURE_DIM),
+            |mut stats, batches| async move {
+                stats.merge(&partial_stats(&batches)?);
+                Ok(stats)
+            },
+        )
         .await?;
-    let mut stats = PcaStats::new(verger_model::FEATURE_DIM);
-    for batches in partials {
-        let bytes = batches
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_binary_opt::<i32>()
-                    .filter(|a| !a.is_empty() && a.is_valid(0))
-                    .map(|a| a.value(0))
-            })
-            .ok_or_else(|| JobError::Task("pca_stats returned no row".into()))?;
-        stats.merge(&PcaStats::from_bytes(bytes).ok_or_else(|| JobError::Task("corrupt pca_stats result".into()))?);
-    }
     if stats.count() == 0 {
         return Err(JobError::NothingFeaturized);
     }
@@ -540,6 +538,20 @@ async fn fit_pca(
         "pca fitted"
     );
     Ok(Arc::new(model))
+}
+
+/// The `pca_stats` value of a one-row aggregate result.
+fn partial_stats(batches: &[RecordBatch]) -> Result<PcaStats, JobError> {
+    let bytes = batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_binary_opt::<i32>()
+                .filter(|a| !a.is_empty() && a.is_valid(0))
+                .map(|a| a.value(0))
+        })
+        .ok_or_else(|| JobError::Task("pca_stats returned no row".into()))?;
+    PcaStats::from_bytes(bytes).ok_or_else(|| JobError::Task("corrupt pca_stats result".into()))
 }
 
 /// Projects each staged partition and writes `result/part-N.parquet`; returns the number of rows written.

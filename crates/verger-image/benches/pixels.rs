@@ -17,9 +17,8 @@ fn stages(c: &mut Criterion) {
     ];
     for (name, path) in images {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let mut jpeg = JpegDecoder::new().unwrap();
         c.bench_function(&format!("decode/{name}"), |b| {
-            b.iter(|| jpeg.decode(black_box(&bytes), &limits).unwrap())
+            b.iter(|| decode(black_box(&bytes), &limits).unwrap())
         });
         let decoded = decode(&bytes, &limits).unwrap();
         c.bench_function(&format!("resize/{name}"), |b| {

@@ -17,7 +17,7 @@ fn inference(c: &mut Criterion) {
         .collect();
     let mut group = c.benchmark_group("inference");
     group.sample_size(10);
-    for batch in [1usize, 16] {
+    for batch in [1usize, 4, 8, 16] {
         let inputs: Vec<f32> = one.iter().copied().cycle().take(batch * INPUT_LEN).collect();
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_with_input(BenchmarkId::from_parameter(batch), &inputs, |b, x| {

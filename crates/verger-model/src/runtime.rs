@@ -80,6 +80,11 @@ pub fn locate() -> Result<PathBuf, ModelError> {
             }
         }
     }
+    search(folders, searched)
+}
+
+/// The first folder holding the library; otherwise an error naming every place searched and what to run.
+fn search(folders: Vec<PathBuf>, mut searched: Vec<String>) -> Result<PathBuf, ModelError> {
     for folder in folders {
         if let Some(found) = library_in(&folder) {
             return Ok(found);
@@ -104,4 +109,34 @@ fn library_in(folder: &Path) -> Option<PathBuf> {
         .collect();
     candidates.sort();
     candidates.pop()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_runtime_says_what_to_run() {
+        let empty = std::env::temp_dir().join("verger-no-onnxruntime-here");
+        let message = search(vec![empty.clone()], vec![]).unwrap_err().to_string();
+        assert!(
+            message.contains("scripts/setup") && message.contains("VERGER_ORT_LIB"),
+            "{message}"
+        );
+        assert!(message.contains(&empty.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn the_newest_library_in_a_folder_wins() {
+        let dir = std::env::temp_dir().join(format!("verger-ort-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["libonnxruntime.so.1.31.0", "libonnxruntime.so.1.32.0", "unrelated.so"] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        assert_eq!(
+            search(vec![dir.clone()], vec![]).unwrap(),
+            dir.join("libonnxruntime.so.1.32.0")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -1,4 +1,4 @@
-use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{matmul, BlockStructure};
 use faer::{Accum, Mat, Par};
 
 /// Count, mean and centred co-moment matrix (Σ (x − mean)(x − mean)ᵀ) of a set of `dim`-vectors.
@@ -7,7 +7,8 @@ pub struct PcaStats {
     dim: usize,
     count: u64,
     mean: Vec<f64>,
-    /// Full `dim × dim` co-moment matrix; only the upper triangle travels in [`PcaStats::to_bytes`].
+    /// `dim × dim` co-moment matrix. Only its upper triangle (i <= j) is kept up to date: the matrix is
+    /// symmetric, and computing half of it halves the dominant cost, `Xᵀ X`.
     comoment: Mat<f64>,
 }
 
@@ -54,11 +55,16 @@ impl PcaStats {
         mean.iter_mut().for_each(|m| *m /= n as f64);
         let centred = Mat::from_fn(n, self.dim, |i, j| f64::from(rows[i * self.dim + j]) - mean[j]);
         let mut comoment = Mat::zeros(self.dim, self.dim);
+        let full = BlockStructure::Rectangular;
+        let upper = BlockStructure::TriangularUpper;
         matmul(
             &mut comoment,
+            upper,
             Accum::Replace,
             centred.transpose(),
+            full,
             &centred,
+            full,
             1.0,
             Par::Seq,
         );
@@ -85,7 +91,7 @@ impl PcaStats {
         let delta: Vec<f64> = other.mean.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
         let weight = na * nb / n;
         for j in 0..self.dim {
-            for i in 0..self.dim {
+            for i in 0..=j {
                 self.comoment[(i, j)] += other.comoment[(i, j)] + delta[i] * delta[j] * weight;
             }
         }
@@ -98,45 +104,45 @@ impl PcaStats {
     /// Sample covariance, divided by count − 1 (Spark's convention).
     pub fn covariance(&self) -> Mat<f64> {
         let denominator = (self.count.max(2) - 1) as f64;
-        Mat::from_fn(self.dim, self.dim, |i, j| self.comoment[(i, j)] / denominator)
+        Mat::from_fn(self.dim, self.dim, |i, j| {
+            self.comoment[(i.min(j), i.max(j))] / denominator
+        })
     }
 
-    /// Compact little-endian encoding: dim, count, mean, then the co-moment's upper triangle row by row.
+    /// Compact little-endian encoding: dim, count, mean, then the co-moment's upper triangle column by column
+    /// (column j holds rows 0..=j).
     pub fn to_bytes(&self) -> Vec<u8> {
         let triangle = self.dim * (self.dim + 1) / 2;
         let mut out = Vec::with_capacity(16 + 8 * (self.dim + triangle));
-        out.extend((self.dim as u64).to_le_bytes());
-        out.extend(self.count.to_le_bytes());
-        self.mean.iter().for_each(|v| out.extend(v.to_le_bytes()));
-        for i in 0..self.dim {
-            for j in i..self.dim {
-                out.extend(self.comoment[(i, j)].to_le_bytes());
-            }
+        out.extend_from_slice(&(self.dim as u64).to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        let upper = (0..self.dim).flat_map(|j| &self.comoment.col_as_slice(j)[..=j]);
+        for v in self.mean.iter().chain(upper) {
+            out.extend_from_slice(&v.to_le_bytes());
         }
         out
     }
 
     /// Inverse of [`PcaStats::to_bytes`]; `None` when the bytes are not such an encoding.
     pub fn from_bytes(bytes: &[u8]) -> Option<PcaStats> {
-        if !bytes.len().is_multiple_of(8) {
-            return None;
-        }
-        let mut words = bytes
-            .chunks_exact(8)
-            .map(|w| <[u8; 8]>::try_from(w).expect("chunks of 8"));
-        let dim = usize::try_from(u64::from_le_bytes(words.next()?)).ok()?;
-        let count = u64::from_le_bytes(words.next()?);
+        let word = |k: usize| {
+            bytes
+                .get(8 * k..8 * k + 8)
+                .map(|w| <[u8; 8]>::try_from(w).expect("8 bytes"))
+        };
+        let dim = usize::try_from(u64::from_le_bytes(word(0)?)).ok()?;
+        let count = u64::from_le_bytes(word(1)?);
         if bytes.len() != 16 + 8 * (dim + dim * (dim + 1) / 2) {
             return None;
         }
-        let mut values = words.map(f64::from_le_bytes);
+        let mut values = bytes[16..]
+            .chunks_exact(8)
+            .map(|w| f64::from_le_bytes(w.try_into().expect("8 bytes")));
         let mean: Vec<f64> = values.by_ref().take(dim).collect();
         let mut comoment = Mat::zeros(dim, dim);
-        for i in 0..dim {
-            for j in i..dim {
-                let v = values.next()?;
-                comoment[(i, j)] = v;
-                comoment[(j, i)] = v;
+        for j in 0..dim {
+            for (slot, v) in comoment.col_as_slice_mut(j)[..=j].iter_mut().zip(values.by_ref()) {
+                *slot = v;
             }
         }
         Some(PcaStats {

@@ -58,10 +58,12 @@ fn k_by_explained_variance() {
         output.to_str().unwrap(),
         "--variance",
         "0.9",
+        "--center",
     ]);
     assert_success(&out, "verger run --variance");
     let model: serde_json::Value =
         serde_json::from_slice(&std::fs::read(output.join("pca/model.json")).unwrap()).unwrap();
+    assert_eq!(model["center"], true);
     let k = model["k"].as_u64().unwrap() as usize;
     let ratios: Vec<f64> = model["explained_variance_ratio"]
         .as_array()
