@@ -1,11 +1,11 @@
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::error::ModelError;
-use crate::model::{ModelSpec, VerifiedModel};
+use crate::model::{per_spec, ModelSpec, PerSpec, VerifiedModel};
 use crate::{runtime, FEATURE_DIM, INPUT_LEN};
 
 /// One ONNX Runtime session: preprocessed NHWC images in, 1280-d features out.
@@ -55,22 +55,13 @@ pub struct FeaturizerPool {
 impl FeaturizerPool {
     /// The process-wide pool for `spec` (verifying the model on first use).
     pub fn shared(spec: &ModelSpec) -> Result<Arc<FeaturizerPool>, ModelError> {
-        use std::collections::HashMap;
-        use std::sync::OnceLock;
-        static POOLS: OnceLock<Mutex<HashMap<ModelSpec, Arc<FeaturizerPool>>>> = OnceLock::new();
-        let mut pools = POOLS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(pool) = pools.get(spec) {
-            return Ok(pool.clone());
-        }
-        let pool = Arc::new(FeaturizerPool {
-            model: VerifiedModel::load(spec)?,
-            idle: Mutex::new(Vec::new()),
-        });
-        pools.insert(spec.clone(), pool.clone());
-        Ok(pool)
+        static POOLS: PerSpec<FeaturizerPool> = OnceLock::new();
+        per_spec(&POOLS, spec, || {
+            Ok(FeaturizerPool {
+                model: VerifiedModel::load(spec)?,
+                idle: Mutex::new(Vec::new()),
+            })
+        })
     }
 
     /// A session for the caller's exclusive use; it returns to the pool when dropped.

@@ -24,17 +24,8 @@ pub struct VerifiedModel {
 impl VerifiedModel {
     /// Reads and verifies the model once per process; later calls with the same spec share the bytes.
     pub fn load(spec: &ModelSpec) -> Result<Arc<VerifiedModel>, ModelError> {
-        static LOADED: OnceLock<Mutex<HashMap<ModelSpec, Arc<VerifiedModel>>>> = OnceLock::new();
-        let mut loaded = LOADED
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(model) = loaded.get(spec) {
-            return Ok(model.clone());
-        }
-        let model = Arc::new(Self::read(spec)?);
-        loaded.insert(spec.clone(), model.clone());
-        Ok(model)
+        static LOADED: PerSpec<VerifiedModel> = OnceLock::new();
+        per_spec(&LOADED, spec, || Self::read(spec))
     }
 
     fn read(spec: &ModelSpec) -> Result<VerifiedModel, ModelError> {
@@ -49,6 +40,27 @@ impl VerifiedModel {
             bytes,
         })
     }
+}
+
+/// A process-wide cache of one value per model: the original pipeline's "broadcast once per worker".
+pub(crate) type PerSpec<V> = OnceLock<Mutex<HashMap<ModelSpec, Arc<V>>>>;
+
+/// The cached value for `spec`, made by `make` on first use.
+pub(crate) fn per_spec<V>(
+    cache: &PerSpec<V>,
+    spec: &ModelSpec,
+    make: impl FnOnce() -> Result<V, ModelError>,
+) -> Result<Arc<V>, ModelError> {
+    let mut values = cache
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(value) = values.get(spec) {
+        return Ok(value.clone());
+    }
+    let value = Arc::new(make()?);
+    values.insert(spec.clone(), value.clone());
+    Ok(value)
 }
 
 /// Checks `bytes` against the expected hex sha256.
