@@ -15,6 +15,7 @@ use verger_image::Limits;
 use verger_model::{FeaturizerPool, ModelSpec, FEATURE_DIM, INPUT_LEN};
 
 use crate::source;
+use crate::store::StoreOptions;
 
 /// What every worker needs to featurize: which model, how many images per inference call, which limits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,6 +23,8 @@ pub struct FeaturizeSettings {
     pub model: ModelSpec,
     pub batch_size: usize,
     pub max_pixels: u64,
+    /// How to reach images in object stores.
+    pub store: StoreOptions,
 }
 
 /// Names of the fields of `featurize`'s struct result.
@@ -131,7 +134,7 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
         let outcome = if uris.is_null(i) {
             Err((stage::READ, "missing path".to_string()))
         } else {
-            source::read(uris.value(i))
+            source::read(uris.value(i), &settings.store)
                 .map_err(|e| (stage::READ, e))
                 .and_then(|bytes| {
                     verger_image::load_rgb224(&bytes, &limits).map_err(|e| (stage::DECODE, e.to_string()))

@@ -20,7 +20,7 @@ use datafusion::prelude::{col, ParquetReadOptions, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use verger_listing::{list_folder, ImageEntry, ListingError, NameFilter};
+use verger_listing::{list_bucket, list_folder, ImageEntry, ListingError, Location, NameFilter};
 use verger_pca::{fit, Components, PcaError, PcaModel, PcaStats};
 
 use crate::fault;
@@ -29,6 +29,7 @@ use crate::output::{part_name, remove_temp_files, write_batches, write_file, wri
 use crate::pca::{PcaProjectUdf, PcaStatsUdaf};
 use crate::progress::Progress;
 use crate::report::{Cost, Counts, PcaSummary, Report, Stopwatch, Usage, Versions};
+use crate::store::{check_residency, BucketRegion};
 
 /// Everything `verger run` was asked to do; saved verbatim in the report.
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +47,8 @@ pub struct JobConfig {
     pub resume: bool,
     /// Stop as soon as more inputs than this have failed.
     pub max_errors: Option<ErrorBudget>,
+    /// Region patterns every bucket the job touches must match (empty: no restriction).
+    pub allowed_regions: Vec<String>,
     pub featurize: FeaturizeSettings,
     /// Hourly price of the machine, for the report's cost estimate.
     pub price_per_hour_usd: f64,
@@ -93,6 +96,10 @@ pub enum JobError {
     Parquet(#[from] datafusion::parquet::errors::ParquetError),
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("object store: {0}")]
+    Store(String),
+    #[error("data residency: {0}")]
+    Residency(String),
     #[error("worker task failed: {0}")]
     Task(String),
 }
@@ -155,6 +162,7 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
     let layout = Layout {
         root: config.output.clone(),
     };
+    let residency = check_residency_first(config).await?;
     prepare_output(&layout, config)?;
     let ctx = crate::new_context(config.threads, &config.featurize);
     let mut clock = Stopwatch::start();
@@ -196,7 +204,8 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
     progress.end("write");
     let featurized = featurized?;
 
-    let report = build_report(config, &clock, listed, featurized, failed, &model);
+    let mut report = build_report(config, &clock, listed, featurized, failed, &model);
+    report.buckets = residency;
     write_file(
         &layout.report(),
         &serde_json::to_vec_pretty(&report).expect("report serializes"),
@@ -205,6 +214,26 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
     write_file(&layout.success(), b"")?;
     std::fs::remove_dir_all(layout.staging()).map_err(|e| JobError::io(&layout.staging(), e))?;
     Ok(JobOutcome { report })
+}
+
+/// Finds the region of every bucket the job touches and refuses the job, before any byte moves, when one is
+/// outside `--allowed-regions`.
+async fn check_residency_first(config: &JobConfig) -> Result<Vec<BucketRegion>, JobError> {
+    let mut buckets = Vec::new();
+    if let Location::S3 { bucket, .. } = Location::parse(&config.input.to_string_lossy()) {
+        buckets.push(
+            config
+                .featurize
+                .store
+                .bucket_region(&bucket)
+                .await
+                .map_err(JobError::Store)?,
+        );
+    }
+    if !config.allowed_regions.is_empty() {
+        check_residency(&config.allowed_regions, &buckets).map_err(JobError::Residency)?;
+    }
+    Ok(buckets)
 }
 
 fn prepare_output(layout: &Layout, config: &JobConfig) -> Result<(), JobError> {
@@ -263,10 +292,15 @@ async fn manifest(config: &JobConfig, layout: &Layout) -> Result<(Vec<ImageEntry
 
 async fn list(config: &JobConfig) -> Result<Vec<ImageEntry>, JobError> {
     let filter = NameFilter::new(&config.globs)?;
-    let input = config.input.clone();
-    let entries = tokio::task::spawn_blocking(move || list_folder(&input, &filter))
-        .await
-        .map_err(|e| JobError::Task(e.to_string()))??;
+    let entries = match Location::parse(&config.input.to_string_lossy()) {
+        Location::Local(path) => tokio::task::spawn_blocking(move || list_folder(&path, &filter))
+            .await
+            .map_err(|e| JobError::Task(e.to_string()))??,
+        Location::S3 { bucket, prefix } => {
+            let client = config.featurize.store.s3(&bucket).map_err(JobError::Store)?;
+            list_bucket(client.as_ref(), &bucket, &prefix, &filter).await?
+        }
+    };
     if entries.is_empty() {
         return Err(JobError::NoImages {
             input: config.input.clone(),
@@ -660,6 +694,7 @@ fn build_report(
                 .unwrap_or_default(),
             model_sha256: config.featurize.model.sha256.clone(),
         },
+        buckets: Vec::new(),
         config: serde_json::to_value(config).expect("config serializes"),
     }
 }

@@ -15,6 +15,7 @@ pub mod pca;
 pub mod progress;
 pub mod report;
 mod source;
+pub mod store;
 
 use std::sync::Arc;
 

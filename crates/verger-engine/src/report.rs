@@ -117,5 +117,7 @@ pub struct Report {
     pub pca: PcaSummary,
     pub cost: Cost,
     pub versions: Versions,
+    /// Every bucket the job touched, with its region and whether the store reported it or `--region` applied.
+    pub buckets: Vec<crate::store::BucketRegion>,
     pub config: serde_json::Value,
 }

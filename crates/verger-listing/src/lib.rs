@@ -2,12 +2,16 @@
 //! with the name of its parent folder (the Fruits-360 layout: `Training/<label>/<image>.jpg`).
 //!
 //! The listing is the job's manifest: it fixes the set and order of rows, so that partitions, retries and
-//! resumed runs all agree on what "every image" means. Scope: names and metadata only, no image bytes.
+//! resumed runs all agree on what "every image" means. Inputs are local folders or object-store prefixes
+//! (`s3://bucket/prefix`, listed through `object_store`). Scope: names and metadata only, no image bytes.
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use futures::TryStreamExt;
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
 use thiserror::Error;
 
 /// The glob used when the user gives none, as in the original notebook.
@@ -21,6 +25,67 @@ pub enum ListingError {
     NotAFolder { path: PathBuf },
     #[error("cannot list {path}: {message}")]
     Io { path: PathBuf, message: String },
+    #[error("cannot list {uri}: {message}")]
+    Store { uri: String, message: String },
+}
+
+/// Where a job's images are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    /// `s3://bucket/prefix`; the prefix has no leading or trailing slash.
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+}
+
+impl Location {
+    /// `s3://bucket[/prefix]` or a local path (`file://` accepted).
+    pub fn parse(text: &str) -> Location {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            return Location::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            };
+        }
+        Location::Local(PathBuf::from(text.strip_prefix("file://").unwrap_or(text)))
+    }
+}
+
+/// Lists every object under `prefix` of an S3 bucket whose name matches; entries sorted by URI. The label
+/// is the last "folder" of the key.
+pub async fn list_bucket(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    prefix: &str,
+    filter: &NameFilter,
+) -> Result<Vec<ImageEntry>, ListingError> {
+    let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+    let objects: Vec<_> = store
+        .list(root.as_ref())
+        .try_collect()
+        .await
+        .map_err(|e| ListingError::Store {
+            uri: format!("s3://{bucket}/{prefix}"),
+            message: e.to_string(),
+        })?;
+    let mut entries: Vec<ImageEntry> = objects
+        .into_iter()
+        .filter(|meta| meta.location.filename().is_some_and(|name| filter.matches(name)))
+        .map(|meta| {
+            let key = meta.location.as_ref();
+            ImageEntry {
+                uri: format!("s3://{bucket}/{key}"),
+                label: label_of(Path::new(key)),
+                size: meta.size,
+                modified_ms: meta.last_modified.timestamp_millis(),
+            }
+        })
+        .collect();
+    entries.sort_by(|a, b| a.uri.cmp(&b.uri));
+    Ok(entries)
 }
 
 /// One listed image.
@@ -164,6 +229,29 @@ mod tests {
 
         let both = list_folder(dir.path(), &NameFilter::new(&["*.jpg", "*.png"]).unwrap()).unwrap();
         assert_eq!(both.len(), 4);
+    }
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(
+            Location::parse("s3://bucket/some/prefix/"),
+            Location::S3 {
+                bucket: "bucket".into(),
+                prefix: "some/prefix".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://bucket"),
+            Location::S3 {
+                bucket: "bucket".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            Location::parse("file:///data/x"),
+            Location::Local(PathBuf::from("/data/x"))
+        );
+        assert_eq!(Location::parse("rel/dir"), Location::Local(PathBuf::from("rel/dir")));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use verger_engine::store::StoreOptions;
 use verger_engine::{run_job, ErrorBudget, FeaturizeSettings, JobConfig, JobError};
 use verger_image::{Limits, MODEL_SIDE};
 use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
@@ -67,7 +68,7 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn settings(&self) -> Result<FeaturizeSettings> {
+    fn settings(&self, store: StoreOptions) -> Result<FeaturizeSettings> {
         let path = match &self.model {
             Some(p) => p.clone(),
             None => default_model().context("no model given: pass --model PATH or set VERGER_MODEL")?,
@@ -79,13 +80,44 @@ impl ModelArgs {
             },
             batch_size: self.batch_size,
             max_pixels: self.max_pixels,
+            store,
         })
+    }
+}
+
+/// Where object stores are; credentials come from the usual AWS sources (environment, web identity,
+/// container or instance metadata), never from the command line.
+#[derive(Args)]
+struct StoreArgs {
+    /// AWS region of the buckets (stores that report none are taken to be here).
+    #[arg(long)]
+    region: Option<String>,
+    /// Endpoint of an S3-compatible store, e.g. http://127.0.0.1:8333.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Allow plain HTTP to an endpoint that is not on this machine.
+    #[arg(long)]
+    allow_http: bool,
+    /// Region patterns (e.g. `eu-*`, repeatable or comma-separated) that every bucket must be in; a job touching
+    /// another region is refused before any byte moves.
+    #[arg(long, value_delimiter = ',')]
+    allowed_regions: Vec<String>,
+}
+
+impl StoreArgs {
+    fn options(&self) -> StoreOptions {
+        StoreOptions {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            allow_http: self.allow_http,
+        }
     }
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// Folder of images, searched recursively; each image's label is its parent folder's name.
+    /// Images, searched recursively: a folder or s3://bucket/prefix. Each image's label is its parent
+    /// folder's name.
     #[arg(long)]
     input: PathBuf,
     /// Output folder: result/, errors/, pca/, manifest/, report.json, _SUCCESS.
@@ -126,6 +158,8 @@ struct RunArgs {
     price_per_hour: f64,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 /// `$VERGER_MODEL`, else `shared/models/...` beside the checkout this binary was built from.
@@ -164,7 +198,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Preprocess { images, out } => preprocess(&images, &out),
         Command::Embed { images, out, model } => {
             let files: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
-            let failures = verger_engine::embed::embed_files(&files, &model.settings()?, &out)?;
+            let failures = verger_engine::embed::embed_files(&files, &model.settings(StoreOptions::default())?, &out)?;
             for f in &failures {
                 eprintln!("{}: {} failed: {}", f.uri, f.stage, f.message);
             }
@@ -231,9 +265,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         overwrite: args.overwrite,
         resume: args.resume,
         max_errors: args.max_errors,
-        featurize: args.model.settings()?,
+        allowed_regions: args.store.allowed_regions.clone(),
+        featurize: args.model.settings(args.store.options())?,
         price_per_hour_usd: args.price_per_hour,
     };
+    if args.output.to_string_lossy().starts_with("s3://") {
+        bail!("output to object stores is not supported yet: write to a local folder");
+    }
+    config.featurize.store.check_transport().map_err(anyhow::Error::msg)?;
     // Fail before listing when the runtime or the model is unusable.
     verger_model::runtime::ensure_loaded()?;
     verger_model::VerifiedModel::load(&config.featurize.model)?;
