@@ -10,6 +10,9 @@ use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 
+/// One object-store client per (options, bucket) and process.
+type Clients = HashMap<(StoreOptions, String), Arc<dyn ObjectStore>>;
+
 /// How to reach S3 or an S3-compatible store. Safe to log and to ship to workers: it holds no secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StoreOptions {
@@ -45,7 +48,7 @@ impl StoreOptions {
 
     /// The client for `bucket`, made once per process.
     pub fn s3(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
-        static CLIENTS: OnceLock<Mutex<HashMap<(StoreOptions, String), Arc<dyn ObjectStore>>>> = OnceLock::new();
+        static CLIENTS: OnceLock<Mutex<Clients>> = OnceLock::new();
         let mut clients = CLIENTS
             .get_or_init(Default::default)
             .lock()
