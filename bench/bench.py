@@ -53,8 +53,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=1)
     args = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "verger", "-p", "verger-engine", "--bins",
-                    "--examples"], cwd=ROOT, check=True)
+    # The same build as scripts/setup (all targets), so nothing is compiled a second time.
+    subprocess.run(["cargo", "build", "--release", "-q", "--workspace", "--all-targets"], cwd=ROOT, check=True)
     release = os.path.join(target_dir(), "release")
     n = sum(1 for _, _, files in os.walk(args.input) for f in files if f.endswith(".jpg"))
     rows = {}
