@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use serde::Serialize;
+use tracing::Instrument;
 
 /// Process CPU time and peak memory, from `getrusage`.
 #[derive(Debug, Clone, Copy)]
@@ -53,10 +54,8 @@ impl Stopwatch {
 
     /// Runs `f` as stage `name`, recording its wall and CPU time.
     pub async fn stage<T>(&mut self, name: &str, f: impl std::future::Future<Output = T>) -> T {
-        let span = tracing::info_span!("stage", name);
-        let _entered = span.enter();
         let (wall, cpu) = (Instant::now(), Usage::now().cpu_s);
-        let out = f.await;
+        let out = f.instrument(tracing::info_span!("stage", name)).await;
         let timing = StageTiming {
             stage: name.to_string(),
             wall_s: wall.elapsed().as_secs_f64(),
