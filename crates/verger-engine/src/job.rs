@@ -16,7 +16,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
 use datafusion::execution::{FunctionRegistry, SendableRecordBatchStream};
 use datafusion::physical_plan::{execute_stream, ExecutionPlan, ExecutionPlanProperties};
-use datafusion::prelude::{col, ParquetReadOptions, SessionContext};
+use datafusion::prelude::{col, Expr, ParquetReadOptions, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -28,6 +28,7 @@ use crate::featurize::{features_type, field, FeaturizeSettings, FeaturizeUdf};
 use crate::output::{part_name, remove_temp_files, write_batches, write_file, write_stream, AtomicParquet};
 use crate::pca::{PcaProjectUdf, PcaStatsUdaf};
 use crate::progress::Progress;
+use crate::pseudonym::{PseudonymizeUdf, Pseudonymizer};
 use crate::report::{Cost, Counts, PcaSummary, Report, Stopwatch, Usage, Versions};
 use crate::store::{check_residency, BucketRegion};
 
@@ -49,6 +50,8 @@ pub struct JobConfig {
     pub max_errors: Option<ErrorBudget>,
     /// Region patterns every bucket the job touches must match (empty: no restriction).
     pub allowed_regions: Vec<String>,
+    /// Key file for pseudonymized paths in the shared outputs (result, errors, manifest).
+    pub pseudonymize_key: Option<PathBuf>,
     pub featurize: FeaturizeSettings,
     /// Hourly price of the machine, for the report's cost estimate.
     pub price_per_hour_usd: f64,
@@ -100,6 +103,8 @@ pub enum JobError {
     Store(String),
     #[error("data residency: {0}")]
     Residency(String),
+    #[error("{0}")]
+    Pseudonymize(String),
     #[error("worker task failed: {0}")]
     Task(String),
 }
@@ -165,9 +170,20 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
     let residency = check_residency_first(config).await?;
     prepare_output(&layout, config)?;
     let ctx = crate::new_context(config.threads, &config.featurize);
+    let pseudonymizer = match &config.pseudonymize_key {
+        Some(key) => Some(Arc::new(Pseudonymizer::from_file(key).map_err(JobError::Pseudonymize)?)),
+        None => None,
+    };
+    if let Some(p) = &pseudonymizer {
+        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            PseudonymizeUdf::new(p.clone()),
+        ));
+    }
     let mut clock = Stopwatch::start();
 
-    let (entries, partition_rows) = clock.stage("list", manifest(config, &layout)).await?;
+    let (entries, partition_rows) = clock
+        .stage("list", manifest(config, &layout, pseudonymizer.as_deref()))
+        .await?;
     let listed = entries.len() as u64;
     let budget = Budget {
         failed: AtomicU64::new(0),
@@ -268,14 +284,23 @@ struct Plan {
 }
 
 /// This run's manifest: read back when resuming one that committed it, else listed and committed.
-async fn manifest(config: &JobConfig, layout: &Layout) -> Result<(Vec<ImageEntry>, usize), JobError> {
-    let manifest_file = layout.manifest().join(part_name(0));
+async fn manifest(
+    config: &JobConfig,
+    layout: &Layout,
+    pseudonymizer: Option<&Pseudonymizer>,
+) -> Result<(Vec<ImageEntry>, usize), JobError> {
+    let public = layout.manifest().join(part_name(0));
+    // With pseudonyms, the real paths a resumed run needs stay in staging, which is removed on success.
+    let real = match pseudonymizer {
+        Some(_) => layout.staging().join("manifest.parquet"),
+        None => public.clone(),
+    };
     let plan_file = layout.manifest().join("_plan.json");
-    if config.resume && manifest_file.exists() {
+    if config.resume && real.exists() {
         let bytes = std::fs::read(&plan_file).map_err(|e| JobError::io(&plan_file, e))?;
         let plan: Plan =
             serde_json::from_slice(&bytes).map_err(|e| JobError::Task(format!("{}: {e}", plan_file.display())))?;
-        let entries = read_manifest(&manifest_file).await?;
+        let entries = read_manifest(&real).await?;
         tracing::info!(images = entries.len(), "resuming from the committed manifest");
         return Ok((entries, plan.partition_rows));
     }
@@ -285,7 +310,17 @@ async fn manifest(config: &JobConfig, layout: &Layout) -> Result<(Vec<ImageEntry
         partition_rows: config.partition_rows.max(1),
     };
     write_file(&plan_file, &serde_json::to_vec(&plan).expect("plan serializes"))?;
-    write_batches(&manifest_file, manifest_schema(), &[manifest_batch(&entries)?])?;
+    write_batches(&real, manifest_schema(), &[manifest_batch(&entries)?])?;
+    if let Some(p) = pseudonymizer {
+        let shared: Vec<ImageEntry> = entries
+            .iter()
+            .map(|e| ImageEntry {
+                uri: p.pseudonym(&e.uri),
+                ..e.clone()
+            })
+            .collect();
+        write_batches(&public, manifest_schema(), &[manifest_batch(&shared)?])?;
+    }
     fault::checkpoint("manifest");
     Ok((entries, plan.partition_rows))
 }
@@ -607,7 +642,7 @@ async fn write_results(
             .await?
             .filter(col(field::ERROR_STAGE).is_null())?
             .select(vec![
-                col("path"),
+                shared_path(ctx)?,
                 col("label"),
                 col(field::FEATURES),
                 project.call(vec![col(field::FEATURES)]).alias("pca_features"),
@@ -637,13 +672,21 @@ async fn write_results(
     Ok(rows.iter().sum())
 }
 
+/// The `path` column as shared outputs show it: pseudonymized when `pseudonymize` is registered.
+fn shared_path(ctx: &SessionContext) -> Result<Expr, JobError> {
+    Ok(match ctx.udf(PseudonymizeUdf::NAME) {
+        Ok(pseudonymize) => pseudonymize.call(vec![col("path")]).alias("path"),
+        Err(_) => col("path"),
+    })
+}
+
 /// Writes every failed row, sorted by path, to `errors/part-00000.parquet` (empty when none failed).
 async fn write_errors(ctx: &SessionContext, layout: &Layout, parts: &Partitions) -> Result<u64, JobError> {
     let df = read_staged(ctx, parts.all_staged()?)
         .await?
         .filter(col(field::ERROR_STAGE).is_not_null())?
         .select(vec![
-            col("path"),
+            shared_path(ctx)?,
             col(field::ERROR_STAGE).alias("stage"),
             col(field::ERROR_MESSAGE).alias("message"),
         ])?

@@ -13,6 +13,7 @@ pub mod job;
 pub mod output;
 pub mod pca;
 pub mod progress;
+pub mod pseudonym;
 pub mod report;
 mod source;
 pub mod store;

@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// List, featurize (MobileNetV2), reduce (PCA) and write Parquet: the whole job.
     #[command(after_help = EXIT_STATUSES)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write the exact 224x224 RGB pixels the model sees, as DIR/<file stem>.png.
     Preprocess {
         #[arg(required = true)]
@@ -144,6 +144,10 @@ struct RunArgs {
     /// Replace the output folder if it exists.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Write HMAC-SHA256(key, path) instead of each path in result/, errors/ and manifest/ (labels kept), with
+    /// the key read from this file (at least 16 bytes), so results can be shared without exposing paths.
+    #[arg(long, value_name = "KEYFILE")]
+    pseudonymize_paths: Option<PathBuf>,
     /// Continue an unfinished run in the output folder: committed partitions are reused, the rest is done,
     /// and the result has exactly the rows of an uninterrupted run.
     #[arg(long)]
@@ -194,7 +198,7 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Preprocess { images, out } => preprocess(&images, &out),
         Command::Embed { images, out, model } => {
             let files: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
@@ -266,6 +270,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         resume: args.resume,
         max_errors: args.max_errors,
         allowed_regions: args.store.allowed_regions.clone(),
+        pseudonymize_key: args.pseudonymize_paths.clone(),
         featurize: args.model.settings(args.store.options())?,
         price_per_hour_usd: args.price_per_hour,
     };

@@ -147,3 +147,28 @@ fn embed_writes_path_and_features() {
         .unwrap();
     assert_success(&checked, "pyarrow read-back");
 }
+
+#[test]
+fn pseudonymized_paths_are_keyed_hashes_and_no_photo_path_remains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output, key) = (tmp.path().join("in"), tmp.path().join("out"), tmp.path().join("key"));
+    small_input(&input);
+    std::fs::write(&key, b"a-key-of-at-least-16-bytes\n").unwrap();
+    let out = verger(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--k",
+        "5",
+        "--pseudonymize-paths",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let checked = python(
+        "check_pseudonyms.py",
+        &[output.to_str().unwrap(), key.to_str().unwrap(), input.to_str().unwrap()],
+    );
+    assert_success(&checked, "check_pseudonyms.py");
+}

@@ -180,3 +180,32 @@ fn max_errors_stops_the_run_and_resume_of_a_finished_run_does_nothing() {
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("already complete"));
 }
+
+/// With pseudonymized paths the real manifest waits in staging, so a resumed run still finds every image.
+#[test]
+fn a_pseudonymized_run_resumes_to_the_same_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    small_input(&input);
+    let key = tmp.path().join("key");
+    std::fs::write(&key, b"another-key-16-bytes-long").unwrap();
+    let mut args = SMALL_RUN.to_vec();
+    args.extend(["--pseudonymize-paths", key.to_str().unwrap()]);
+    let baseline = tmp.path().join("baseline");
+    assert_eq!(verger(&run_args(&input, &baseline, &args)).status.code(), Some(3));
+
+    let output = tmp.path().join("aborted");
+    let aborted = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(run_args(&input, &output, &args))
+        .env("VERGER_ABORT_AT", "featurize:2")
+        .output()
+        .unwrap();
+    assert_eq!(aborted.status.code(), None);
+    args.push("--resume");
+    assert_eq!(verger(&run_args(&input, &output, &args)).status.code(), Some(3));
+    assert_same_output(&output, &baseline, "pseudonymized resume");
+    assert_eq!(
+        std::fs::read(output.join("manifest/part-00000.parquet")).unwrap(),
+        std::fs::read(baseline.join("manifest/part-00000.parquet")).unwrap()
+    );
+}

@@ -1,0 +1,37 @@
+"""Pseudonymized outputs: each path is HMAC-SHA256(key, file:// URI) in hex, labels kept, no photo path left.
+
+usage: check_pseudonyms.py OUT KEYFILE INPUT_ROOT
+"""
+import hashlib
+import hmac
+import os
+import sys
+
+import pyarrow.parquet as pq
+
+out, keyfile, root = sys.argv[1:4]
+key = open(keyfile, "rb").read().rstrip(b"\r\n")
+expected = {}
+for directory, _, files in os.walk(os.path.abspath(root)):
+    for name in files:
+        if name.endswith(".jpg"):
+            uri = "file://" + os.path.join(directory, name)
+            expected[hmac.new(key, uri.encode(), hashlib.sha256).hexdigest()] = os.path.basename(directory)
+
+result = pq.read_table(f"{out}/result").to_pylist()
+errors = pq.read_table(f"{out}/errors").to_pylist()
+manifest = pq.read_table(f"{out}/manifest").to_pylist()
+assert len(result) + len(errors) == len(expected) == len(manifest)
+for row in result + manifest:
+    assert row["path"] in expected, row["path"]
+    assert row["label"] == expected[row["path"]], row
+assert all(row["path"] in expected for row in errors)
+assert len({r["path"] for r in result} | {r["path"] for r in errors}) == len(expected)
+
+for directory, _, files in os.walk(out):
+    for name in files:
+        data = open(os.path.join(directory, name), "rb").read()
+        for label in set(expected.values()):
+            leaked = (os.path.abspath(root) + "/" + label).encode()
+            assert leaked not in data, f"{name} contains the photo path {leaked!r}"
+print(f"ok: {len(result)} pseudonymized rows, {len(errors)} errors")
