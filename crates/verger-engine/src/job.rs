@@ -237,14 +237,12 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
 async fn check_residency_first(config: &JobConfig) -> Result<Vec<BucketRegion>, JobError> {
     let mut buckets = Vec::new();
     if let Location::S3 { bucket, .. } = Location::parse(&config.input.to_string_lossy()) {
-        buckets.push(
-            config
-                .featurize
-                .store
-                .bucket_region(&bucket)
-                .await
-                .map_err(JobError::Store)?,
-        );
+        match config.featurize.store.bucket_region(&bucket).await {
+            Ok(region) => buckets.push(region),
+            // Without a restriction the region is only reported, so an unknown one does not stop the job.
+            Err(e) if config.allowed_regions.is_empty() => tracing::warn!("region of bucket {bucket} unknown: {e}"),
+            Err(e) => return Err(JobError::Store(e)),
+        }
     }
     if !config.allowed_regions.is_empty() {
         check_residency(&config.allowed_regions, &buckets).map_err(JobError::Residency)?;

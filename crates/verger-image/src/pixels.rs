@@ -29,20 +29,6 @@ impl Mode {
             Mode::Rgba | Mode::Cmyk => 4,
         }
     }
-
-    /// Pillow's name for the mode.
-    pub fn pillow_name(&self) -> &'static str {
-        match self {
-            Mode::Bilevel => "1",
-            Mode::L => "L",
-            Mode::LA => "LA",
-            Mode::P { .. } => "P",
-            Mode::Rgb => "RGB",
-            Mode::Rgba => "RGBA",
-            Mode::Cmyk => "CMYK",
-            Mode::I16 => "I;16",
-        }
-    }
 }
 
 /// A decoded image: `height` rows of `width` pixels, tightly packed.
