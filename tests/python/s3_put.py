@@ -1,24 +1,25 @@
-"""Uploads a folder to an S3-compatible store with boto3 (the client users have), creating the bucket.
+"""Uploads a file or a folder to the test's S3-compatible store with boto3 (the client users have), creating
+the bucket.
 
-usage: s3_put.py ENDPOINT BUCKET PREFIX FOLDER
+usage: s3_put.py BUCKET PREFIX PATH   (endpoint from VERGER_S3_ENDPOINT)
 """
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
-import boto3
+from s3util import client
 
-endpoint, bucket, prefix, folder = sys.argv[1:5]
-s3 = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-1",
-                  aws_access_key_id="test-access-key", aws_secret_access_key="test-secret-key")
+bucket, prefix, path = sys.argv[1:4]
+s3 = client()
 try:
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-except s3.exceptions.BucketAlreadyOwnedByYou:
+except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
     pass
-count = 0
-for directory, _, files in os.walk(folder):
-    for name in files:
-        path = os.path.join(directory, name)
-        key = f"{prefix}/{os.path.relpath(path, folder)}"
-        s3.upload_file(path, bucket, key)
-        count += 1
-print(f"uploaded {count} objects to s3://{bucket}/{prefix}")
+if os.path.isfile(path):
+    files = [(path, os.path.basename(path))]
+else:
+    files = [(os.path.join(d, n), os.path.relpath(os.path.join(d, n), path)) for d, _, names in os.walk(path)
+             for n in names]
+with ThreadPoolExecutor(16) as pool:
+    list(pool.map(lambda f: s3.upload_file(f[0], bucket, f"{prefix}/{f[1]}"), files))
+print(f"uploaded {len(files)} objects to s3://{bucket}/{prefix}")

@@ -21,10 +21,10 @@ fn main() {
         batch.parse().unwrap(),
     );
     let spec = ModelSpec {
-        path: model.into(),
+        location: model.clone(),
         sha256: MOBILENET_V2_SHA256.into(),
     };
-    let pool = FeaturizerPool::shared(&spec).unwrap();
+    let pool = FeaturizerPool::shared(&spec, &verger_model::read_local).unwrap();
 
     // Up to 64 distinct real images, decoded before the clock starts; inference cost does not depend on content.
     let mut files: Vec<_> = walk(std::path::Path::new(dir));

@@ -8,7 +8,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 use crate::featurize::{features_type, featurize_files, FeaturizeSettings};
 use crate::job::JobError;
-use crate::output::write_batches;
 
 /// A file that could not be featurized.
 #[derive(Debug, Clone)]
@@ -47,6 +46,9 @@ pub fn embed_files(files: &[&Path], settings: &FeaturizeSettings, out: &Path) ->
         Field::new("features", features_type(), true),
     ]));
     let columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(paths)), Arc::new(features.finish())];
-    write_batches(out, schema.clone(), &[RecordBatch::try_new(schema, columns)?])?;
+    let file = std::fs::File::create(out).map_err(|e| JobError::io(out, e))?;
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)?;
+    writer.write(&RecordBatch::try_new(schema, columns)?)?;
+    writer.close()?;
     Ok(failures)
 }

@@ -12,7 +12,7 @@ use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl,
 use serde::{Deserialize, Serialize};
 use verger_image::preprocess::scale_into;
 use verger_image::Limits;
-use verger_model::{FeaturizerPool, ModelSpec, FEATURE_DIM, INPUT_LEN};
+use verger_model::{FeaturizerPool, ModelError, ModelSpec, FEATURE_DIM, INPUT_LEN};
 
 use crate::source;
 use crate::store::StoreOptions;
@@ -23,8 +23,18 @@ pub struct FeaturizeSettings {
     pub model: ModelSpec,
     pub batch_size: usize,
     pub max_pixels: u64,
-    /// How to reach images in object stores.
+    /// How to reach images (and the model) in object stores.
     pub store: StoreOptions,
+}
+
+impl FeaturizeSettings {
+    /// This process's sessions for the model, which is fetched (from disk or the store) and verified once.
+    pub fn featurizers(&self) -> Result<Arc<FeaturizerPool>, ModelError> {
+        let store = self.store.clone();
+        FeaturizerPool::shared(&self.model, &move |location| {
+            crate::source::read_location(location, &store)
+        })
+    }
 }
 
 /// Names of the fields of `featurize`'s struct result.
@@ -100,7 +110,7 @@ pub type Outcome = std::result::Result<Vec<f32>, (&'static str, String)>;
 
 /// Reads, decodes and resizes each image, then runs the model in batches of `settings.batch_size`.
 fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Vec<Outcome>> {
-    let pool = FeaturizerPool::shared(&settings.model).map_err(|e| exec_datafusion_err!("{e}"))?;
+    let pool = settings.featurizers().map_err(|e| exec_datafusion_err!("{e}"))?;
     let limits = Limits {
         max_pixels: settings.max_pixels,
     };

@@ -1,7 +1,8 @@
 //! `verger run`: list → featurize → fit PCA → project and write, on an embedded DataFusion context.
 //!
 //! Featurized rows first go to a staging folder, one Parquet file per manifest partition, because PCA needs
-//! two passes (fit on everything, then project). Every file is committed atomically, `_SUCCESS` last.
+//! two passes (fit on everything, then project). Every file is committed atomically, `_SUCCESS` last, on the
+//! local disk and on object stores alike ([`OutputStore`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,23 +21,25 @@ use datafusion::prelude::{col, Expr, ParquetReadOptions, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use verger_listing::{list_bucket, list_folder, ImageEntry, ListingError, Location, NameFilter};
+use verger_listing::{list_bucket, list_folder, ImageEntry, ListingError, Location, NameFilter, LIST_CONCURRENCY};
 use verger_pca::{fit, Components, PcaError, PcaModel, PcaStats};
 
 use crate::fault;
 use crate::featurize::{features_type, field, FeaturizeSettings, FeaturizeUdf};
-use crate::output::{part_name, remove_temp_files, write_batches, write_file, write_stream, AtomicParquet};
+use crate::output::{part_name, OutputStore, ParquetObject};
 use crate::pca::{PcaProjectUdf, PcaStatsUdaf};
 use crate::progress::Progress;
 use crate::pseudonym::{PseudonymizeUdf, Pseudonymizer};
 use crate::report::{Cost, Counts, PcaSummary, Report, Stopwatch, Usage, Versions};
-use crate::store::{check_residency, BucketRegion};
+use crate::store::{check_residency, BucketRegion, StoreOptions};
 
 /// Everything `verger run` was asked to do; saved verbatim in the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobConfig {
-    pub input: PathBuf,
-    pub output: PathBuf,
+    /// A folder or `s3://bucket/prefix`.
+    pub input: String,
+    /// A folder or `s3://bucket/prefix`.
+    pub output: String,
     pub globs: Vec<String>,
     pub components: Components,
     pub center: bool,
@@ -78,13 +81,13 @@ impl ErrorBudget {
 #[derive(Debug, Error)]
 pub enum JobError {
     #[error("output {0} already exists: --resume continues an unfinished run there, --overwrite replaces it")]
-    OutputExists(PathBuf),
+    OutputExists(String),
     #[error("output {0} is already complete (_SUCCESS present); nothing to resume")]
-    AlreadyComplete(PathBuf),
+    AlreadyComplete(String),
     #[error("{failed} inputs failed, more than the {limit} that --max-errors allows; stopped")]
     TooManyErrors { failed: u64, limit: u64 },
     #[error("no file under {input} matches {globs:?}")]
-    NoImages { input: PathBuf, globs: Vec<String> },
+    NoImages { input: String, globs: Vec<String> },
     #[error("no image could be featurized; see the errors output")]
     NothingFeaturized,
     #[error("{path}: {source}")]
@@ -93,6 +96,8 @@ pub enum JobError {
     Listing(#[from] ListingError),
     #[error(transparent)]
     Pca(#[from] PcaError),
+    #[error(transparent)]
+    Model(#[from] verger_model::ModelError),
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
     #[error(transparent)]
@@ -130,32 +135,22 @@ const PCA_GROUP: usize = 8;
 /// Rows per record batch fed to `featurize` (the model batch, `--batch-size`, may be smaller).
 const ROWS_PER_BATCH: usize = 32;
 
-/// The output folder's layout.
-pub struct Layout {
-    pub root: PathBuf,
-}
+/// Names of the output's files, relative to the output folder.
+mod layout {
+    pub const RESULT: &str = "result";
+    pub const ERRORS: &str = "errors";
+    pub const PCA_MODEL: &str = "pca/model.json";
+    pub const MANIFEST: &str = "manifest";
+    /// The partitioning the manifest was cut with.
+    pub const PLAN: &str = "manifest/_plan.json";
+    pub const STAGING: &str = "_staging";
+    /// With pseudonymized paths, the manifest of real paths, kept until the run succeeds.
+    pub const REAL_MANIFEST: &str = "_staging/manifest.parquet";
+    pub const REPORT: &str = "report.json";
+    pub const SUCCESS: &str = "_SUCCESS";
 
-impl Layout {
-    pub fn result(&self) -> PathBuf {
-        self.root.join("result")
-    }
-    pub fn errors(&self) -> PathBuf {
-        self.root.join("errors")
-    }
-    pub fn pca(&self) -> PathBuf {
-        self.root.join("pca")
-    }
-    pub fn manifest(&self) -> PathBuf {
-        self.root.join("manifest")
-    }
-    pub fn staging(&self) -> PathBuf {
-        self.root.join("_staging")
-    }
-    pub fn report(&self) -> PathBuf {
-        self.root.join("report.json")
-    }
-    pub fn success(&self) -> PathBuf {
-        self.root.join("_SUCCESS")
+    pub fn file(folder: &str, name: &str) -> String {
+        format!("{folder}/{name}")
     }
 }
 
@@ -164,12 +159,22 @@ impl Layout {
 /// Commit order: manifest, staged partitions, errors, PCA model, result partitions, report, `_SUCCESS`. Every
 /// file is atomic, so a run killed anywhere resumes from what it committed, with the same partitions.
 pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<JobOutcome, JobError> {
-    let layout = Layout {
-        root: config.output.clone(),
-    };
     let residency = check_residency_first(config).await?;
-    prepare_output(&layout, config)?;
+    if config.featurize.store.encryption.is_some() && !config.output.starts_with("s3://") {
+        return Err(JobError::Store(
+            "server-side encryption applies to outputs in object stores; a local output is as encrypted as its disk"
+                .into(),
+        ));
+    }
+    // The model is fetched and verified before anything is written or any image is read.
+    let settings = config.featurize.clone();
+    tokio::task::spawn_blocking(move || settings.featurizers().map(drop))
+        .await
+        .map_err(|e| JobError::Task(e.to_string()))??;
+    let out = OutputStore::open(&config.output, &config.featurize.store)?;
+    prepare_output(&out, config).await?;
     let ctx = crate::new_context(config.threads, &config.featurize);
+    out.register(&ctx);
     let pseudonymizer = match &config.pseudonymize_key {
         Some(key) => Some(Arc::new(Pseudonymizer::from_file(key).map_err(JobError::Pseudonymize)?)),
         None => None,
@@ -182,14 +187,14 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
     let mut clock = Stopwatch::start();
 
     let (entries, partition_rows) = clock
-        .stage("list", manifest(config, &layout, pseudonymizer.as_deref()))
+        .stage("list", manifest(config, &out, pseudonymizer.as_deref()))
         .await?;
     let listed = entries.len() as u64;
     let budget = Budget {
         failed: AtomicU64::new(0),
         limit: config.max_errors.map(|b| b.limit(listed)),
     };
-    let parts = Partitions::new(&layout, &entries, partition_rows);
+    let parts = Partitions::new(&out, &entries, partition_rows);
 
     progress.begin("featurize", Some(listed));
     let staged = clock
@@ -202,11 +207,11 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
     staged?;
     let failed = count_failed(&ctx, &parts).await?;
     budget.check(failed)?;
-    clock.stage("errors", write_errors(&ctx, &layout, &parts)).await?;
+    clock.stage("errors", write_errors(&ctx, &out, &parts)).await?;
     fault::checkpoint("errors");
 
     progress.begin("pca", None);
-    let model = clock.stage("pca_fit", fit_pca(config, &layout, &parts)).await;
+    let model = clock.stage("pca_fit", fit_pca(config, &out, &parts)).await;
     progress.end("pca");
     let model = model?;
     fault::checkpoint("pca");
@@ -214,7 +219,7 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
     progress.begin("write", Some(parts.count() as u64));
     let written = clock.stage(
         "project_write",
-        write_results(&ctx, config, &layout, &parts, &model, progress.clone()),
+        write_results(&ctx, config, &out, &parts, &model, progress.clone()),
     );
     let featurized = written.await;
     progress.end("write");
@@ -222,57 +227,65 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
 
     let mut report = build_report(config, &clock, listed, featurized, failed, &model);
     report.buckets = residency;
-    write_file(
-        &layout.report(),
-        &serde_json::to_vec_pretty(&report).expect("report serializes"),
-    )?;
+    report.encryption = config.featurize.store.encryption.as_ref().map(|e| e.describe());
+    out.put(
+        layout::REPORT,
+        serde_json::to_vec_pretty(&report).expect("report serializes"),
+    )
+    .await?;
     fault::checkpoint("report");
-    write_file(&layout.success(), b"")?;
-    std::fs::remove_dir_all(layout.staging()).map_err(|e| JobError::io(&layout.staging(), e))?;
+    out.put(layout::SUCCESS, Vec::new()).await?;
+    out.remove_all(layout::STAGING).await?;
     Ok(JobOutcome { report })
 }
 
-/// Finds the region of every bucket the job touches and refuses the job, before any byte moves, when one is
-/// outside `--allowed-regions`.
+/// Finds the region of every bucket the job touches (input, output, model) and refuses the job, before any
+/// byte moves, when one is outside `--allowed-regions`.
 async fn check_residency_first(config: &JobConfig) -> Result<Vec<BucketRegion>, JobError> {
-    let mut buckets = Vec::new();
-    if let Location::S3 { bucket, .. } = Location::parse(&config.input.to_string_lossy()) {
-        match config.featurize.store.bucket_region(&bucket).await {
+    let locations = [&config.input, &config.output, &config.featurize.model.location];
+    bucket_regions(&locations, &config.featurize.store, &config.allowed_regions).await
+}
+
+/// The region of each bucket among `locations`, refusing any outside `allowed` (no restriction when empty).
+pub async fn bucket_regions(
+    locations: &[&String],
+    store: &StoreOptions,
+    allowed: &[String],
+) -> Result<Vec<BucketRegion>, JobError> {
+    let mut buckets: Vec<BucketRegion> = Vec::new();
+    for location in locations {
+        let Location::S3 { bucket, .. } = Location::parse(location) else {
+            continue;
+        };
+        if buckets.iter().any(|b| b.bucket == bucket) {
+            continue;
+        }
+        match store.bucket_region(&bucket).await {
             Ok(region) => buckets.push(region),
             // Without a restriction the region is only reported, so an unknown one does not stop the job.
-            Err(e) if config.allowed_regions.is_empty() => tracing::warn!("region of bucket {bucket} unknown: {e}"),
+            Err(e) if allowed.is_empty() => tracing::warn!("region of bucket {bucket} unknown: {e}"),
             Err(e) => return Err(JobError::Store(e)),
         }
     }
-    if !config.allowed_regions.is_empty() {
-        check_residency(&config.allowed_regions, &buckets).map_err(JobError::Residency)?;
+    if !allowed.is_empty() {
+        check_residency(allowed, &buckets).map_err(JobError::Residency)?;
     }
     Ok(buckets)
 }
 
-fn prepare_output(layout: &Layout, config: &JobConfig) -> Result<(), JobError> {
-    if layout.root.exists() {
+async fn prepare_output(out: &OutputStore, config: &JobConfig) -> Result<(), JobError> {
+    if !out.is_empty().await? {
         if config.resume {
-            if layout.success().exists() {
-                return Err(JobError::AlreadyComplete(layout.root.clone()));
+            if out.exists(layout::SUCCESS).await? {
+                return Err(JobError::AlreadyComplete(out.display().to_string()));
             }
         } else if config.overwrite {
-            std::fs::remove_dir_all(&layout.root).map_err(|e| JobError::io(&layout.root, e))?;
+            out.remove_all("").await?;
         } else {
-            return Err(JobError::OutputExists(layout.root.clone()));
+            return Err(JobError::OutputExists(out.display().to_string()));
         }
     }
-    for dir in [
-        layout.result(),
-        layout.errors(),
-        layout.pca(),
-        layout.manifest(),
-        layout.staging(),
-    ] {
-        std::fs::create_dir_all(&dir).map_err(|e| JobError::io(&dir, e))?;
-        remove_temp_files(&dir)?;
-    }
-    remove_temp_files(&layout.root)
+    out.remove_unfinished_files()
 }
 
 /// The partitioning a run commits to with its manifest, so that a resumed run cuts the same partitions.
@@ -284,21 +297,19 @@ struct Plan {
 /// This run's manifest: read back when resuming one that committed it, else listed and committed.
 async fn manifest(
     config: &JobConfig,
-    layout: &Layout,
+    out: &OutputStore,
     pseudonymizer: Option<&Pseudonymizer>,
 ) -> Result<(Vec<ImageEntry>, usize), JobError> {
-    let public = layout.manifest().join(part_name(0));
+    let public = layout::file(layout::MANIFEST, &part_name(0));
     // With pseudonyms, the real paths a resumed run needs stay in staging, which is removed on success.
     let real = match pseudonymizer {
-        Some(_) => layout.staging().join("manifest.parquet"),
+        Some(_) => layout::REAL_MANIFEST.to_string(),
         None => public.clone(),
     };
-    let plan_file = layout.manifest().join("_plan.json");
-    if config.resume && real.exists() {
-        let bytes = std::fs::read(&plan_file).map_err(|e| JobError::io(&plan_file, e))?;
-        let plan: Plan =
-            serde_json::from_slice(&bytes).map_err(|e| JobError::Task(format!("{}: {e}", plan_file.display())))?;
-        let entries = read_manifest(&real).await?;
+    if config.resume && out.exists(&real).await? {
+        let plan: Plan = serde_json::from_slice(&out.get(layout::PLAN).await?)
+            .map_err(|e| JobError::Task(format!("{}: {e}", layout::PLAN)))?;
+        let entries = read_manifest(out, &real).await?;
         tracing::info!(images = entries.len(), "resuming from the committed manifest");
         return Ok((entries, plan.partition_rows));
     }
@@ -307,8 +318,10 @@ async fn manifest(
     let plan = Plan {
         partition_rows: config.partition_rows.max(1),
     };
-    write_file(&plan_file, &serde_json::to_vec(&plan).expect("plan serializes"))?;
-    write_batches(&real, manifest_schema(), &[manifest_batch(&entries)?])?;
+    out.put(layout::PLAN, serde_json::to_vec(&plan).expect("plan serializes"))
+        .await?;
+    out.write_batches(&real, manifest_schema(), &[manifest_batch(&entries)?])
+        .await?;
     if let Some(p) = pseudonymizer {
         let shared: Vec<ImageEntry> = entries
             .iter()
@@ -317,23 +330,15 @@ async fn manifest(
                 ..e.clone()
             })
             .collect();
-        write_batches(&public, manifest_schema(), &[manifest_batch(&shared)?])?;
+        out.write_batches(&public, manifest_schema(), &[manifest_batch(&shared)?])
+            .await?;
     }
     fault::checkpoint("manifest");
     Ok((entries, plan.partition_rows))
 }
 
 async fn list(config: &JobConfig) -> Result<Vec<ImageEntry>, JobError> {
-    let filter = NameFilter::new(&config.globs)?;
-    let entries = match Location::parse(&config.input.to_string_lossy()) {
-        Location::Local(path) => tokio::task::spawn_blocking(move || list_folder(&path, &filter))
-            .await
-            .map_err(|e| JobError::Task(e.to_string()))??,
-        Location::S3 { bucket, prefix } => {
-            let client = config.featurize.store.s3(&bucket).map_err(JobError::Store)?;
-            list_bucket(client.as_ref(), &bucket, &prefix, &filter).await?
-        }
-    };
+    let entries = list_images(&config.input, &config.globs, &config.featurize.store, LIST_CONCURRENCY).await?;
     if entries.is_empty() {
         return Err(JobError::NoImages {
             input: config.input.clone(),
@@ -342,6 +347,26 @@ async fn list(config: &JobConfig) -> Result<Vec<ImageEntry>, JobError> {
     }
     tracing::info!(images = entries.len(), "listed");
     Ok(entries)
+}
+
+/// The images under `input` (a folder or `s3://bucket/prefix`) whose names match `globs`, sorted by URI;
+/// buckets are listed `concurrency` folders at a time.
+pub async fn list_images(
+    input: &str,
+    globs: &[String],
+    store: &StoreOptions,
+    concurrency: usize,
+) -> Result<Vec<ImageEntry>, JobError> {
+    let filter = NameFilter::new(globs)?;
+    Ok(match Location::parse(input) {
+        Location::Local(path) => tokio::task::spawn_blocking(move || list_folder(&path, &filter))
+            .await
+            .map_err(|e| JobError::Task(e.to_string()))??,
+        Location::S3 { bucket, prefix } => {
+            let client = store.s3(&bucket).map_err(JobError::Store)?;
+            list_bucket(client.as_ref(), &bucket, &prefix, &filter, concurrency).await?
+        }
+    })
 }
 
 fn manifest_schema() -> SchemaRef {
@@ -363,10 +388,10 @@ fn manifest_batch(entries: &[ImageEntry]) -> Result<RecordBatch, JobError> {
     Ok(RecordBatch::try_new(manifest_schema(), columns)?)
 }
 
-async fn read_manifest(path: &Path) -> Result<Vec<ImageEntry>, JobError> {
-    let batches = SessionContext::new()
-        .read_parquet(path_str(path)?, ParquetReadOptions::default())
-        .await?;
+async fn read_manifest(out: &OutputStore, name: &str) -> Result<Vec<ImageEntry>, JobError> {
+    let ctx = SessionContext::new();
+    out.register(&ctx);
+    let batches = ctx.read_parquet(out.url(name), ParquetReadOptions::default()).await?;
     let mut entries = Vec::new();
     for batch in batches.collect().await? {
         let text = |i: usize| cast(batch.column(i), &DataType::Utf8);
@@ -407,41 +432,46 @@ impl Budget {
 }
 
 /// The manifest cut into contiguous partitions; partition i is staged at `_staging/part-i.parquet`.
-struct Partitions {
+struct Partitions<'a> {
     ranges: Vec<std::ops::Range<usize>>,
-    staging: PathBuf,
+    out: &'a OutputStore,
 }
 
-impl Partitions {
-    fn new(layout: &Layout, entries: &[ImageEntry], rows: usize) -> Self {
+impl<'a> Partitions<'a> {
+    fn new(out: &'a OutputStore, entries: &[ImageEntry], rows: usize) -> Self {
         let ranges = (0..entries.len())
             .step_by(rows)
             .map(|s| s..(s + rows).min(entries.len()))
             .collect();
-        Partitions {
-            ranges,
-            staging: layout.staging(),
-        }
+        Partitions { ranges, out }
     }
 
     fn count(&self) -> usize {
         self.ranges.len()
     }
 
-    fn staged(&self, i: usize) -> PathBuf {
-        self.staging.join(part_name(i))
+    fn staged(&self, i: usize) -> String {
+        layout::file(layout::STAGING, &part_name(i))
     }
 
-    fn all_staged(&self) -> Result<Vec<String>, JobError> {
-        (0..self.count())
-            .map(|i| path_str(&self.staged(i)).map(str::to_string))
-            .collect()
+    fn staged_url(&self, i: usize) -> String {
+        self.out.url(&self.staged(i))
     }
-}
 
-fn path_str(path: &Path) -> Result<&str, JobError> {
-    path.to_str()
-        .ok_or_else(|| JobError::Task(format!("non-UTF-8 path {}", path.display())))
+    fn all_staged(&self) -> Vec<String> {
+        (0..self.count()).map(|i| self.staged_url(i)).collect()
+    }
+
+    /// Partitions a previous attempt has not staged yet.
+    async fn todo(&self) -> Result<Vec<usize>, JobError> {
+        let mut todo = Vec::new();
+        for i in 0..self.count() {
+            if !self.out.exists(&self.staged(i)).await? {
+                todo.push(i);
+            }
+        }
+        Ok(todo)
+    }
 }
 
 fn staging_schema() -> SchemaRef {
@@ -458,7 +488,7 @@ fn staging_schema() -> SchemaRef {
 async fn featurize(
     ctx: &SessionContext,
     config: &JobConfig,
-    parts: &Partitions,
+    parts: &Partitions<'_>,
     entries: &[ImageEntry],
     budget: &Budget,
     progress: Arc<dyn Progress>,
@@ -466,7 +496,7 @@ async fn featurize(
     let manifest = manifest_batch(entries)?;
     // Rows per record batch: enough to amortise per-batch overhead, and whole model batches.
     let per_batch = config.featurize.batch_size.max(ROWS_PER_BATCH);
-    let todo: Vec<usize> = (0..parts.count()).filter(|&i| !parts.staged(i).exists()).collect();
+    let todo = parts.todo().await?;
     let done_rows: usize = (0..parts.count())
         .filter(|i| !todo.contains(i))
         .map(|i| parts.ranges[i].len())
@@ -507,9 +537,9 @@ async fn featurize(
     futures::stream::iter(todo.iter().enumerate())
         .map(|(plan_partition, &part)| {
             let (plan, task_ctx, progress) = (plan.clone(), ctx.task_ctx(), progress.clone());
-            let path = parts.staged(part);
+            let file = parts.out.parquet(&parts.staged(part), staging_schema());
             tokio::spawn(async move {
-                write_staging(&path, plan.execute(plan_partition, task_ctx)?, progress.as_ref()).await
+                write_staging(file?, plan.execute(plan_partition, task_ctx)?, progress.as_ref()).await
             })
         })
         .buffer_unordered(config.threads.max(1))
@@ -526,11 +556,10 @@ async fn featurize(
 
 /// Unpacks `featurize`'s struct column into flat staging columns and commits them; returns the failed rows.
 async fn write_staging(
-    path: &Path,
+    mut file: ParquetObject,
     mut stream: SendableRecordBatchStream,
     progress: &dyn Progress,
 ) -> Result<u64, JobError> {
-    let mut file = AtomicParquet::create(path, staging_schema())?;
     let mut failed = 0;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -541,10 +570,10 @@ async fn write_staging(
             .into_iter()
             .chain(result.columns().iter().cloned())
             .collect();
-        file.write(&RecordBatch::try_new(staging_schema(), columns)?)?;
+        file.write(&RecordBatch::try_new(staging_schema(), columns)?).await?;
         progress.advance(batch.num_rows() as u64);
     }
-    file.commit()?;
+    file.commit().await?;
     Ok(failed)
 }
 
@@ -552,8 +581,8 @@ async fn read_staged(ctx: &SessionContext, files: Vec<String>) -> Result<DataFra
     Ok(ctx.read_parquet(files, ParquetReadOptions::default()).await?)
 }
 
-async fn count_failed(ctx: &SessionContext, parts: &Partitions) -> Result<u64, JobError> {
-    let failed = read_staged(ctx, parts.all_staged()?)
+async fn count_failed(ctx: &SessionContext, parts: &Partitions<'_>) -> Result<u64, JobError> {
+    let failed = read_staged(ctx, parts.all_staged())
         .await?
         .filter(col(field::ERROR_STAGE).is_not_null())?;
     Ok(failed.count().await? as u64)
@@ -561,14 +590,15 @@ async fn count_failed(ctx: &SessionContext, parts: &Partitions) -> Result<u64, J
 
 /// Aggregates `pca_stats` over each staged partition, merges the partial statistics in partition order (so
 /// the model is bit-for-bit the same however the work was scheduled or resumed), fits and saves the model.
-async fn fit_pca(config: &JobConfig, layout: &Layout, parts: &Partitions) -> Result<Arc<PcaModel>, JobError> {
+async fn fit_pca(config: &JobConfig, out: &OutputStore, parts: &Partitions<'_>) -> Result<Arc<PcaModel>, JobError> {
     // Each group of consecutive partitions is aggregated by a single-partition plan, so rows meet the
     // accumulator in manifest order; groups are then merged in order. Fewer, larger partials save the cost
     // of moving 6.5 MB states around; fixed groups keep the model independent of scheduling and --threads.
     let sequential = crate::new_context(1, &config.featurize);
+    out.register(&sequential);
     let pca_stats = sequential.udaf(PcaStatsUdaf::NAME)?;
     let mut plans = Vec::new();
-    for files in parts.all_staged()?.chunks(PCA_GROUP) {
+    for files in parts.all_staged().chunks(PCA_GROUP) {
         let plan = read_staged(&sequential, files.to_vec())
             .await?
             .filter(col(field::ERROR_STAGE).is_null())?
@@ -597,10 +627,8 @@ async fn fit_pca(config: &JobConfig, layout: &Layout, parts: &Partitions) -> Res
         return Err(JobError::NothingFeaturized);
     }
     let model = fit(&stats, config.components, config.center)?;
-    write_file(
-        &layout.pca().join("model.json"),
-        &serde_json::to_vec(&model).expect("model serializes"),
-    )?;
+    out.put(layout::PCA_MODEL, serde_json::to_vec(&model).expect("model serializes"))
+        .await?;
     tracing::info!(
         k = model.k,
         explained_variance = model.explained_variance(),
@@ -627,8 +655,8 @@ fn partial_stats(batches: &[RecordBatch]) -> Result<PcaStats, JobError> {
 async fn write_results(
     ctx: &SessionContext,
     config: &JobConfig,
-    layout: &Layout,
-    parts: &Partitions,
+    out: &OutputStore,
+    parts: &Partitions<'_>,
     model: &Arc<PcaModel>,
     progress: Arc<dyn Progress>,
 ) -> Result<u64, JobError> {
@@ -636,7 +664,7 @@ async fn write_results(
     let project = ctx.udf(PcaProjectUdf::NAME)?;
     let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::with_capacity(parts.count());
     for i in 0..parts.count() {
-        let plan = read_staged(ctx, vec![path_str(&parts.staged(i))?.to_string()])
+        let plan = read_staged(ctx, vec![parts.staged_url(i)])
             .await?
             .filter(col(field::ERROR_STAGE).is_null())?
             .select(vec![
@@ -649,12 +677,12 @@ async fn write_results(
             .await?;
         plans.push(plan);
     }
-    let result = layout.result();
     let rows: Vec<u64> = futures::stream::iter(plans.into_iter().enumerate())
         .map(|(i, plan)| {
-            let (task_ctx, path, progress) = (ctx.task_ctx(), result.join(part_name(i)), progress.clone());
+            let (task_ctx, out, progress) = (ctx.task_ctx(), out.clone(), progress.clone());
             tokio::spawn(async move {
-                let rows = write_stream(&path, execute_stream(plan, task_ctx)?).await?;
+                let name = layout::file(layout::RESULT, &part_name(i));
+                let rows = out.write_stream(&name, execute_stream(plan, task_ctx)?).await?;
                 progress.advance(1);
                 Ok::<u64, JobError>(rows)
             })
@@ -679,8 +707,8 @@ fn shared_path(ctx: &SessionContext) -> Result<Expr, JobError> {
 }
 
 /// Writes every failed row, sorted by path, to `errors/part-00000.parquet` (empty when none failed).
-async fn write_errors(ctx: &SessionContext, layout: &Layout, parts: &Partitions) -> Result<u64, JobError> {
-    let df = read_staged(ctx, parts.all_staged()?)
+async fn write_errors(ctx: &SessionContext, out: &OutputStore, parts: &Partitions<'_>) -> Result<u64, JobError> {
+    let df = read_staged(ctx, parts.all_staged())
         .await?
         .filter(col(field::ERROR_STAGE).is_not_null())?
         .select(vec![
@@ -691,7 +719,8 @@ async fn write_errors(ctx: &SessionContext, layout: &Layout, parts: &Partitions)
         .sort(vec![col("path").sort(true, false)])?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await?;
-    write_batches(&layout.errors().join(part_name(0)), schema, &batches)
+    out.write_batches(&layout::file(layout::ERRORS, &part_name(0)), schema, &batches)
+        .await
 }
 
 fn build_report(
@@ -736,6 +765,7 @@ fn build_report(
             model_sha256: config.featurize.model.sha256.clone(),
         },
         buckets: Vec::new(),
+        encryption: None,
         config: serde_json::to_value(config).expect("config serializes"),
     }
 }

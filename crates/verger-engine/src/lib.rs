@@ -24,7 +24,7 @@ use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use featurize::FeaturizeSettings;
-pub use job::{run_job, ErrorBudget, JobConfig, JobError, JobOutcome};
+pub use job::{bucket_regions, list_images, run_job, ErrorBudget, JobConfig, JobError, JobOutcome};
 pub use progress::{NoProgress, Progress};
 
 /// A DataFusion context for `threads` workers with verger's functions registered.

@@ -1,111 +1,286 @@
-//! Parquet output: each file is written under a temporary name and renamed into place when complete, so a
-//! reader (or a resumed run) never sees half a file.
+//! The output location, a local folder or `s3://bucket/prefix`, written through `object_store` either way.
+//!
+//! Every file is one atomic put: object stores publish whole objects, and the local store writes a staging
+//! file and renames it. So a reader, or a resumed run, never sees half a file, and `_SUCCESS` written last
+//! marks a complete output on any store. The few local-only steps (removing folders and the staging files a
+//! killed process left) live here too.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
-use futures::StreamExt;
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use url::Url;
+use verger_listing::Location;
 
 use crate::job::JobError;
-
-/// Where `path` is written before it is renamed into place: hidden (a leading dot), so that pyarrow, Spark
-/// and pandas skip it when reading the folder.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
-/// Writes a small file atomically: temporary name, sync, rename.
-pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), JobError> {
-    let temp = temp_path(path);
-    let mut file = File::create(&temp).map_err(|e| JobError::io(&temp, e))?;
-    std::io::Write::write_all(&mut file, bytes).map_err(|e| JobError::io(&temp, e))?;
-    file.sync_all().map_err(|e| JobError::io(&temp, e))?;
-    std::fs::rename(&temp, path).map_err(|e| JobError::io(path, e))
-}
-
-/// Removes temporary files a killed run left in `dir`.
-pub fn remove_temp_files(dir: &Path) -> Result<(), JobError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            std::fs::remove_file(entry.path()).map_err(|e| JobError::io(&entry.path(), e))?;
-        }
-    }
-    Ok(())
-}
+use crate::store::StoreOptions;
 
 /// The name of partition `index`'s file: fixed, so retries and resumed runs write the same names.
 pub fn part_name(index: usize) -> String {
     format!("part-{index:05}.parquet")
 }
 
+/// A folder on the local disk or in a bucket; files are named relative to it (`result/part-00000.parquet`).
+#[derive(Debug, Clone)]
+pub struct OutputStore {
+    store: Arc<dyn ObjectStore>,
+    root: ObjectPath,
+    /// `file:///` or `s3://bucket/`: the URL DataFusion finds `store` by.
+    base: Url,
+    /// The folder itself, when it is on the local disk.
+    local: Option<PathBuf>,
+    /// As the user wrote it, for messages.
+    display: String,
+}
+
+impl OutputStore {
+    pub fn open(location: &str, options: &StoreOptions) -> Result<Self, JobError> {
+        match Location::parse(location) {
+            Location::Local(path) => {
+                let absolute = std::path::absolute(&path).map_err(|e| JobError::io(&path, e))?;
+                let root = ObjectPath::from_absolute_path(&absolute)
+                    .map_err(|e| JobError::Store(format!("{}: {e}", absolute.display())))?;
+                Ok(OutputStore {
+                    store: Arc::new(LocalFileSystem::new()),
+                    root,
+                    base: Url::parse("file:///").expect("valid URL"),
+                    local: Some(absolute),
+                    display: location.to_string(),
+                })
+            }
+            Location::S3 { bucket, prefix } => Ok(OutputStore {
+                store: options.s3(&bucket).map_err(JobError::Store)?,
+                root: ObjectPath::from(prefix),
+                base: Url::parse(&format!("s3://{bucket}/"))
+                    .map_err(|e| JobError::Store(format!("bucket name {bucket:?}: {e}")))?,
+                local: None,
+                display: location.to_string(),
+            }),
+        }
+    }
+
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// Lets DataFusion read this output's files by [`OutputStore::url`].
+    pub fn register(&self, ctx: &SessionContext) {
+        ctx.register_object_store(&self.base, self.store.clone());
+    }
+
+    fn path(&self, name: &str) -> ObjectPath {
+        self.root
+            .parts()
+            .chain(name.split('/').filter(|p| !p.is_empty()).map(Into::into))
+            .collect()
+    }
+
+    /// The URL of file `name`, for DataFusion.
+    pub fn url(&self, name: &str) -> String {
+        format!("{}{}", self.base, self.path(name))
+    }
+
+    fn error(&self, name: &str, e: object_store::Error) -> JobError {
+        JobError::Store(format!("{}/{name}: {e}", self.display.trim_end_matches('/')))
+    }
+
+    pub async fn exists(&self, name: &str) -> Result<bool, JobError> {
+        match self.store.head(&self.path(name)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(name, e)),
+        }
+    }
+
+    /// Whether anything at all is stored under the output.
+    pub async fn is_empty(&self) -> Result<bool, JobError> {
+        match self.store.list(Some(&self.root)).next().await {
+            None => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            // A local folder that does not exist yet is empty.
+            Some(Err(object_store::Error::NotFound { .. })) => Ok(true),
+            Some(Err(e)) => Err(self.error("", e)),
+        }
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Bytes, JobError> {
+        let object = self
+            .store
+            .get(&self.path(name))
+            .await
+            .map_err(|e| self.error(name, e))?;
+        object.bytes().await.map_err(|e| self.error(name, e))
+    }
+
+    /// Writes a small file in one atomic put.
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), JobError> {
+        self.store
+            .put(&self.path(name), bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(name, e))
+    }
+
+    /// Removes everything under `name` (the whole output when empty).
+    pub async fn remove_all(&self, name: &str) -> Result<(), JobError> {
+        if let Some(local) = &self.local {
+            let dir = local.join(name);
+            return match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(JobError::io(&dir, e)),
+                _ => Ok(()),
+            };
+        }
+        let prefix = self.path(name);
+        let listed = self.store.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
+        self.store
+            .delete_stream(listed)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| self.error(name, e))?;
+        Ok(())
+    }
+
+    /// Removes what a killed process left half-written. Object stores publish nothing until an upload
+    /// completes; the local store leaves `NAME#N` staging files, which readers of the folder would trip on.
+    pub fn remove_unfinished_files(&self) -> Result<(), JobError> {
+        match &self.local {
+            Some(local) => remove_staging_files(local),
+            None => Ok(()),
+        }
+    }
+
+    /// A Parquet file that appears at `name` only when committed.
+    pub fn parquet(&self, name: &str, schema: SchemaRef) -> Result<ParquetObject, JobError> {
+        let sink = BufWriter::new(self.store.clone(), self.path(name));
+        let writer = AsyncArrowWriter::try_new(sink, schema, Some(properties()))?;
+        Ok(ParquetObject { writer, rows: 0 })
+    }
+
+    /// Writes a whole stream to `name`; returns the number of rows.
+    pub async fn write_stream(&self, name: &str, mut stream: SendableRecordBatchStream) -> Result<u64, JobError> {
+        let mut file = self.parquet(name, stream.schema())?;
+        while let Some(batch) = stream.next().await {
+            file.write(&batch?).await?;
+        }
+        file.commit().await
+    }
+
+    /// Writes batches already in memory to `name`; returns the number of rows.
+    pub async fn write_batches(&self, name: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<u64, JobError> {
+        let mut file = self.parquet(name, schema)?;
+        for batch in batches {
+            file.write(batch).await?;
+        }
+        file.commit().await
+    }
+}
+
 fn properties() -> WriterProperties {
     WriterProperties::builder().set_compression(Compression::SNAPPY).build()
 }
 
-/// An open Parquet file that becomes visible at `path` only on [`AtomicParquet::commit`].
-pub struct AtomicParquet {
-    path: PathBuf,
-    temp: PathBuf,
-    writer: ArrowWriter<File>,
+/// An open Parquet file, invisible until [`ParquetObject::commit`].
+pub struct ParquetObject {
+    writer: AsyncArrowWriter<BufWriter>,
     rows: u64,
 }
 
-impl AtomicParquet {
-    pub fn create(path: &Path, schema: SchemaRef) -> Result<Self, JobError> {
-        let temp = temp_path(path);
-        let file = File::create(&temp).map_err(|e| JobError::io(&temp, e))?;
-        let writer = ArrowWriter::try_new(file, schema, Some(properties()))?;
-        Ok(AtomicParquet {
-            path: path.to_path_buf(),
-            temp,
-            writer,
-            rows: 0,
-        })
-    }
-
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), JobError> {
+impl ParquetObject {
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), JobError> {
         self.rows += batch.num_rows() as u64;
-        self.writer.write(batch)?;
+        self.writer.write(batch).await?;
         Ok(())
     }
 
-    /// Finishes the file, syncs it and renames it into place. Returns the number of rows.
-    pub fn commit(self) -> Result<u64, JobError> {
-        let file = self.writer.into_inner()?;
-        file.sync_all().map_err(|e| JobError::io(&self.temp, e))?;
-        std::fs::rename(&self.temp, &self.path).map_err(|e| JobError::io(&self.path, e))?;
+    /// Finishes the file and publishes it. Returns the number of rows.
+    pub async fn commit(self) -> Result<u64, JobError> {
+        self.writer.close().await?;
         Ok(self.rows)
     }
 }
 
-/// Writes a whole stream to `path` atomically.
-pub async fn write_stream(path: &Path, mut stream: SendableRecordBatchStream) -> Result<u64, JobError> {
-    let mut file = AtomicParquet::create(path, stream.schema())?;
-    while let Some(batch) = stream.next().await {
-        file.write(&batch?)?;
+/// Deletes, under `dir`, the `NAME#N` files `object_store`'s local store writes before renaming into place.
+fn remove_staging_files(dir: &Path) -> Result<(), JobError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| JobError::io(dir, e))?.path();
+        if path.is_dir() {
+            remove_staging_files(&path)?;
+        } else if is_staging_file(&path) {
+            std::fs::remove_file(&path).map_err(|e| JobError::io(&path, e))?;
+        }
     }
-    file.commit()
+    Ok(())
 }
 
-/// Writes batches already in memory to `path` atomically.
-pub fn write_batches(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<u64, JobError> {
-    let mut file = AtomicParquet::create(path, schema)?;
-    for batch in batches {
-        file.write(batch)?;
+fn is_staging_file(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int32Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[tokio::test]
+    async fn local_files_appear_whole_and_are_read_back_by_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputStore::open(dir.path().join("out").to_str().unwrap(), &StoreOptions::default()).unwrap();
+        assert!(out.is_empty().await.unwrap(), "a folder that does not exist is empty");
+
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![1, 2, 3]))]).unwrap();
+        let mut file = out.parquet("result/part-00000.parquet", schema).unwrap();
+        file.write(&batch).await.unwrap();
+        assert!(
+            !out.exists("result/part-00000.parquet").await.unwrap(),
+            "not visible before commit"
+        );
+        assert_eq!(file.commit().await.unwrap(), 3);
+        assert!(out.exists("result/part-00000.parquet").await.unwrap());
+        assert!(!out.is_empty().await.unwrap());
+
+        let ctx = SessionContext::new();
+        out.register(&ctx);
+        let url = out.url("result/part-00000.parquet");
+        assert!(url.starts_with("file:///"), "{url}");
+        let rows = ctx
+            .read_parquet(url, Default::default())
+            .await
+            .unwrap()
+            .count()
+            .await
+            .unwrap();
+        assert_eq!(rows, 3);
+
+        out.put("_SUCCESS", Vec::new()).await.unwrap();
+        assert!(dir.path().join("out/_SUCCESS").is_file());
+        out.remove_all("result").await.unwrap();
+        assert!(!dir.path().join("out/result").exists());
     }
-    file.commit()
+
+    #[test]
+    fn staging_files_of_a_killed_process_are_recognised() {
+        assert!(is_staging_file(Path::new("/o/result/part-00001.parquet#3")));
+        assert!(!is_staging_file(Path::new("/o/result/part-00001.parquet")));
+        assert!(!is_staging_file(Path::new("/o/photos/#1 favourite.jpg")));
+        assert!(!is_staging_file(Path::new("/o/x#")));
+    }
 }

@@ -118,5 +118,7 @@ pub struct Report {
     pub versions: Versions,
     /// Every bucket the job touched, with its region and whether the store reported it or `--region` applied.
     pub buckets: Vec<crate::store::BucketRegion>,
+    /// Server-side encryption requested for every object written to a bucket (none for local outputs).
+    pub encryption: Option<String>,
     pub config: serde_json::Value,
 }

@@ -1,5 +1,5 @@
-//! Reading image bytes by URI: `file://` from the local disk, `s3://bucket/key` from the object store. The
-//! error text is what users see in `errors/`.
+//! Reading bytes by location: `file://` URIs and plain paths from the local disk, `s3://bucket/key` from the
+//! object store. The error text is what users see in `errors/`.
 
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
@@ -7,24 +7,33 @@ use verger_listing::{local_path, Location};
 
 use crate::store::StoreOptions;
 
-/// Reads the whole object behind `uri`.
+/// Reads the image behind `uri` (`file://` or `s3://`, as the listing wrote it).
 pub fn read(uri: &str, store: &StoreOptions) -> Result<Vec<u8>, String> {
     if let Some(path) = local_path(uri) {
         return std::fs::read(path).map_err(|e| e.to_string());
     }
-    let Location::S3 { bucket, prefix: key } = Location::parse(uri) else {
-        return Err(format!("unsupported URI scheme in {uri}"));
-    };
-    let client = store.s3(&bucket)?;
+    match Location::parse(uri) {
+        Location::S3 { bucket, prefix: key } => read_object(&bucket, &key, store),
+        Location::Local(_) => Err(format!("unsupported URI scheme in {uri}")),
+    }
+}
+
+/// Reads a file named by the user: a local path or `s3://bucket/key`.
+pub fn read_location(location: &str, store: &StoreOptions) -> Result<Vec<u8>, String> {
+    match Location::parse(location) {
+        Location::S3 { bucket, prefix: key } => read_object(&bucket, &key, store),
+        Location::Local(path) => std::fs::read(path).map_err(|e| e.to_string()),
+    }
+}
+
+fn read_object(bucket: &str, key: &str, store: &StoreOptions) -> Result<Vec<u8>, String> {
+    let client = store.s3(bucket)?;
     let runtime =
         tokio::runtime::Handle::try_current().map_err(|_| "object stores need the job's runtime".to_string())?;
     // Featurization is synchronous CPU work on a runtime worker; the fetch borrows that worker meanwhile.
     tokio::task::block_in_place(|| {
         runtime.block_on(async {
-            let object = client
-                .get(&ObjectPath::from(key.as_str()))
-                .await
-                .map_err(|e| e.to_string())?;
+            let object = client.get(&ObjectPath::from(key)).await.map_err(|e| e.to_string())?;
             object.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string())
         })
     })

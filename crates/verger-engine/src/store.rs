@@ -1,20 +1,22 @@
 //! Object stores: one client per bucket and process, configured from the job's options and the standard AWS
-//! credential sources (environment, web identity, container and instance metadata). Credentials never enter
-//! the options, the plans, the logs or the report.
+//! credential sources (environment, the shared profile files, web identity, container and instance metadata).
+//! Credentials never enter the options, the plans, the logs or the report.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
-use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 /// One object-store client per (options, bucket) and process.
 type Clients = HashMap<(StoreOptions, String), Arc<dyn ObjectStore>>;
 
 /// How to reach S3 or an S3-compatible store. Safe to log and to ship to workers: it holds no secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StoreOptions {
     /// The AWS region (also where a store that reports none is taken to be).
     pub region: Option<String>,
@@ -22,6 +24,46 @@ pub struct StoreOptions {
     pub endpoint: Option<String>,
     /// Allow plain HTTP to a non-loopback endpoint.
     pub allow_http: bool,
+    /// Server-side encryption requested for every object written.
+    pub encryption: Option<Encryption>,
+    /// Attempts after the first for a request that failed transiently (connection refused or reset, timeout,
+    /// 5xx, throttling), with exponential backoff.
+    pub max_retries: usize,
+    /// Seconds one request attempt may take.
+    pub timeout_s: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            region: None,
+            endpoint: None,
+            allow_http: false,
+            encryption: None,
+            max_retries: 10,
+            timeout_s: 60,
+        }
+    }
+}
+
+/// Server-side encryption of written objects (`x-amz-server-side-encryption`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encryption {
+    /// SSE-S3: keys managed by the store.
+    Aes256,
+    /// SSE-KMS with this key.
+    Kms { key_id: String },
+}
+
+impl Encryption {
+    /// The header value S3 uses, and the key where there is one, as the report shows it.
+    pub fn describe(&self) -> String {
+        match self {
+            Encryption::Aes256 => "AES256".into(),
+            Encryption::Kms { key_id } => format!("aws:kms (key {key_id})"),
+        }
+    }
 }
 
 impl StoreOptions {
@@ -58,7 +100,24 @@ impl StoreOptions {
             return Ok(client.clone());
         }
         self.check_transport()?;
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: self.max_retries,
+                retry_timeout: Duration::from_secs(self.timeout_s.max(1) * (self.max_retries as u64 + 1)),
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(Duration::from_secs(self.timeout_s.max(1)))
+                    .with_connect_timeout(Duration::from_secs(self.timeout_s.clamp(1, 10))),
+            );
+        // Environment keys win; without them the shared profile files come next, as in the AWS chain.
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            if let Some(profile) = SharedProfile::load()? {
+                builder = profile.apply(builder, self.region.is_none());
+            }
+        }
         if let Some(region) = &self.region {
             builder = builder.with_region(region);
         }
@@ -67,9 +126,90 @@ impl StoreOptions {
                 .with_endpoint(endpoint)
                 .with_allow_http(endpoint.starts_with("http://"));
         }
+        builder = match &self.encryption {
+            None => builder,
+            Some(Encryption::Aes256) => builder.with_config(
+                "aws_server_side_encryption"
+                    .parse::<AmazonS3ConfigKey>()
+                    .expect("a known key"),
+                "AES256",
+            ),
+            Some(Encryption::Kms { key_id }) => builder.with_sse_kms_encryption(key_id),
+        };
         let client: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| e.to_string())?);
         clients.insert(key, client.clone());
         Ok(client)
+    }
+}
+
+/// Credentials and region of one profile in the AWS shared files (`~/.aws/credentials`, `~/.aws/config`,
+/// or `AWS_SHARED_CREDENTIALS_FILE` / `AWS_CONFIG_FILE`; profile `AWS_PROFILE`, else `default`).
+struct SharedProfile {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+    region: Option<String>,
+}
+
+impl SharedProfile {
+    fn load() -> Result<Option<SharedProfile>, String> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let file = |var: &str, default: &str| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(".aws").join(default)))
+        };
+        let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+        let Some(credentials) = file("AWS_SHARED_CREDENTIALS_FILE", "credentials").filter(|f| f.is_file()) else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf| {
+            ini::Ini::load_from_file(path).map_err(|e| format!("AWS shared file {}: {e}", path.display()))
+        };
+        let credentials = read(&credentials)?;
+        let Some(section) = credentials.section(Some(name.as_str())) else {
+            return Ok(None);
+        };
+        let (Some(access_key_id), Some(secret_access_key)) =
+            (section.get("aws_access_key_id"), section.get("aws_secret_access_key"))
+        else {
+            return Ok(None);
+        };
+        // In the config file, profiles other than `default` are written `[profile NAME]`.
+        let region = match file("AWS_CONFIG_FILE", "config").filter(|f| f.is_file()) {
+            Some(config) => {
+                let config = read(&config)?;
+                let section_name = if name == "default" {
+                    name.clone()
+                } else {
+                    format!("profile {name}")
+                };
+                config
+                    .section(Some(section_name))
+                    .and_then(|s| s.get("region"))
+                    .map(str::to_string)
+            }
+            None => None,
+        };
+        Ok(Some(SharedProfile {
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            session_token: section.get("aws_session_token").map(str::to_string),
+            region,
+        }))
+    }
+
+    fn apply(self, builder: AmazonS3Builder, use_region: bool) -> AmazonS3Builder {
+        let mut builder = builder
+            .with_access_key_id(self.access_key_id)
+            .with_secret_access_key(self.secret_access_key);
+        if let Some(token) = self.session_token {
+            builder = builder.with_token(token);
+        }
+        match self.region {
+            Some(region) if use_region && std::env::var_os("AWS_REGION").is_none() => builder.with_region(region),
+            _ => builder,
+        }
     }
 }
 
@@ -144,9 +284,9 @@ mod tests {
 
     fn endpoint(url: &str, allow_http: bool) -> StoreOptions {
         StoreOptions {
-            region: None,
             endpoint: Some(url.into()),
             allow_http,
+            ..StoreOptions::default()
         }
     }
 

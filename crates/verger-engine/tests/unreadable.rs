@@ -23,7 +23,7 @@ fn missing_and_unreadable_files_are_recorded_per_row() {
     .collect();
     let settings = FeaturizeSettings {
         model: ModelSpec {
-            path: model_path(),
+            location: model_path().to_string_lossy().into_owned(),
             sha256: MOBILENET_V2_SHA256.into(),
         },
         batch_size: 4,

@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
+use object_store::{ListResult, ObjectMeta, ObjectStore};
 use thiserror::Error;
 
 /// The glob used when the user gives none, as in the original notebook.
@@ -54,18 +54,24 @@ impl Location {
     }
 }
 
-/// Lists every object under `prefix` of an S3 bucket whose name matches; entries sorted by URI. The label
-/// is the last "folder" of the key.
+/// Folders listed at once. An S3 listing pages through 1,000 keys per request, one request after another,
+/// so a large listing is only fast when it is cut by folder and the folders are listed side by side.
+pub const LIST_CONCURRENCY: usize = 16;
+
+/// How many folder levels are split before listing each remaining folder flat.
+const MAX_SPLIT_DEPTH: usize = 3;
+
+/// Lists every object under `prefix` of an S3 bucket whose name matches, `concurrency` folders at a time;
+/// entries sorted by URI. The label is the last "folder" of the key.
 pub async fn list_bucket(
     store: &dyn ObjectStore,
     bucket: &str,
     prefix: &str,
     filter: &NameFilter,
+    concurrency: usize,
 ) -> Result<Vec<ImageEntry>, ListingError> {
     let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
-    let objects: Vec<_> = store
-        .list(root.as_ref())
-        .try_collect()
+    let objects = list_objects(store, root, concurrency.max(1))
         .await
         .map_err(|e| ListingError::Store {
             uri: format!("s3://{bucket}/{prefix}"),
@@ -86,6 +92,42 @@ pub async fn list_bucket(
         .collect();
     entries.sort_by(|a, b| a.uri.cmp(&b.uri));
     Ok(entries)
+}
+
+/// Every object under `root`: folder levels are split (delimiter listings) until there are enough folders to
+/// keep `concurrency` requests busy, then each folder is listed flat, `concurrency` at a time.
+async fn list_objects(
+    store: &dyn ObjectStore,
+    root: Option<ObjectPath>,
+    concurrency: usize,
+) -> object_store::Result<Vec<ObjectMeta>> {
+    let mut objects = Vec::new();
+    let mut folders = vec![root];
+    for _ in 0..MAX_SPLIT_DEPTH {
+        if folders.len() >= concurrency {
+            break;
+        }
+        let levels: Vec<ListResult> = futures::stream::iter(&folders)
+            .map(|folder| store.list_with_delimiter(folder.as_ref()))
+            .buffer_unordered(concurrency)
+            .try_collect()
+            .await?;
+        folders.clear();
+        for level in levels {
+            objects.extend(level.objects);
+            folders.extend(level.common_prefixes.into_iter().map(Some));
+        }
+        if folders.is_empty() {
+            return Ok(objects);
+        }
+    }
+    let listed: Vec<Vec<ObjectMeta>> = futures::stream::iter(folders)
+        .map(|folder| store.list(folder.as_ref()).try_collect::<Vec<_>>())
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    objects.extend(listed.into_iter().flatten());
+    Ok(objects)
 }
 
 /// One listed image.
@@ -229,6 +271,37 @@ mod tests {
 
         let both = list_folder(dir.path(), &NameFilter::new(&["*.jpg", "*.png"]).unwrap()).unwrap();
         assert_eq!(both.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn bucket_listing_is_the_same_at_any_concurrency() {
+        use object_store::memory::InMemory;
+        use object_store::ObjectStoreExt;
+        let store = InMemory::new();
+        let mut keys = vec!["data/top.jpg".to_string(), "data/notes.txt".to_string()];
+        for class in 0..20 {
+            for i in 0..7 {
+                keys.push(format!("data/c{class:02}/img{i}.jpg"));
+            }
+            keys.push(format!("data/c{class:02}/deeper/more/x{class}.jpg"));
+        }
+        keys.push("other/outside.jpg".into());
+        for key in &keys {
+            store
+                .put(&ObjectPath::from(key.as_str()), vec![1u8].into())
+                .await
+                .unwrap();
+        }
+        let filter = NameFilter::new(&["*.jpg"]).unwrap();
+        let one = list_bucket(&store, "b", "data", &filter, 1).await.unwrap();
+        let many = list_bucket(&store, "b", "data", &filter, 16).await.unwrap();
+        assert_eq!(one, many);
+        assert_eq!(one.len(), 1 + 20 * 8);
+        assert_eq!(one[0].uri, "s3://b/data/c00/deeper/more/x0.jpg");
+        assert_eq!(one[0].label, "more");
+        assert!(one.iter().any(|e| e.uri == "s3://b/data/top.jpg" && e.label == "data"));
+        let everything = list_bucket(&store, "b", "", &filter, 4).await.unwrap();
+        assert_eq!(everything.len(), one.len() + 1);
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Inference time per image at batch sizes 1 and 16 (one session, one intra-op thread, as `verger run`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use verger_model::{Featurizer, ModelSpec, VerifiedModel, INPUT_LEN, MOBILENET_V2_SHA256};
+use verger_model::{read_local, Featurizer, ModelSpec, VerifiedModel, INPUT_LEN, MOBILENET_V2_SHA256};
 use verger_testdata::{model_path, synthetic_pattern};
 
 fn inference(c: &mut Criterion) {
-    let model = VerifiedModel::load(&ModelSpec {
-        path: model_path(),
-        sha256: MOBILENET_V2_SHA256.into(),
-    })
+    let model = VerifiedModel::load(
+        &ModelSpec {
+            location: model_path().to_string_lossy().into_owned(),
+            sha256: MOBILENET_V2_SHA256.into(),
+        },
+        &read_local,
+    )
     .unwrap();
     let mut featurizer = Featurizer::new(&model).unwrap();
     let one: Vec<f32> = synthetic_pattern()

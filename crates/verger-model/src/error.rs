@@ -12,11 +12,11 @@ pub enum ModelError {
     RuntimeNotFound { searched: String },
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     RuntimeLoad { path: PathBuf, message: String },
-    #[error("cannot read model {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("model {path} has sha256 {actual}, expected {expected}; refusing to use it")]
+    #[error("cannot read model {location}: {message}")]
+    Read { location: String, message: String },
+    #[error("model {location} has sha256 {actual}, expected {expected}; refusing to use it")]
     Checksum {
-        path: PathBuf,
+        location: String,
         expected: String,
         actual: String,
     },

@@ -5,7 +5,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::error::ModelError;
-use crate::model::{per_spec, ModelSpec, PerSpec, VerifiedModel};
+use crate::model::{per_spec, ModelReader, ModelSpec, PerSpec, VerifiedModel};
 use crate::{runtime, FEATURE_DIM, INPUT_LEN};
 
 /// One ONNX Runtime session: preprocessed NHWC images in, 1280-d features out.
@@ -53,12 +53,12 @@ pub struct FeaturizerPool {
 }
 
 impl FeaturizerPool {
-    /// The process-wide pool for `spec` (verifying the model on first use).
-    pub fn shared(spec: &ModelSpec) -> Result<Arc<FeaturizerPool>, ModelError> {
+    /// The process-wide pool for `spec` (reading the model with `read` and verifying it on first use).
+    pub fn shared(spec: &ModelSpec, read: &ModelReader) -> Result<Arc<FeaturizerPool>, ModelError> {
         static POOLS: PerSpec<FeaturizerPool> = OnceLock::new();
         per_spec(&POOLS, spec, || {
             Ok(FeaturizerPool {
-                model: VerifiedModel::load(spec)?,
+                model: VerifiedModel::load(spec, read)?,
                 idle: Mutex::new(Vec::new()),
             })
         })

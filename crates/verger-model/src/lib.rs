@@ -15,7 +15,7 @@ pub mod runtime;
 
 pub use error::ModelError;
 pub use featurizer::{Featurizer, FeaturizerPool, PooledFeaturizer};
-pub use model::{ModelSpec, VerifiedModel};
+pub use model::{read_local, ModelReader, ModelSpec, VerifiedModel};
 
 /// Length of one feature vector (MobileNetV2's global-average-pool layer).
 pub const FEATURE_DIM: usize = 1280;

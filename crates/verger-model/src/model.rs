@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -10,8 +9,18 @@ use crate::error::ModelError;
 /// Where the model lives and what its bytes must hash to. Cheap to clone and to send to other processes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ModelSpec {
-    pub path: PathBuf,
+    /// A local path, or any URI the caller's [`ModelReader`] understands (such as `s3://bucket/key`).
+    pub location: String,
     pub sha256: String,
+}
+
+/// Fetches a model's bytes from its location. This crate reads local files ([`read_local`]); callers that
+/// know object stores pass their own reader, so model I/O stays out of the numeric code.
+pub type ModelReader = dyn Fn(&str) -> Result<Vec<u8>, String> + Send + Sync;
+
+/// The reader for models on the local disk.
+pub fn read_local(location: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(location).map_err(|e| e.to_string())
 }
 
 /// Model bytes that matched their expected sha256. Shared by every session of the process.
@@ -23,18 +32,18 @@ pub struct VerifiedModel {
 
 impl VerifiedModel {
     /// Reads and verifies the model once per process; later calls with the same spec share the bytes.
-    pub fn load(spec: &ModelSpec) -> Result<Arc<VerifiedModel>, ModelError> {
+    pub fn load(spec: &ModelSpec, read: &ModelReader) -> Result<Arc<VerifiedModel>, ModelError> {
         static LOADED: PerSpec<VerifiedModel> = OnceLock::new();
-        per_spec(&LOADED, spec, || Self::read(spec))
+        per_spec(&LOADED, spec, || Self::read(spec, read))
     }
 
-    fn read(spec: &ModelSpec) -> Result<VerifiedModel, ModelError> {
-        let bytes = std::fs::read(&spec.path).map_err(|source| ModelError::Read {
-            path: spec.path.clone(),
-            source,
+    fn read(spec: &ModelSpec, read: &ModelReader) -> Result<VerifiedModel, ModelError> {
+        let bytes = read(&spec.location).map_err(|message| ModelError::Read {
+            location: spec.location.clone(),
+            message,
         })?;
-        verify(&spec.path, &bytes, &spec.sha256)?;
-        tracing::info!(path = %spec.path.display(), sha256 = %spec.sha256, "model verified");
+        verify(&spec.location, &bytes, &spec.sha256)?;
+        tracing::info!(location = %spec.location, sha256 = %spec.sha256, "model verified");
         Ok(VerifiedModel {
             spec: spec.clone(),
             bytes,
@@ -64,11 +73,11 @@ pub(crate) fn per_spec<V>(
 }
 
 /// Checks `bytes` against the expected hex sha256.
-pub fn verify(path: &Path, bytes: &[u8], expected: &str) -> Result<(), ModelError> {
+pub fn verify(location: &str, bytes: &[u8], expected: &str) -> Result<(), ModelError> {
     let actual = hex::encode(Sha256::digest(bytes));
     if !actual.eq_ignore_ascii_case(expected) {
         return Err(ModelError::Checksum {
-            path: path.to_path_buf(),
+            location: location.to_string(),
             expected: expected.to_string(),
             actual,
         });

@@ -2,14 +2,17 @@
 
 use verger_image::preprocess::scale;
 use verger_image::{load_rgb224, Limits};
-use verger_model::{Featurizer, ModelSpec, VerifiedModel, FEATURE_DIM, MOBILENET_V2_SHA256};
+use verger_model::{read_local, Featurizer, ModelSpec, VerifiedModel, FEATURE_DIM, MOBILENET_V2_SHA256};
 use verger_testdata::{model_dir, model_path, read_npy_f32, reference_entries, synthetic_pattern};
 
 fn model() -> std::sync::Arc<VerifiedModel> {
-    VerifiedModel::load(&ModelSpec {
-        path: model_path(),
-        sha256: MOBILENET_V2_SHA256.into(),
-    })
+    VerifiedModel::load(
+        &ModelSpec {
+            location: model_path().to_string_lossy().into_owned(),
+            sha256: MOBILENET_V2_SHA256.into(),
+        },
+        &read_local,
+    )
     .unwrap()
 }
 
@@ -53,10 +56,10 @@ fn features_match_keras_at_batch_sizes_1_and_14() {
 #[test]
 fn a_model_with_the_wrong_checksum_is_refused() {
     let spec = ModelSpec {
-        path: model_path(),
+        location: model_path().to_string_lossy().into_owned(),
         sha256: "00".repeat(32),
     };
-    let err = VerifiedModel::load(&spec).unwrap_err().to_string();
+    let err = VerifiedModel::load(&spec, &read_local).unwrap_err().to_string();
     assert!(err.contains("refusing"), "{err}");
 }
 

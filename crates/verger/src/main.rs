@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use verger_engine::store::StoreOptions;
+use verger_engine::store::{Encryption, StoreOptions};
 use verger_engine::{run_job, ErrorBudget, FeaturizeSettings, JobConfig, JobError};
 use verger_image::{Limits, MODEL_SIDE};
 use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
@@ -32,6 +32,23 @@ enum Command {
     /// List, featurize (MobileNetV2), reduce (PCA) and write Parquet: the whole job.
     #[command(after_help = EXIT_STATUSES)]
     Run(Box<RunArgs>),
+    /// List the images a run would process and count them per label; writes nothing.
+    List {
+        /// A folder or s3://bucket/prefix, searched recursively.
+        #[arg(long)]
+        input: String,
+        /// File-name pattern to include (repeatable). Default: *.jpg
+        #[arg(long = "glob")]
+        globs: Vec<String>,
+        /// Folders of a bucket listed at once.
+        #[arg(long, default_value_t = verger_listing::LIST_CONCURRENCY)]
+        concurrency: usize,
+        /// Print every image (URI, tab, label), not only the counts.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Write the exact 224x224 RGB pixels the model sees, as DIR/<file stem>.png.
     Preprocess {
         #[arg(required = true)]
@@ -52,9 +69,10 @@ enum Command {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// The ONNX model. Default: $VERGER_MODEL, else the shared MobileNetV2 beside this checkout.
+    /// The ONNX model: a path or s3://bucket/key. Default: $VERGER_MODEL, else the shared MobileNetV2 beside
+    /// this checkout.
     #[arg(long)]
-    model: Option<PathBuf>,
+    model: Option<String>,
     /// Expected sha256 of the model file; a mismatch stops the run before any image is read.
     #[arg(long, default_value = MOBILENET_V2_SHA256)]
     model_sha256: String,
@@ -69,13 +87,13 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn settings(&self, store: StoreOptions) -> Result<FeaturizeSettings> {
-        let path = match &self.model {
-            Some(p) => p.clone(),
+        let location = match &self.model {
+            Some(location) => location.clone(),
             None => default_model().context("no model given: pass --model PATH or set VERGER_MODEL")?,
         };
         Ok(FeaturizeSettings {
             model: ModelSpec {
-                path: std::path::absolute(&path)?,
+                location: absolute(&location)?,
                 sha256: self.model_sha256.clone(),
             },
             batch_size: self.batch_size,
@@ -85,8 +103,8 @@ impl ModelArgs {
     }
 }
 
-/// Where object stores are; credentials come from the usual AWS sources (environment, web identity,
-/// container or instance metadata), never from the command line.
+/// Where object stores are; credentials come from the usual AWS sources (environment, the shared profile
+/// files and AWS_PROFILE, web identity, container or instance metadata), never from the command line.
 #[derive(Args)]
 struct StoreArgs {
     /// AWS region of the buckets (stores that report none are taken to be here).
@@ -102,16 +120,47 @@ struct StoreArgs {
     /// another region is refused before any byte moves.
     #[arg(long, value_delimiter = ',')]
     allowed_regions: Vec<String>,
+    /// Server-side encryption of everything written to an s3:// output.
+    #[arg(long, value_parser = ["AES256", "aws:kms"])]
+    sse: Option<String>,
+    /// The KMS key for --sse aws:kms.
+    #[arg(long, requires = "sse")]
+    sse_kms_key_id: Option<String>,
+    /// Retries, with exponential backoff, of a store request that failed transiently.
+    #[arg(long, default_value_t = StoreOptions::default().max_retries)]
+    max_retries: usize,
+    /// Seconds one store request may take before it is retried.
+    #[arg(long, default_value_t = StoreOptions::default().timeout_s)]
+    timeout: u64,
 }
 
 impl StoreArgs {
-    fn options(&self) -> StoreOptions {
-        StoreOptions {
+    fn options(&self) -> Result<StoreOptions> {
+        let encryption = match (self.sse.as_deref(), &self.sse_kms_key_id) {
+            (None, _) => None,
+            (Some("AES256"), None) => Some(Encryption::Aes256),
+            (Some("aws:kms"), Some(key_id)) => Some(Encryption::Kms { key_id: key_id.clone() }),
+            (Some("aws:kms"), None) => bail!("--sse aws:kms needs --sse-kms-key-id"),
+            (Some(_), Some(_)) => bail!("--sse-kms-key-id goes with --sse aws:kms"),
+            (Some(other), None) => bail!("unknown --sse {other}"),
+        };
+        Ok(StoreOptions {
             region: self.region.clone(),
             endpoint: self.endpoint.clone(),
             allow_http: self.allow_http,
-        }
+            encryption,
+            max_retries: self.max_retries,
+            timeout_s: self.timeout,
+        })
     }
+}
+
+/// Local paths made absolute (workers may run elsewhere); URIs as given.
+fn absolute(location: &str) -> Result<String> {
+    if location.contains("://") {
+        return Ok(location.to_string());
+    }
+    Ok(std::path::absolute(location)?.to_string_lossy().into_owned())
 }
 
 #[derive(Args)]
@@ -119,10 +168,10 @@ struct RunArgs {
     /// Images, searched recursively: a folder or s3://bucket/prefix. Each image's label is its parent
     /// folder's name.
     #[arg(long)]
-    input: PathBuf,
-    /// Output folder: result/, errors/, pca/, manifest/, report.json, _SUCCESS.
+    input: String,
+    /// Output folder or s3://bucket/prefix: result/, errors/, pca/, manifest/, report.json, and _SUCCESS last.
     #[arg(long)]
-    output: PathBuf,
+    output: String,
     /// File-name pattern to include (repeatable). Default: *.jpg
     #[arg(long = "glob")]
     globs: Vec<String>,
@@ -167,13 +216,13 @@ struct RunArgs {
 }
 
 /// `$VERGER_MODEL`, else `shared/models/...` beside the checkout this binary was built from.
-fn default_model() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("VERGER_MODEL") {
-        return Some(PathBuf::from(p));
+fn default_model() -> Option<String> {
+    if let Ok(location) = std::env::var("VERGER_MODEL") {
+        return Some(location);
     }
     let shared =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/mobilenet_v2/mobilenet_v2_imagenet.onnx");
-    shared.is_file().then_some(shared)
+    shared.is_file().then(|| shared.to_string_lossy().into_owned())
 }
 
 fn main() -> ExitCode {
@@ -199,6 +248,13 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(args) => run(*args),
+        Command::List {
+            input,
+            globs,
+            concurrency,
+            all,
+            store,
+        } => list(&input, &globs, concurrency, all, &store),
         Command::Preprocess { images, out } => preprocess(&images, &out),
         Command::Embed { images, out, model } => {
             let files: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
@@ -214,6 +270,36 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             })
         }
     }
+}
+
+fn list(input: &str, globs: &[String], concurrency: usize, all: bool, store: &StoreArgs) -> Result<ExitCode> {
+    let options = store.options()?;
+    options.check_transport().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let started = std::time::Instant::now();
+    let entries = runtime.block_on(async {
+        verger_engine::bucket_regions(&[&input.to_string()], &options, &store.allowed_regions).await?;
+        verger_engine::list_images(input, globs, &options, concurrency).await
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut per_label = std::collections::BTreeMap::<&str, usize>::new();
+    for entry in &entries {
+        *per_label.entry(entry.label.as_str()).or_default() += 1;
+        if all {
+            println!("{}\t{}", entry.uri, entry.label);
+        }
+    }
+    if !all {
+        for (label, count) in &per_label {
+            println!("{count:>8}  {label}");
+        }
+    }
+    println!(
+        "{} images in {} labels under {input}, listed in {seconds:.2} s",
+        entries.len(),
+        per_label.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn preprocess(images: &[PathBuf], out: &Path) -> Result<ExitCode> {
@@ -271,16 +357,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         max_errors: args.max_errors,
         allowed_regions: args.store.allowed_regions.clone(),
         pseudonymize_key: args.pseudonymize_paths.clone(),
-        featurize: args.model.settings(args.store.options())?,
+        featurize: args.model.settings(args.store.options()?)?,
         price_per_hour_usd: args.price_per_hour,
     };
-    if args.output.to_string_lossy().starts_with("s3://") {
-        bail!("output to object stores is not supported yet: write to a local folder");
-    }
     config.featurize.store.check_transport().map_err(anyhow::Error::msg)?;
-    // Fail before listing when the runtime or the model is unusable.
+    // Fail before anything else when the runtime is unusable (the job verifies the model first thing).
     verger_model::runtime::ensure_loaded()?;
-    verger_model::VerifiedModel::load(&config.featurize.model)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -289,17 +371,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let progress = Arc::new(progress::CliProgress::new());
     let outcome = match runtime.block_on(run_job(&config, progress)) {
         Ok(outcome) => outcome,
-        Err(JobError::AlreadyComplete(path)) => {
-            println!("{} is already complete; nothing to do", path.display());
+        Err(JobError::AlreadyComplete(output)) => {
+            println!("{output} is already complete; nothing to do");
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => return Err(e.into()),
     };
     let r = &outcome.report;
     println!(
-        "{} images -> {} ({} failed); PCA k = {}, explained variance {:.4}; {:.1} s, {:.1} images/s, {:.2} ms CPU/image, peak {:.0} MiB, ~${:.4}",
+        "{} images -> {}/result ({} failed); PCA k = {}, explained variance {:.4}; {:.1} s, {:.1} images/s, {:.2} ms CPU/image, peak {:.0} MiB, ~${:.4}",
         r.counts.featurized,
-        config.output.join("result").display(),
+        config.output.trim_end_matches('/'),
         r.counts.failed,
         r.pca.k,
         r.pca.explained_variance,

@@ -84,12 +84,17 @@ fn a_run_aborted_at_any_commit_point_resumes_to_the_same_output() {
             "{point}: an aborted run must not look finished"
         );
 
-        let refused = verger(&run_args(&input, &output, &SMALL_RUN));
-        assert_eq!(
-            refused.status.code(),
-            Some(1),
-            "{point}: unfinished output taken without --resume"
-        );
+        if point == "listed" {
+            // Nothing is written before the manifest, so there is nothing to protect yet.
+            assert!(!output.exists(), "listed: nothing written before the manifest");
+        } else {
+            let refused = verger(&run_args(&input, &output, &SMALL_RUN));
+            assert_eq!(
+                refused.status.code(),
+                Some(1),
+                "{point}: unfinished output taken without --resume"
+            );
+        }
 
         let mut resume = SMALL_RUN.to_vec();
         resume.push("--resume");

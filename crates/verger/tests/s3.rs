@@ -1,73 +1,122 @@
-//! S3 input end to end against a real S3-compatible server (SeaweedFS) started on 127.0.0.1 by the test.
+//! Object storage and the GDPR guard-rails end to end, against a real S3-compatible server (SeaweedFS)
+//! started on 127.0.0.1 by each test, which checks credentials: images, model and results in buckets,
+//! encryption, region refusal, resume, a server restart in the middle of a run, credentials from a shared
+//! profile file, listing in parallel, and no image metadata in any output.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{assert_success, python, repo_root, small_input};
+use common::{assert_success, repo_root, small_input};
+use verger_testdata::{fruits360_dir, model_path};
 
+const ACCESS_KEY: &str = "test-access-key";
+/// The secret the server accepts; it must never appear in a log line, an output or the report.
 const SECRET: &str = "planted-secret-4f1c9a";
 
-/// A `weed mini` server on loopback ports, stopped when dropped.
+/// A `weed mini` server on loopback ports that accepts only ACCESS_KEY/SECRET, stopped when dropped.
 struct Seaweed {
-    child: Child,
-    s3_port: u16,
-    _data: tempfile::TempDir,
+    child: Option<Child>,
+    base_port: u16,
+    data: tempfile::TempDir,
 }
 
 impl Seaweed {
     fn start() -> Seaweed {
+        let data = tempfile::tempdir().unwrap();
+        let identities = serde_json::json!({"identities": [{
+            "name": "verger-test",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]});
+        std::fs::write(data.path().join("s3.json"), identities.to_string()).unwrap();
+        std::fs::create_dir(data.path().join("store")).unwrap();
+        let mut server = Seaweed {
+            child: None,
+            base_port: free_ports(),
+            data,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
         let weed = repo_root().join(".venv/bin/weed");
         assert!(weed.is_file(), "{} missing: run scripts/setup", weed.display());
-        let data = tempfile::tempdir().unwrap();
-        let base = 20000 + (std::process::id() % 2000) as u16 * 4;
-        let port = |i: u16| (base + i).to_string();
+        let port = |i: u16| (self.base_port + i).to_string();
         let child = Command::new(weed)
-            .args(["mini", &format!("-dir={}", data.path().display())])
+            .arg("mini")
+            .arg(format!("-dir={}", self.data.path().join("store").display()))
+            .arg(format!("-s3.config={}", self.data.path().join("s3.json").display()))
             .args([
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
                 "-master.telemetry=false",
                 "-admin.ui=false",
                 "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
             ])
+            // Every port this server opens (gRPC ones are these + 10000), so that servers run side by side.
             .args([format!("-master.port={}", port(0)), format!("-volume.port={}", port(1))])
             .args([format!("-filer.port={}", port(2)), format!("-s3.port={}", port(3))])
+            .arg(format!("-admin.port={}", port(4)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("weed starts");
-        let server = Seaweed {
-            child,
-            s3_port: base + 3,
-            _data: data,
-        };
+        self.child = Some(child);
         let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", server.s3_port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.base_port + 3)).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "SeaweedFS S3 did not start"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        server
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data and ports.
+    fn restart(&mut self, down_for: Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.launch();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        format!("http://127.0.0.1:{}", self.base_port + 3)
     }
 
-    /// Uploads a folder with boto3, retrying while the server finishes starting.
-    fn upload(&self, bucket: &str, prefix: &str, folder: &Path) {
+    /// A script of tests/python with this server's endpoint and credentials.
+    fn python(&self, script: &str, args: &[&str]) -> Output {
+        Command::new(repo_root().join(".venv/bin/python"))
+            .arg(repo_root().join("tests/python").join(script))
+            .args(args)
+            .env("VERGER_S3_ENDPOINT", self.endpoint())
+            .env("VERGER_S3_ACCESS_KEY", ACCESS_KEY)
+            .env("VERGER_S3_SECRET", SECRET)
+            .env("PLANTED_SECRET", SECRET)
+            .output()
+            .expect("python runs")
+    }
+
+    /// Uploads a file or folder with boto3, retrying while the server finishes starting.
+    fn upload(&self, bucket: &str, prefix: &str, path: &Path) {
         let started = Instant::now();
         loop {
-            let out = python(
-                "s3_put.py",
-                &[&self.endpoint(), bucket, prefix, folder.to_str().unwrap()],
-            );
+            let out = self.python("s3_put.py", &[bucket, prefix, path.to_str().unwrap()]);
             if out.status.success() {
                 return;
             }
@@ -79,37 +128,51 @@ impl Seaweed {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+
+    fn create_bucket(&self, bucket: &str) {
+        let empty = tempfile::tempdir().unwrap();
+        self.upload(bucket, "", empty.path());
+    }
+
+    /// `verger ARGS` against this server, authenticated through the environment.
+    fn verger(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_verger"));
+        command
+            .args(args)
+            .args(["--endpoint", &self.endpoint(), "--region", "eu-west-1"])
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET);
+        command
+    }
 }
 
 impl Drop for Seaweed {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
-fn verger_with_credentials(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_verger"))
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test-access-key")
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .output()
-        .expect("verger runs")
+/// The first of eight ports for one server: distinct per test process (pid) and per server within it.
+fn free_ports() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let server = NEXT.fetch_add(1, Ordering::Relaxed) % 8;
+    20000 + (std::process::id() % 300) as u16 * 64 + server * 8
 }
 
-/// Every file under `dir`, as text where it is text and bytes otherwise, searched for `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    for entry in walk(dir) {
-        let bytes = std::fs::read(&entry).unwrap();
-        if bytes.windows(needle.len()).any(|w| w == needle) {
-            hits.push(entry.display().to_string());
-        }
-    }
-    hits
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+/// Every file under `dir` containing `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    walk(dir)
+        .into_iter()
+        .filter(|f| contains(&std::fs::read(f).unwrap(), needle))
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -122,37 +185,47 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
-fn images_in_s3_give_the_rows_of_the_same_images_on_disk() {
+fn a_job_from_bucket_to_bucket_gives_the_rows_of_the_same_job_on_disk() {
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local");
     small_input(&local);
     let server = Seaweed::start();
     server.upload("images", "fruits", &local);
+    server.upload("models", "mobilenet", &model_path());
+    server.create_bucket("results");
+    let model = format!(
+        "s3://models/mobilenet/{}",
+        model_path().file_name().unwrap().to_str().unwrap()
+    );
 
-    let (from_s3, from_disk) = (tmp.path().join("from-s3"), tmp.path().join("from-disk"));
-    let s3_run = verger_with_credentials(&[
+    let in_s3 = [
         "-v",
         "run",
         "--input",
         "s3://images/fruits",
         "--output",
-        from_s3.to_str().unwrap(),
-        "--endpoint",
-        &server.endpoint(),
-        "--region",
-        "eu-west-1",
+        "s3://results/run1",
+        "--model",
+        &model,
+        "--sse",
+        "AES256",
         "--allowed-regions",
         "eu-*",
         "--k",
         "5",
-    ]);
-    assert_eq!(
-        s3_run.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&s3_run.stderr)
-    );
+    ];
+    let s3_run = server.verger(&in_s3).output().unwrap();
+    assert_eq!(code(&s3_run), Some(3), "{}", stderr(&s3_run));
+    let from_disk = tmp.path().join("from-disk");
     let disk_run = common::verger(&[
         "run",
         "--input",
@@ -162,74 +235,294 @@ fn images_in_s3_give_the_rows_of_the_same_images_on_disk() {
         "--k",
         "5",
     ]);
-    assert_eq!(disk_run.status.code(), Some(3));
+    assert_eq!(code(&disk_run), Some(3), "{}", stderr(&disk_run));
+
+    // Same rows, errors and PCA as on disk; layout, _SUCCESS last, SSE on every object, report; pyarrow reads it.
     assert_success(
-        &python(
-            "compare_runs.py",
-            &[from_s3.to_str().unwrap(), from_disk.to_str().unwrap()],
-        ),
+        &server.python("compare_runs.py", &["s3://results/run1", from_disk.to_str().unwrap()]),
         "compare",
     );
-    let script = "import sys, pyarrow.parquet as pq; paths = pq.read_table(sys.argv[1]).column('path').to_pylist(); \
-                  assert len(paths) == 24 and all(p.startswith('s3://images/fruits/') for p in paths), paths[:3]";
-    let python_bin = repo_root().join(".venv/bin/python");
-    let checked = Command::new(python_bin)
-        .args(["-c", script, from_s3.join("result").to_str().unwrap()])
+    let checked = server.python("check_s3_output.py", &["s3://results/run1", "AES256", "24"]);
+    assert_success(&checked, "check_s3_output");
+    let summary = String::from_utf8_lossy(&checked.stdout);
+    for bucket in ["images", "results", "models"] {
+        assert!(
+            summary.contains(&format!(
+                "'bucket': '{bucket}', 'region': 'eu-west-1', 'source': 'configured'"
+            )),
+            "{summary}"
+        );
+    }
+
+    // The secret the run authenticated with appears in no log line (nor in any object: check_s3_output).
+    let logs = [s3_run.stdout.as_slice(), s3_run.stderr.as_slice()].concat();
+    assert!(!contains(&logs, SECRET), "secret in the logs");
+
+    // Interrupted after some results were written: no _SUCCESS, so a reader waiting for it sees nothing;
+    // --resume then completes the same output.
+    let run2: Vec<&str> = in_s3
+        .iter()
+        .map(|a| {
+            if *a == "s3://results/run1" {
+                "s3://results/run2"
+            } else {
+                a
+            }
+        })
+        .collect();
+    let aborted = server.verger(&run2).env("VERGER_ABORT_AT", "write:1").output().unwrap();
+    assert_eq!(code(&aborted), None, "the hook aborts the process");
+    let waiting = server.python("s3_success.py", &["s3://results/run2"]);
+    assert_eq!(
+        String::from_utf8_lossy(&waiting.stdout).trim(),
+        "absent",
+        "{}",
+        stderr(&waiting)
+    );
+    let refused = server.verger(&run2).output().unwrap();
+    assert_eq!(
+        code(&refused),
+        Some(1),
+        "an unfinished output is not taken over without --resume"
+    );
+    let resumed = server
+        .verger(&[run2.as_slice(), &["--resume"]].concat())
         .output()
         .unwrap();
-    assert_success(&checked, "S3 paths in the result");
-
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(from_s3.join("report.json")).unwrap()).unwrap();
-    assert_eq!(report["buckets"][0]["bucket"], "images");
-    assert_eq!(report["buckets"][0]["region"], "eu-west-1");
-    assert_eq!(
-        report["buckets"][0]["source"], "configured",
-        "SeaweedFS reports no region"
+    assert_eq!(code(&resumed), Some(3), "{}", stderr(&resumed));
+    assert_success(
+        &server.python("compare_runs.py", &["s3://results/run2", from_disk.to_str().unwrap()]),
+        "compare after resume",
+    );
+    assert_success(
+        &server.python("check_s3_output.py", &["s3://results/run2", "AES256", "24"]),
+        "resumed output",
     );
 
-    // A bucket outside the allowed regions is refused before anything is read or written.
+    // Outside the allowed regions: refused before anything is read or written, naming bucket and region.
     let refused_output = tmp.path().join("refused");
-    let refused = verger_with_credentials(&[
-        "run",
-        "--input",
-        "s3://images/fruits",
-        "--output",
-        refused_output.to_str().unwrap(),
-        "--endpoint",
-        &server.endpoint(),
-        "--region",
-        "us-east-1",
-        "--allowed-regions",
-        "eu-*",
-    ]);
-    assert_eq!(refused.status.code(), Some(1));
-    let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(message.contains("bucket images is in region us-east-1"), "{message}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(["run", "--input", "s3://images/fruits", "--output"])
+        .arg(&refused_output)
+        .args(["--endpoint", &server.endpoint(), "--region", "us-east-1"])
+        .args(["--allowed-regions", "eu-*"])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(code(&refused), Some(1));
+    assert!(
+        stderr(&refused).contains("bucket images is in region us-east-1"),
+        "{}",
+        stderr(&refused)
+    );
     assert!(!refused_output.exists(), "nothing is written for a refused job");
 
-    // The secret the run authenticated with appears nowhere: not in logs, outputs or the report.
-    let logs = [s3_run.stdout.as_slice(), s3_run.stderr.as_slice()].concat();
-    assert!(
-        !logs.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
-        "secret in the logs"
-    );
-    assert_eq!(files_containing(&from_s3, SECRET.as_bytes()), Vec::<String>::new());
+    // Wrong credentials are refused by the server, and the message carries no secret.
+    let wrong = server
+        .verger(&["list", "--input", "s3://images/fruits"])
+        .env("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+        .output()
+        .unwrap();
+    assert_eq!(code(&wrong), Some(1), "{}", stderr(&wrong));
+    assert!(!contains(&wrong.stderr, "wrong-secret-value"), "{}", stderr(&wrong));
 }
 
 #[test]
-fn plain_http_to_another_machine_is_refused_before_anything_moves() {
+fn no_image_metadata_reaches_the_outputs() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = verger_with_credentials(&[
+    let input = tmp.path().join("in");
+    // A photo carrying EXIF: camera owner, GPS position, a comment; written by Pillow.
+    let made = common::python(
+        "exif_photo.py",
+        &[
+            fruits360_dir().join("Training/Kiwi").to_str().unwrap(),
+            input.join("Kiwi/with-exif.jpg").to_str().unwrap(),
+        ],
+    );
+    assert_success(&made, "exif_photo.py");
+    let markers = String::from_utf8_lossy(&made.stdout).into_owned();
+    let markers: Vec<&str> = markers.split_whitespace().collect();
+    assert!(markers.len() >= 3, "{markers:?}");
+    let plain = std::fs::read_dir(fruits360_dir().join("Training/Kiwi"))
+        .unwrap()
+        .nth(1)
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&plain, input.join("Kiwi/plain.jpg")).unwrap();
+    for marker in &markers {
+        assert!(
+            !files_containing(&input, marker).is_empty(),
+            "{marker} must be in the input photo"
+        );
+    }
+    let output = tmp.path().join("out");
+    let run = common::verger(&[
         "run",
         "--input",
-        "s3://images/fruits",
+        input.to_str().unwrap(),
         "--output",
-        tmp.path().join("out").to_str().unwrap(),
-        "--endpoint",
-        "http://storage.example.invalid:9000",
+        output.to_str().unwrap(),
+        "--k",
+        "1",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-http"));
-    assert!(!tmp.path().join("out").exists(), "nothing is written");
+    assert_success(&run, "verger run");
+    for marker in &markers {
+        assert_eq!(files_containing(&output, marker), Vec::<String>::new(), "{marker}");
+    }
+}
+
+#[test]
+fn a_store_restart_in_the_middle_of_a_run_loses_no_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    let mut images = 0;
+    for class in ["Cherry 1", "Lemon", "Pear", "Plum"] {
+        let from = fruits360_dir().join("Training").join(class);
+        std::fs::create_dir_all(local.join(class)).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, local.join(class).join(path.file_name().unwrap())).unwrap();
+            images += 1;
+        }
+    }
+    let mut server = Seaweed::start();
+    server.upload("images", "fruits", &local);
+    server.create_bucket("results");
+
+    let mut run = server
+        .verger(&[
+            "-v",
+            "run",
+            "--input",
+            "s3://images/fruits",
+            "--output",
+            "s3://results/restart",
+            "--threads",
+            "1",
+            "--partition-rows",
+            "16",
+            "--k",
+            "5",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the manifest is written, featurization reads images and stages partitions: take the store away.
+    let mut log = BufReader::new(run.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "the run ended early: {lines:?}");
+        lines.push(line.clone());
+        if line.contains("listed") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(run.try_wait().unwrap().is_none(), "the run must still be going");
+    server.restart(Duration::from_secs(2));
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut log, &mut rest).unwrap();
+        rest
+    });
+    let status = run.wait().unwrap();
+    let rest = rest.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{}{rest}", lines.concat());
+    assert!(
+        rest.contains("backing off") || rest.contains("retry"),
+        "the outage was noticed and retried:\n{rest}"
+    );
+    assert_success(
+        &server.python(
+            "check_s3_output.py",
+            &["s3://results/restart", "none", &images.to_string()],
+        ),
+        "every row after the restart",
+    );
+}
+
+#[test]
+fn credentials_come_from_a_shared_profile_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    small_input(&local);
+    let server = Seaweed::start();
+    server.upload("images", "fruits", &local);
+
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join(".aws")).unwrap();
+    std::fs::write(
+        home.join(".aws/credentials"),
+        format!(
+            "[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n\n\
+             [project]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(home.join(".aws/config"), "[profile project]\nregion = eu-west-1\n").unwrap();
+    let list = |profile: &str| {
+        Command::new(env!("CARGO_BIN_EXE_verger"))
+            .args(["-v", "list", "--input", "s3://images/fruits"])
+            .args(["--endpoint", &server.endpoint()])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env("HOME", &home)
+            .env("AWS_PROFILE", profile)
+            .output()
+            .unwrap()
+    };
+    let listed = list("project");
+    assert_success(&listed, "verger list with the project profile");
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("26 images in 4 labels"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    assert!(!contains(&[listed.stdout, listed.stderr].concat(), SECRET));
+    let refused = list("default");
+    assert_eq!(code(&refused), Some(1), "the default profile's keys are wrong");
+}
+
+#[test]
+fn a_hundred_folders_list_the_same_in_parallel_and_one_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    for i in 0..2000 {
+        let dir = local.join(format!("label{:03}", i % 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("img{i:05}.jpg")), b"x").unwrap();
+    }
+    let server = Seaweed::start();
+    server.upload("many", "objects", &local);
+    let list = |concurrency: &str| {
+        let out = server
+            .verger(&[
+                "list",
+                "--input",
+                "s3://many/objects",
+                "--all",
+                "--concurrency",
+                concurrency,
+            ])
+            .output()
+            .unwrap();
+        assert_success(&out, "verger list");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (parallel, sequential) = (list("16"), list("1"));
+    let body = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("s3://"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(body(&parallel).len(), 2000);
+    assert_eq!(body(&parallel), body(&sequential));
+    assert!(parallel.contains("2000 images in 100 labels"), "{parallel}");
 }
