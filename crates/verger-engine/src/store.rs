@@ -12,6 +12,14 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+/// Waits between attempts: random, from 1 s growing up to 2.5x the previous wait, at most 15 s. Ten retries
+/// wait at least 10 s in all and typically about a minute: enough to ride out a store restarting.
+const BACKOFF: BackoffConfig = BackoffConfig {
+    init_backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(15),
+    base: 2.5,
+};
+
 /// One object-store client per (options, bucket) and process.
 type Clients = HashMap<(StoreOptions, String), Arc<dyn ObjectStore>>;
 
@@ -27,7 +35,7 @@ pub struct StoreOptions {
     /// Server-side encryption requested for every object written.
     pub encryption: Option<Encryption>,
     /// Attempts after the first for a request that failed transiently (connection refused or reset, timeout,
-    /// 5xx, throttling), with exponential backoff.
+    /// 5xx, throttling), with exponential backoff ([`BACKOFF`]).
     pub max_retries: usize,
     /// Seconds one request attempt may take.
     pub timeout_s: u64,
@@ -103,7 +111,7 @@ impl StoreOptions {
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_retry(RetryConfig {
-                backoff: BackoffConfig::default(),
+                backoff: BACKOFF,
                 max_retries: self.max_retries,
                 retry_timeout: Duration::from_secs(self.timeout_s.max(1) * (self.max_retries as u64 + 1)),
             })

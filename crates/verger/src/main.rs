@@ -126,7 +126,9 @@ struct StoreArgs {
     /// The KMS key for --sse aws:kms.
     #[arg(long, requires = "sse")]
     sse_kms_key_id: Option<String>,
-    /// Retries, with exponential backoff, of a store request that failed transiently.
+    /// Retries of a store request that failed transiently (connection refused, timeout, 5xx, throttling); waits
+    /// start at 1 s and grow with jitter up to 15 s, so 10 retries ride out at least 10 s of outage, typically
+    /// about a minute.
     #[arg(long, default_value_t = StoreOptions::default().max_retries)]
     max_retries: usize,
     /// Seconds one store request may take before it is retried.
