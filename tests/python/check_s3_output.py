@@ -27,11 +27,14 @@ for name in names:
     head = s3.head_object(Bucket=bucket, Key=f"{prefix}/{name}")
     if sse != "none":
         assert head.get("ServerSideEncryption") == sse, (name, head.get("ServerSideEncryption"))
+    if sse == "aws:kms":
+        assert head.get("SSEKMSKeyId"), (name, "no KMS key id")
     if secret:
         assert secret not in s3.get_object(Bucket=bucket, Key=f"{prefix}/{name}")["Body"].read(), name
 
 report = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/report.json")["Body"].read())
-assert report["encryption"] == (None if sse == "none" else sse), report["encryption"]
+# "AES256", or "aws:kms (key ID)"
+assert (report["encryption"] or "none").split(" ")[0] == sse, report["encryption"]
 assert bucket in {b["bucket"] for b in report["buckets"]}, report["buckets"]
 table = read_table(f"{uri}/result")
 assert table.num_rows == rows, (table.num_rows, rows)

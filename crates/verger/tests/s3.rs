@@ -29,11 +29,15 @@ struct Seaweed {
 impl Seaweed {
     fn start() -> Seaweed {
         let data = tempfile::tempdir().unwrap();
-        let identities = serde_json::json!({"identities": [{
-            "name": "verger-test",
-            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]});
+        // One identity, so other keys are refused; SeaweedFS's local KMS (key alias/seaweedfs-default) for SSE-KMS.
+        let identities = serde_json::json!({
+            "identities": [{
+                "name": "verger-test",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }],
+            "kms": {"default_provider": "local", "providers": {"local": {"type": "local"}}},
+        });
         std::fs::write(data.path().join("s3.json"), identities.to_string()).unwrap();
         std::fs::create_dir(data.path().join("store")).unwrap();
         let mut server = Seaweed {
@@ -297,6 +301,23 @@ fn a_job_from_bucket_to_bucket_gives_the_rows_of_the_same_job_on_disk() {
     assert_success(
         &server.python("check_s3_output.py", &["s3://results/run2", "AES256", "24"]),
         "resumed output",
+    );
+
+    // SSE-KMS with a named key: every object says aws:kms and which key.
+    let with_kms: Vec<&str> = run2
+        .iter()
+        .map(|a| match *a {
+            "s3://results/run2" => "s3://results/kms",
+            "AES256" => "aws:kms",
+            other => other,
+        })
+        .chain(["--sse-kms-key-id", "alias/seaweedfs-default"])
+        .collect();
+    let kms_run = server.verger(&with_kms).output().unwrap();
+    assert_eq!(code(&kms_run), Some(3), "{}", stderr(&kms_run));
+    assert_success(
+        &server.python("check_s3_output.py", &["s3://results/kms", "aws:kms", "24"]),
+        "SSE-KMS output",
     );
 
     // Outside the allowed regions: refused before anything is read or written, naming bucket and region.
