@@ -129,7 +129,8 @@ pub struct JobOutcome {
     pub report: Report,
 }
 
-/// Partitions aggregated together into one partial of the PCA statistics.
+/// Consecutive partitions aggregated together into one partial of the PCA statistics: fewer, larger partials
+/// save moving 13 MB states around; fixed groups keep the model independent of scheduling and `--threads`.
 const PCA_GROUP: usize = 8;
 
 /// Rows per record batch fed to `featurize` (the model batch, `--batch-size`, may be smaller).
@@ -204,14 +205,14 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
         )
         .await;
     progress.end("featurize");
-    staged?;
+    let stats = staged?;
     let failed = count_failed(&ctx, &parts).await?;
     budget.check(failed)?;
     clock.stage("errors", write_errors(&ctx, &out, &parts)).await?;
     fault::checkpoint("errors");
 
     progress.begin("pca", None);
-    let model = clock.stage("pca_fit", fit_pca(config, &out, &parts)).await;
+    let model = clock.stage("pca_fit", fit_pca(config, &out, &stats)).await;
     progress.end("pca");
     let model = model?;
     fault::checkpoint("pca");
@@ -431,6 +432,23 @@ impl Budget {
     }
 }
 
+/// Cuts `n` rows into contiguous partitions of `rows`, except the last `TAPER * rows` rows, which are cut
+/// `TAPER` times finer: workers take partitions in order, so the run ends with at most a small partition on one
+/// worker while the others are idle. Depends on nothing but `n` and `rows`, so a resumed run cuts the same.
+fn partition_ranges(n: usize, rows: usize) -> Vec<std::ops::Range<usize>> {
+    const TAPER: usize = 4;
+    let rows = rows.max(1);
+    let fine = rows.div_ceil(TAPER);
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let size = if n - start > TAPER * rows { rows } else { fine };
+        ranges.push(start..(start + size).min(n));
+        start += size;
+    }
+    ranges
+}
+
 /// The manifest cut into contiguous partitions; partition i is staged at `_staging/part-i.parquet`.
 struct Partitions<'a> {
     ranges: Vec<std::ops::Range<usize>>,
@@ -439,11 +457,10 @@ struct Partitions<'a> {
 
 impl<'a> Partitions<'a> {
     fn new(out: &'a OutputStore, entries: &[ImageEntry], rows: usize) -> Self {
-        let ranges = (0..entries.len())
-            .step_by(rows)
-            .map(|s| s..(s + rows).min(entries.len()))
-            .collect();
-        Partitions { ranges, out }
+        Partitions {
+            ranges: partition_ranges(entries.len(), rows),
+            out,
+        }
     }
 
     fn count(&self) -> usize {
@@ -484,7 +501,10 @@ fn staging_schema() -> SchemaRef {
     ]))
 }
 
-/// Featurizes every partition not yet staged, `threads` partitions at a time.
+/// Featurizes every partition not yet staged, `threads` partitions at a time, and meanwhile aggregates the
+/// PCA statistics of each group of staged partitions ([`PCA_GROUP`]), so that fitting overlaps inference.
+/// Returns the statistics of all featurized rows, merged in partition order: the same bits however the work
+/// was scheduled or resumed (partitions staged by an earlier attempt are aggregated from their files too).
 async fn featurize(
     ctx: &SessionContext,
     config: &JobConfig,
@@ -492,19 +512,118 @@ async fn featurize(
     entries: &[ImageEntry],
     budget: &Budget,
     progress: Arc<dyn Progress>,
-) -> Result<(), JobError> {
-    let manifest = manifest_batch(entries)?;
-    // Rows per record batch: enough to amortise per-batch overhead, and whole model batches.
-    let per_batch = config.featurize.batch_size.max(ROWS_PER_BATCH);
+) -> Result<PcaStats, JobError> {
     let todo = parts.todo().await?;
     let done_rows: usize = (0..parts.count())
         .filter(|i| !todo.contains(i))
         .map(|i| parts.ranges[i].len())
         .sum();
     progress.advance(done_rows as u64);
+
+    let (staged_tx, staged_rx) = tokio::sync::mpsc::unbounded_channel();
+    for part in (0..parts.count()).filter(|i| todo.binary_search(i).is_err()) {
+        staged_tx.send(part).expect("receiver alive");
+    }
+    let sequential = crate::new_context(1, &config.featurize);
+    parts.out.register(&sequential);
+    let aggregator = tokio::spawn(aggregate_staged(sequential, parts.all_staged(), staged_rx));
+
+    let featurized = stage_partitions(ctx, config, parts, entries, &todo, budget, progress, staged_tx).await;
+    match featurized {
+        Ok(()) => aggregator.await.map_err(|e| JobError::Task(e.to_string()))?,
+        Err(e) => {
+            aggregator.abort();
+            Err(e)
+        }
+    }
+}
+
+/// Featurizes and stages the partitions in `todo`, reporting each staged partition on `staged`.
+#[allow(clippy::too_many_arguments)]
+async fn stage_partitions(
+    ctx: &SessionContext,
+    config: &JobConfig,
+    parts: &Partitions<'_>,
+    entries: &[ImageEntry],
+    todo: &[usize],
+    budget: &Budget,
+    progress: Arc<dyn Progress>,
+    staged: tokio::sync::mpsc::UnboundedSender<usize>,
+) -> Result<(), JobError> {
     if todo.is_empty() {
         return Ok(());
     }
+    let plan = featurize_plan(ctx, config, parts, entries, todo).await?;
+    futures::stream::iter(todo.iter().enumerate())
+        .map(|(plan_partition, &part)| {
+            let (plan, task_ctx, progress) = (plan.clone(), ctx.task_ctx(), progress.clone());
+            let file = parts.out.staging_parquet(&parts.staged(part), staging_schema());
+            tokio::spawn(async move {
+                let failed = write_staging(file?, plan.execute(plan_partition, task_ctx)?, progress.as_ref()).await?;
+                Ok::<_, JobError>((part, failed))
+            })
+        })
+        .buffer_unordered(config.threads.max(1))
+        .map(|joined| {
+            let (part, failed) = joined.map_err(|e| JobError::Task(e.to_string()))??;
+            budget.add(failed)?;
+            fault::checkpoint("featurize");
+            // The aggregator only stops early when the job is failing anyway.
+            let _ = staged.send(part);
+            Ok::<(), JobError>(())
+        })
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Aggregates `pca_stats` over each group of [`PCA_GROUP`] consecutive staged partitions as soon as the whole
+/// group is staged, one group at a time and in order, folding the partial statistics as they come: at most
+/// one 13 MB partial besides the total. A single-partition context feeds rows in manifest order.
+async fn aggregate_staged(
+    sequential: SessionContext,
+    staged_files: Vec<String>,
+    mut staged: tokio::sync::mpsc::UnboundedReceiver<usize>,
+) -> Result<PcaStats, JobError> {
+    let mut ready = vec![false; staged_files.len()];
+    let mut total = PcaStats::new(verger_model::FEATURE_DIM);
+    for (group, files) in staged_files.chunks(PCA_GROUP).enumerate() {
+        let parts = group * PCA_GROUP..group * PCA_GROUP + files.len();
+        while !ready[parts.clone()].iter().all(|&r| r) {
+            let part = staged
+                .recv()
+                .await
+                .ok_or_else(|| JobError::Task("featurization ended before every partition was staged".into()))?;
+            ready[part] = true;
+        }
+        total.merge(&group_stats(&sequential, files.to_vec()).await?);
+    }
+    Ok(total)
+}
+
+/// The `pca_stats` aggregate over the featurized rows of some staged partitions.
+async fn group_stats(sequential: &SessionContext, staged: Vec<String>) -> Result<PcaStats, JobError> {
+    let pca_stats = sequential.udaf(PcaStatsUdaf::NAME)?;
+    let batches = read_staged(sequential, staged)
+        .await?
+        .filter(col(field::ERROR_STAGE).is_null())?
+        .aggregate(vec![], vec![pca_stats.call(vec![col(field::FEATURES)]).alias("stats")])?
+        .collect()
+        .await?;
+    partial_stats(&batches)
+}
+
+/// One plan partition per manifest partition in `todo`: `featurize(path)` over its rows.
+async fn featurize_plan(
+    ctx: &SessionContext,
+    config: &JobConfig,
+    parts: &Partitions<'_>,
+    entries: &[ImageEntry],
+    todo: &[usize],
+) -> Result<Arc<dyn ExecutionPlan>, JobError> {
+    let manifest = manifest_batch(entries)?;
+    // Rows per record batch: enough to amortise per-batch overhead, and whole model batches.
+    let per_batch = config.featurize.batch_size.max(ROWS_PER_BATCH);
     let tables: Vec<Vec<RecordBatch>> = todo
         .iter()
         .map(|&i| {
@@ -533,25 +652,7 @@ async fn featurize(
         todo.len(),
         "one plan partition per manifest partition"
     );
-
-    futures::stream::iter(todo.iter().enumerate())
-        .map(|(plan_partition, &part)| {
-            let (plan, task_ctx, progress) = (plan.clone(), ctx.task_ctx(), progress.clone());
-            let file = parts.out.parquet(&parts.staged(part), staging_schema());
-            tokio::spawn(async move {
-                write_staging(file?, plan.execute(plan_partition, task_ctx)?, progress.as_ref()).await
-            })
-        })
-        .buffer_unordered(config.threads.max(1))
-        .map(|joined| {
-            let failed = joined.map_err(|e| JobError::Task(e.to_string()))??;
-            budget.add(failed)?;
-            fault::checkpoint("featurize");
-            Ok::<(), JobError>(())
-        })
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
+    Ok(plan)
 }
 
 /// Unpacks `featurize`'s struct column into flat staging columns and commits them; returns the failed rows.
@@ -588,45 +689,12 @@ async fn count_failed(ctx: &SessionContext, parts: &Partitions<'_>) -> Result<u6
     Ok(failed.count().await? as u64)
 }
 
-/// Aggregates `pca_stats` over each staged partition, merges the partial statistics in partition order (so
-/// the model is bit-for-bit the same however the work was scheduled or resumed), fits and saves the model.
-async fn fit_pca(config: &JobConfig, out: &OutputStore, parts: &Partitions<'_>) -> Result<Arc<PcaModel>, JobError> {
-    // Each group of consecutive partitions is aggregated by a single-partition plan, so rows meet the
-    // accumulator in manifest order; groups are then merged in order. Fewer, larger partials save the cost
-    // of moving 6.5 MB states around; fixed groups keep the model independent of scheduling and --threads.
-    let sequential = crate::new_context(1, &config.featurize);
-    out.register(&sequential);
-    let pca_stats = sequential.udaf(PcaStatsUdaf::NAME)?;
-    let mut plans = Vec::new();
-    for files in parts.all_staged().chunks(PCA_GROUP) {
-        let plan = read_staged(&sequential, files.to_vec())
-            .await?
-            .filter(col(field::ERROR_STAGE).is_null())?
-            .aggregate(vec![], vec![pca_stats.call(vec![col(field::FEATURES)]).alias("stats")])?
-            .create_physical_plan()
-            .await?;
-        plans.push(plan);
-    }
-    // Partial statistics arrive in partition order and are folded as they come: one 13 MB partial at a time.
-    let stats = futures::stream::iter(plans)
-        .map(|plan| {
-            let task_ctx = sequential.task_ctx();
-            tokio::spawn(async move { datafusion::physical_plan::collect(plan, task_ctx).await })
-        })
-        .buffered(config.threads.max(1))
-        .map(|joined| Ok::<_, JobError>(joined.map_err(|e| JobError::Task(e.to_string()))??))
-        .try_fold(
-            PcaStats::new(verger_model::FEATURE_DIM),
-            |mut stats, batches| async move {
-                stats.merge(&partial_stats(&batches)?);
-                Ok(stats)
-            },
-        )
-        .await?;
+/// Fits the model from the merged statistics and saves it.
+async fn fit_pca(config: &JobConfig, out: &OutputStore, stats: &PcaStats) -> Result<Arc<PcaModel>, JobError> {
     if stats.count() == 0 {
         return Err(JobError::NothingFeaturized);
     }
-    let model = fit(&stats, config.components, config.center)?;
+    let model = fit(stats, config.components, config.center)?;
     out.put(layout::PCA_MODEL, serde_json::to_vec(&model).expect("model serializes"))
         .await?;
     tracing::info!(
@@ -767,5 +835,34 @@ fn build_report(
         buckets: Vec::new(),
         encryption: None,
         config: serde_json::to_value(config).expect("config serializes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_cover_every_row_once_and_taper_at_the_end() {
+        for (n, rows) in [
+            (7392, 256),
+            (1, 256),
+            (1024, 256),
+            (1025, 256),
+            (26, 6),
+            (10, 1),
+            (0, 8),
+        ] {
+            let ranges = partition_ranges(n, rows);
+            let covered: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+            assert_eq!(covered, (0..n).collect::<Vec<_>>(), "n={n} rows={rows}");
+            assert!(ranges.iter().all(|r| !r.is_empty() && r.len() <= rows));
+            if let Some(last) = ranges.last() {
+                assert!(last.len() <= rows.div_ceil(4), "n={n} rows={rows}: tail {}", last.len());
+            }
+        }
+        let sizes: Vec<usize> = partition_ranges(7392, 256).iter().map(|r| r.len()).collect();
+        assert_eq!(sizes.iter().filter(|&&s| s == 256).count(), 25);
+        assert_eq!(sizes.len(), 25 + 16);
     }
 }

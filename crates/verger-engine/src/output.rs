@@ -15,6 +15,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
@@ -163,8 +164,18 @@ impl OutputStore {
 
     /// A Parquet file that appears at `name` only when committed.
     pub fn parquet(&self, name: &str, schema: SchemaRef) -> Result<ParquetObject, JobError> {
+        self.parquet_with(name, schema, Compression::SNAPPY)
+    }
+
+    /// A Parquet file read back by this job only and removed at the end: not worth compressing features
+    /// (float32 values hardly compress) on every write and read.
+    pub fn staging_parquet(&self, name: &str, schema: SchemaRef) -> Result<ParquetObject, JobError> {
+        self.parquet_with(name, schema, Compression::UNCOMPRESSED)
+    }
+
+    fn parquet_with(&self, name: &str, schema: SchemaRef, compression: Compression) -> Result<ParquetObject, JobError> {
         let sink = BufWriter::new(self.store.clone(), self.path(name));
-        let writer = AsyncArrowWriter::try_new(sink, schema, Some(properties()))?;
+        let writer = AsyncArrowWriter::try_new(sink, schema, Some(properties(compression)))?;
         Ok(ParquetObject { writer, rows: 0 })
     }
 
@@ -187,8 +198,14 @@ impl OutputStore {
     }
 }
 
-fn properties() -> WriterProperties {
-    WriterProperties::builder().set_compression(Compression::SNAPPY).build()
+/// No dictionaries but for labels: feature values and paths hardly repeat, and trying to build a dictionary
+/// for every float costs more CPU than the rest of the write.
+fn properties(compression: Compression) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(compression)
+        .set_dictionary_enabled(false)
+        .set_column_dictionary_enabled(ColumnPath::from("label"), true)
+        .build()
 }
 
 /// An open Parquet file, invisible until [`ParquetObject::commit`].

@@ -189,7 +189,8 @@ struct RunArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Images per partition (the unit of parallel work and of output files).
+    /// Images per partition (the unit of parallel work and of output files); the last few partitions are cut
+    /// 4x finer so that the workers finish together.
     #[arg(long, default_value_t = 256)]
     partition_rows: usize,
     /// Replace the output folder if it exists.
