@@ -6,6 +6,7 @@
 //! partition; [`job`] wires the stages on a `SessionContext` and writes the run [`report`]. The functions are
 //! registered in one place ([`register_functions`]) so that a local context and a cluster run the same plan.
 
+pub mod codec;
 pub mod embed;
 pub mod fault;
 pub mod featurize;

@@ -1,0 +1,371 @@
+//! verger's functions in serialized plans (DataFusion's protobuf form, which Ballista ships from client to
+//! scheduler to executors).
+//!
+//! A plan names its functions; the receiving side resolves names in its own registry. For functions with
+//! state that is wrong without a codec: `pca_project` would run whatever model the receiver registered (or
+//! none), silently. So the state travels with the plan: `featurize` its settings (model location and sha256,
+//! limits, store options: no secret among them) and `pca_project` its fitted model, bit for bit (about 1.5 MB
+//! for k = 50, far below gRPC's 16 MiB). `pseudonymize` holds a secret key, and keys never travel in plans: a plan
+//! using it is refused (logical plans, where DataFusion sends such a function by name, carry no key either).
+//! Stateless functions (`pca_stats`) travel by name.
+
+use std::sync::Arc;
+
+use datafusion::common::{exec_datafusion_err, not_impl_err, plan_err, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::logical_plan::{DefaultLogicalExtensionCodec, LogicalExtensionCodec};
+use datafusion_proto::physical_plan::{
+    DefaultPhysicalExtensionCodec, PhysicalExtensionCodec, PhysicalProtoConverterExtension,
+};
+use serde::{Deserialize, Serialize};
+use verger_pca::PcaModel;
+
+use crate::featurize::{FeaturizeSettings, FeaturizeUdf};
+use crate::pca::PcaProjectUdf;
+use crate::pseudonym::PseudonymizeUdf;
+
+/// The state of a function with state, as it travels.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FunctionState {
+    Featurize(FeaturizeSettings),
+    PcaProject(ExactModel),
+}
+
+/// A [`PcaModel`] with every float as its bit pattern, so that executors project with exactly the model the
+/// driver fitted (decimal JSON floats need not parse back to the same bits).
+#[derive(Serialize, Deserialize)]
+struct ExactModel {
+    dim: usize,
+    k: usize,
+    count: u64,
+    center: bool,
+    mean: Vec<u64>,
+    components: Vec<Vec<u64>>,
+    eigenvalues: Vec<u64>,
+    explained_variance_ratio: Vec<u64>,
+}
+
+fn bits(values: &[f64]) -> Vec<u64> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+fn floats(bits: &[u64]) -> Vec<f64> {
+    bits.iter().map(|&b| f64::from_bits(b)).collect()
+}
+
+impl From<&PcaModel> for ExactModel {
+    fn from(m: &PcaModel) -> Self {
+        ExactModel {
+            dim: m.dim,
+            k: m.k,
+            count: m.count,
+            center: m.center,
+            mean: bits(&m.mean),
+            components: m.components.iter().map(|c| bits(c)).collect(),
+            eigenvalues: bits(&m.eigenvalues),
+            explained_variance_ratio: bits(&m.explained_variance_ratio),
+        }
+    }
+}
+
+impl From<ExactModel> for PcaModel {
+    fn from(m: ExactModel) -> Self {
+        PcaModel {
+            dim: m.dim,
+            k: m.k,
+            count: m.count,
+            center: m.center,
+            mean: floats(&m.mean),
+            components: m.components.iter().map(|c| floats(c)).collect(),
+            eigenvalues: floats(&m.eigenvalues),
+            explained_variance_ratio: floats(&m.explained_variance_ratio),
+        }
+    }
+}
+
+fn encode_udf(udf: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+    let state = if let Some(featurize) = udf.inner().downcast_ref::<FeaturizeUdf>() {
+        FunctionState::Featurize(featurize.settings.clone())
+    } else if let Some(project) = udf.inner().downcast_ref::<PcaProjectUdf>() {
+        FunctionState::PcaProject(project.model.as_ref().into())
+    } else if udf.inner().is::<PseudonymizeUdf>() {
+        return plan_err!(
+            "{} holds a secret key, which is never sent in a plan",
+            PseudonymizeUdf::NAME
+        );
+    } else {
+        return Ok(());
+    };
+    serde_json::to_writer(buf, &state).map_err(|e| exec_datafusion_err!("encoding {}: {e}", udf.name()))
+}
+
+fn decode_udf(name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+    if buf.is_empty() {
+        return not_impl_err!("function {name} is unknown here: register it on every side of the plan");
+    }
+    let state: FunctionState =
+        serde_json::from_slice(buf).map_err(|e| exec_datafusion_err!("decoding function {name}: {e}"))?;
+    let udf = match state {
+        FunctionState::Featurize(settings) => ScalarUDF::new_from_impl(FeaturizeUdf::new(settings)),
+        FunctionState::PcaProject(model) => ScalarUDF::new_from_impl(PcaProjectUdf::new(Arc::new(model.into()))),
+    };
+    if udf.name() != name {
+        return plan_err!("plan names function {name} but carries the state of {}", udf.name());
+    }
+    Ok(Arc::new(udf))
+}
+
+/// Logical plans: verger's function state, everything else as DataFusion's default codec does it.
+#[derive(Debug)]
+pub struct VergerLogicalCodec {
+    inner: DefaultLogicalExtensionCodec,
+}
+
+impl Default for VergerLogicalCodec {
+    fn default() -> Self {
+        VergerLogicalCodec {
+            inner: DefaultLogicalExtensionCodec {},
+        }
+    }
+}
+
+impl LogicalExtensionCodec for VergerLogicalCodec {
+    fn try_decode(&self, buf: &[u8], inputs: &[LogicalPlan], ctx: &TaskContext) -> Result<Extension> {
+        self.inner.try_decode(buf, inputs, ctx)
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &datafusion::common::TableReference,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+        self.inner.try_decode_table_provider(buf, table_ref, schema, ctx)
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &datafusion::common::TableReference,
+        node: Arc<dyn datafusion::catalog::TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.inner.try_encode_table_provider(table_ref, node, buf)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        encode_udf(node, buf)
+    }
+}
+
+/// Physical plans: verger's function state, everything else as DataFusion's default codec does it.
+#[derive(Debug)]
+pub struct VergerPhysicalCodec {
+    inner: DefaultPhysicalExtensionCodec,
+}
+
+impl Default for VergerPhysicalCodec {
+    fn default() -> Self {
+        VergerPhysicalCodec {
+            inner: DefaultPhysicalExtensionCodec {},
+        }
+    }
+}
+
+impl PhysicalExtensionCodec for VergerPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.try_decode(buf, inputs, ctx, converter)
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        self.inner.try_encode(node, buf, converter)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        encode_udf(node, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::execution::FunctionRegistry;
+    use datafusion::logical_expr::{col, lit, Expr, LogicalPlanBuilder};
+    use datafusion::physical_expr::ScalarFunctionExpr;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    use datafusion::prelude::SessionContext;
+    use datafusion_proto::bytes::{
+        logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
+        physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    };
+    use verger_model::{ModelSpec, FEATURE_DIM};
+    use verger_pca::{fit, Components, PcaStats};
+
+    use super::*;
+    use crate::pseudonym::Pseudonymizer;
+
+    fn settings(model: &str) -> FeaturizeSettings {
+        FeaturizeSettings {
+            model: ModelSpec {
+                location: model.into(),
+                sha256: "ab".repeat(32),
+            },
+            batch_size: 1,
+            max_pixels: 1000,
+            store: Default::default(),
+        }
+    }
+
+    fn model(seed: u32) -> Arc<PcaModel> {
+        let rows: Vec<f32> = (0..5 * FEATURE_DIM as u32)
+            .map(|i| ((i * 7919 + seed * 104729) % 1000) as f32 / 1000.0)
+            .collect();
+        let mut stats = PcaStats::new(FEATURE_DIM);
+        stats.add_rows(&rows);
+        Arc::new(fit(&stats, Components::Count(2), false).unwrap())
+    }
+
+    /// A context with verger's functions over `model` and `settings`, as the sender or a receiver has them.
+    fn context(settings: &FeaturizeSettings, model: Arc<PcaModel>) -> SessionContext {
+        let ctx = crate::new_context(1, settings);
+        crate::register_model(&ctx, model);
+        ctx
+    }
+
+    fn plan(ctx: &SessionContext) -> LogicalPlan {
+        let featurize = ctx.udf(FeaturizeUdf::NAME).unwrap();
+        let project = ctx.udf(PcaProjectUdf::NAME).unwrap();
+        LogicalPlanBuilder::values(vec![vec![lit("file:///photos/a.jpg")]])
+            .unwrap()
+            .project(vec![
+                featurize.call(vec![col("column1")]).alias("f"),
+                project.call(vec![col("column1")]).alias("p"),
+            ])
+            .unwrap()
+            .build()
+            .unwrap()
+    }
+
+    /// The instances of verger's functions a logical plan holds.
+    fn functions(plan: &LogicalPlan) -> (FeaturizeSettings, Arc<PcaModel>) {
+        let (mut settings, mut model) = (None, None);
+        plan.apply_expressions(|e| {
+            e.apply(|e| {
+                if let Expr::ScalarFunction(f) = e {
+                    if let Some(featurize) = f.func.inner().downcast_ref::<FeaturizeUdf>() {
+                        settings = Some(featurize.settings.clone());
+                    }
+                    if let Some(project) = f.func.inner().downcast_ref::<PcaProjectUdf>() {
+                        model = Some(project.model.clone());
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+        .unwrap();
+        (settings.unwrap(), model.unwrap())
+    }
+
+    #[test]
+    fn logical_plans_carry_the_model_and_settings_of_the_sender() {
+        let sender = context(&settings("s3://models/a.onnx"), model(1));
+        let receiver = context(&settings("/receiver/b.onnx"), model(2));
+        let bytes = logical_plan_to_bytes_with_extension_codec(&plan(&sender), &VergerLogicalCodec::default()).unwrap();
+        let decoded =
+            logical_plan_from_bytes_with_extension_codec(&bytes, &receiver.task_ctx(), &VergerLogicalCodec::default())
+                .unwrap();
+        let (settings_seen, model_seen) = functions(&decoded);
+        assert_eq!(settings_seen, settings("s3://models/a.onnx"));
+        assert_eq!(*model_seen, *model(1));
+
+        // The hazard the codec removes: by name alone, the receiver runs its own model, silently.
+        let by_name = DefaultLogicalExtensionCodec {};
+        let bytes = logical_plan_to_bytes_with_extension_codec(&plan(&sender), &by_name).unwrap();
+        let decoded = logical_plan_from_bytes_with_extension_codec(&bytes, &receiver.task_ctx(), &by_name).unwrap();
+        assert_eq!(*functions(&decoded).1, *model(2));
+        // And a receiver without verger's functions fails loudly.
+        let bare = SessionContext::new();
+        let bytes = logical_plan_to_bytes_with_extension_codec(&plan(&sender), &by_name).unwrap();
+        assert!(logical_plan_from_bytes_with_extension_codec(&bytes, &bare.task_ctx(), &by_name).is_err());
+    }
+
+    #[tokio::test]
+    async fn physical_plans_carry_the_model_of_the_sender() {
+        let sender = context(&settings("/models/a.onnx"), model(1));
+        let receiver = context(&settings("/models/b.onnx"), model(2));
+        let physical = sender.state().create_physical_plan(&plan(&sender)).await.unwrap();
+        let bytes = physical_plan_to_bytes_with_extension_codec(physical, &VergerPhysicalCodec::default()).unwrap();
+        let decoded = physical_plan_from_bytes_with_extension_codec(
+            &bytes,
+            &receiver.task_ctx(),
+            &VergerPhysicalCodec::default(),
+        )
+        .unwrap();
+        let projection = decoded.downcast_ref::<ProjectionExec>().expect("a projection");
+        let models: Vec<Arc<PcaModel>> = projection
+            .expr()
+            .iter()
+            .filter_map(|e| e.expr.downcast_ref::<ScalarFunctionExpr>())
+            .filter_map(|f| f.fun().inner().downcast_ref::<PcaProjectUdf>().map(|p| p.model.clone()))
+            .collect();
+        assert_eq!(models.len(), 1);
+        assert_eq!(*models[0], *model(1));
+    }
+
+    #[tokio::test]
+    async fn the_pseudonymization_key_never_travels() {
+        const KEY: &str = "a secret key of some length";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), KEY).unwrap();
+        let pseudonymizer = Arc::new(Pseudonymizer::from_file(&dir.path().join("key")).unwrap());
+        let ctx = SessionContext::new();
+        ctx.register_udf(ScalarUDF::new_from_impl(PseudonymizeUdf::new(pseudonymizer)));
+        let udf = ctx.udf(PseudonymizeUdf::NAME).unwrap();
+        let plan = LogicalPlanBuilder::values(vec![vec![lit("file:///photos/a.jpg")]])
+            .unwrap()
+            .project(vec![udf.call(vec![col("column1")])])
+            .unwrap()
+            .build()
+            .unwrap();
+        // Logical plans name the function only (DataFusion sends a function whose codec declines by name):
+        // no key in the bytes, and a receiver without the function fails loudly.
+        let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &VergerLogicalCodec::default()).unwrap();
+        assert!(!bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()));
+        let receiver = SessionContext::new();
+        let unknown =
+            logical_plan_from_bytes_with_extension_codec(&bytes, &receiver.task_ctx(), &VergerLogicalCodec::default())
+                .unwrap_err();
+        assert!(unknown.to_string().contains("unknown here"), "{unknown}");
+        // Physical plans, what executors run, are refused outright.
+        let physical = ctx.state().create_physical_plan(&plan).await.unwrap();
+        let refused =
+            physical_plan_to_bytes_with_extension_codec(physical, &VergerPhysicalCodec::default()).unwrap_err();
+        assert!(refused.to_string().contains("secret key"), "{refused}");
+    }
+}
