@@ -118,17 +118,22 @@ fn decode_udf(name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
     Ok(Arc::new(udf))
 }
 
-/// Logical plans: verger's function state, everything else as DataFusion's default codec does it.
+/// Logical plans: verger's function state; everything else as the codec it wraps (DataFusion's default, or
+/// Ballista's for a cluster) does it.
 #[derive(Debug)]
 pub struct VergerLogicalCodec {
-    inner: DefaultLogicalExtensionCodec,
+    inner: Arc<dyn LogicalExtensionCodec>,
+}
+
+impl VergerLogicalCodec {
+    pub fn wrapping(inner: Arc<dyn LogicalExtensionCodec>) -> Self {
+        VergerLogicalCodec { inner }
+    }
 }
 
 impl Default for VergerLogicalCodec {
     fn default() -> Self {
-        VergerLogicalCodec {
-            inner: DefaultLogicalExtensionCodec {},
-        }
+        Self::wrapping(Arc::new(DefaultLogicalExtensionCodec {}))
     }
 }
 
@@ -160,6 +165,22 @@ impl LogicalExtensionCodec for VergerLogicalCodec {
         self.inner.try_encode_table_provider(table_ref, node, buf)
     }
 
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn datafusion::datasource::file_format::FileFormatFactory>> {
+        self.inner.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn datafusion::datasource::file_format::FileFormatFactory>,
+    ) -> Result<()> {
+        self.inner.try_encode_file_format(buf, node)
+    }
+
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
         decode_udf(name, buf)
     }
@@ -169,17 +190,21 @@ impl LogicalExtensionCodec for VergerLogicalCodec {
     }
 }
 
-/// Physical plans: verger's function state, everything else as DataFusion's default codec does it.
+/// Physical plans: verger's function state; everything else as the codec it wraps does it.
 #[derive(Debug)]
 pub struct VergerPhysicalCodec {
-    inner: DefaultPhysicalExtensionCodec,
+    inner: Arc<dyn PhysicalExtensionCodec>,
+}
+
+impl VergerPhysicalCodec {
+    pub fn wrapping(inner: Arc<dyn PhysicalExtensionCodec>) -> Self {
+        VergerPhysicalCodec { inner }
+    }
 }
 
 impl Default for VergerPhysicalCodec {
     fn default() -> Self {
-        VergerPhysicalCodec {
-            inner: DefaultPhysicalExtensionCodec {},
-        }
+        Self::wrapping(Arc::new(DefaultPhysicalExtensionCodec {}))
     }
 }
 

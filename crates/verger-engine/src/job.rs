@@ -58,6 +58,8 @@ pub struct JobConfig {
     pub featurize: FeaturizeSettings,
     /// Hourly price of the machine, for the report's cost estimate.
     pub price_per_hour_usd: f64,
+    /// The cluster (`df://host:port`) that featurizes, if any; the rest of the job runs here.
+    pub cluster: Option<String>,
 }
 
 /// How many bad inputs a run tolerates.
@@ -155,11 +157,16 @@ mod layout {
     }
 }
 
-/// Runs the whole job on an embedded DataFusion context.
+/// Runs the whole job on an embedded DataFusion context; with `cluster` (a context connected to a cluster),
+/// featurization runs there, one cluster job per partition, and the rest here.
 ///
 /// Commit order: manifest, staged partitions, errors, PCA model, result partitions, report, `_SUCCESS`. Every
 /// file is atomic, so a run killed anywhere resumes from what it committed, with the same partitions.
-pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<JobOutcome, JobError> {
+pub async fn run_job(
+    config: &JobConfig,
+    progress: Arc<dyn Progress>,
+    cluster: Option<SessionContext>,
+) -> Result<JobOutcome, JobError> {
     let residency = check_residency_first(config).await?;
     if config.featurize.store.encryption.is_some() && !config.output.starts_with("s3://") {
         return Err(JobError::Store(
@@ -201,7 +208,15 @@ pub async fn run_job(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<
     let staged = clock
         .stage(
             "featurize",
-            featurize(&ctx, config, &parts, &entries, &budget, progress.clone()),
+            featurize(
+                &ctx,
+                cluster.as_ref(),
+                config,
+                &parts,
+                &entries,
+                &budget,
+                progress.clone(),
+            ),
         )
         .await;
     progress.end("featurize");
@@ -507,6 +522,7 @@ fn staging_schema() -> SchemaRef {
 /// was scheduled or resumed (partitions staged by an earlier attempt are aggregated from their files too).
 async fn featurize(
     ctx: &SessionContext,
+    cluster: Option<&SessionContext>,
     config: &JobConfig,
     parts: &Partitions<'_>,
     entries: &[ImageEntry],
@@ -528,7 +544,12 @@ async fn featurize(
     parts.out.register(&sequential);
     let aggregator = tokio::spawn(aggregate_staged(sequential, parts.all_staged(), staged_rx));
 
-    let featurized = stage_partitions(ctx, config, parts, entries, &todo, budget, progress, staged_tx).await;
+    let source = match cluster {
+        Some(remote) => Source::Cluster(remote.clone(), manifest_batch(entries)?),
+        None if todo.is_empty() => Source::Nothing,
+        None => Source::Local(featurize_plan(ctx, config, parts, entries, &todo).await?),
+    };
+    let featurized = stage_partitions(ctx, &source, config, parts, &todo, budget, progress, staged_tx).await;
     match featurized {
         Ok(()) => aggregator.await.map_err(|e| JobError::Task(e.to_string()))?,
         Err(e) => {
@@ -538,34 +559,76 @@ async fn featurize(
     }
 }
 
+/// Where partitions are featurized.
+enum Source {
+    /// One partition of this plan per partition to stage, in the order of `todo`.
+    Local(Arc<dyn ExecutionPlan>),
+    /// A context connected to a cluster, and the manifest: each partition's rows are written next to the
+    /// staging files, where the executors read them, and featurized by one cluster job.
+    Cluster(SessionContext, RecordBatch),
+    Nothing,
+}
+
+impl Source {
+    async fn featurize(
+        &self,
+        parts: &Partitions<'_>,
+        todo_index: usize,
+        part: usize,
+        local: &SessionContext,
+    ) -> Result<SendableRecordBatchStream, JobError> {
+        match self {
+            Source::Local(plan) => Ok(plan.execute(todo_index, local.task_ctx())?),
+            Source::Cluster(remote, manifest) => {
+                let range = parts.ranges[part].clone();
+                let input = layout::file(layout::STAGING, &format!("input-{part:05}.parquet"));
+                let rows = manifest.slice(range.start, range.len());
+                parts.out.write_batches(&input, manifest_schema(), &[rows]).await?;
+                let featurize = remote.udf(FeaturizeUdf::NAME)?;
+                Ok(remote
+                    .read_parquet(parts.out.url(&input), ParquetReadOptions::default())
+                    .await?
+                    .select(vec![
+                        col("path"),
+                        col("label"),
+                        featurize.call(vec![col("path")]).alias("f"),
+                    ])?
+                    .execute_stream()
+                    .await?)
+            }
+            Source::Nothing => unreachable!("nothing to featurize"),
+        }
+    }
+}
+
 /// Featurizes and stages the partitions in `todo`, reporting each staged partition on `staged`.
 #[allow(clippy::too_many_arguments)]
 async fn stage_partitions(
     ctx: &SessionContext,
+    source: &Source,
     config: &JobConfig,
     parts: &Partitions<'_>,
-    entries: &[ImageEntry],
     todo: &[usize],
     budget: &Budget,
     progress: Arc<dyn Progress>,
     staged: tokio::sync::mpsc::UnboundedSender<usize>,
 ) -> Result<(), JobError> {
-    if todo.is_empty() {
-        return Ok(());
-    }
-    let plan = featurize_plan(ctx, config, parts, entries, todo).await?;
     futures::stream::iter(todo.iter().enumerate())
-        .map(|(plan_partition, &part)| {
-            let (plan, task_ctx, progress) = (plan.clone(), ctx.task_ctx(), progress.clone());
-            let file = parts.out.staging_parquet(&parts.staged(part), staging_schema());
-            tokio::spawn(async move {
-                let failed = write_staging(file?, plan.execute(plan_partition, task_ctx)?, progress.as_ref()).await?;
+        .map(|(todo_index, &part)| {
+            let progress = progress.clone();
+            async move {
+                let stream = source.featurize(parts, todo_index, part, ctx).await?;
+                let file = parts.out.staging_parquet(&parts.staged(part), staging_schema())?;
+                // Featurization is CPU work: its own task, so that partitions run in parallel.
+                let failed = tokio::spawn(async move { write_staging(file, stream, progress.as_ref()).await })
+                    .await
+                    .map_err(|e| JobError::Task(e.to_string()))??;
                 Ok::<_, JobError>((part, failed))
-            })
+            }
         })
         .buffer_unordered(config.threads.max(1))
-        .map(|joined| {
-            let (part, failed) = joined.map_err(|e| JobError::Task(e.to_string()))??;
+        .map(|done| {
+            let (part, failed) = done?;
             budget.add(failed)?;
             fault::checkpoint("featurize");
             // The aggregator only stops early when the job is failing anyway.

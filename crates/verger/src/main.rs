@@ -49,6 +49,29 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Run a cluster scheduler (Apache DataFusion Ballista) with verger's functions; its REST API
+    /// (/api/jobs, /api/job/{id}/stages, /api/executors) listens on the same port.
+    Scheduler {
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        #[arg(long, default_value_t = 50050)]
+        port: u16,
+    },
+    /// Run a cluster executor that serves the scheduler at HOST:PORT; it uses PORT and PORT+1.
+    Executor {
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// Tasks run at once (default: all cores).
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Where intermediate (shuffle) data goes (default: a temporary folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
     /// Write the exact 224x224 RGB pixels the model sees, as DIR/<file stem>.png.
     Preprocess {
         #[arg(required = true)]
@@ -212,6 +235,10 @@ struct RunArgs {
     /// in eu-west-1, the original EMR node type).
     #[arg(long, default_value_t = 0.214)]
     price_per_hour: f64,
+    /// Featurize on a cluster (a `verger scheduler` with `verger executor`s): df://HOST:PORT. The model and the
+    /// images must be readable by the executors at the same locations; PCA and the output stay here.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -258,6 +285,30 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             all,
             store,
         } => list(&input, &globs, concurrency, all, &store),
+        Command::Scheduler { bind, port } => {
+            let address = format!("{bind}:{port}").parse().context("--bind/--port")?;
+            tokio::runtime::Runtime::new()?.block_on(verger_cluster::run_scheduler(address))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Executor {
+            scheduler,
+            bind,
+            port,
+            slots,
+            work_dir,
+        } => {
+            let (host, scheduler_port) = scheduler.rsplit_once(':').context("--scheduler is HOST:PORT")?;
+            let options = verger_cluster::ExecutorOptions {
+                scheduler_host: host.to_string(),
+                scheduler_port: scheduler_port.parse().context("--scheduler port")?,
+                bind_host: bind,
+                port,
+                slots: slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                work_dir: work_dir.map(|d| d.to_string_lossy().into_owned()),
+            };
+            tokio::runtime::Runtime::new()?.block_on(verger_cluster::run_executor(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Preprocess { images, out } => preprocess(&images, &out),
         Command::Embed { images, out, model } => {
             let files: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
@@ -362,6 +413,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         pseudonymize_key: args.pseudonymize_paths.clone(),
         featurize: args.model.settings(args.store.options()?)?,
         price_per_hour_usd: args.price_per_hour,
+        cluster: args.cluster.clone(),
     };
     config.featurize.store.check_transport().map_err(anyhow::Error::msg)?;
     // Fail before anything else when the runtime is unusable (the job verifies the model first thing).
@@ -372,7 +424,15 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     let progress = Arc::new(progress::CliProgress::new());
-    let outcome = match runtime.block_on(run_job(&config, progress)) {
+    let cluster = match &config.cluster {
+        Some(url) => Some(
+            runtime
+                .block_on(verger_cluster::connect(url, &config.featurize))
+                .with_context(|| format!("connecting to the cluster at {url}"))?,
+        ),
+        None => None,
+    };
+    let outcome = match runtime.block_on(run_job(&config, progress, cluster)) {
         Ok(outcome) => outcome,
         Err(JobError::AlreadyComplete(output)) => {
             println!("{output} is already complete; nothing to do");

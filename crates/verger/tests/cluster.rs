@@ -1,0 +1,313 @@
+//! verger's functions on a real Ballista cluster: a scheduler and two executors started as processes on
+//! 127.0.0.1 by the test, a client submitting a featurize plan.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Float32Type;
+use datafusion::execution::FunctionRegistry;
+use datafusion::prelude::Partitioning;
+use datafusion::prelude::{col, ParquetReadOptions, SessionContext};
+use verger_cluster::SessionContextExt;
+use verger_engine::featurize::FeaturizeUdf;
+use verger_engine::FeaturizeSettings;
+use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
+use verger_testdata::model_path;
+
+use common::{assert_success, python, small_input, verger};
+
+/// A process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(args: &[&str], port: u16) -> Process {
+    let child = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("verger starts");
+    let process = Process(child);
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{args:?} did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    process
+}
+
+/// A scheduler and two one-slot executors (processes 1 and 2); returns them with the scheduler URL.
+fn cluster(work: &Path, offset: u16) -> (Vec<Process>, String) {
+    let base = 23000 + (std::process::id() % 40) as u16 * 32 + offset;
+    let scheduler = start(&["scheduler", "--port", &base.to_string()], base);
+    let mut processes = vec![scheduler];
+    for i in 0..2u16 {
+        let port = base + 2 + i * 2;
+        let dir = work.join(format!("executor-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        processes.push(start(
+            &[
+                "executor",
+                "--scheduler",
+                &format!("127.0.0.1:{base}"),
+                "--port",
+                &port.to_string(),
+                "--slots",
+                "1",
+                "--work-dir",
+                dir.to_str().unwrap(),
+            ],
+            port,
+        ));
+    }
+    // Wait until the scheduler's REST API lists both executors.
+    let started = Instant::now();
+    loop {
+        let listed = python("cluster_executors.py", &[&format!("http://127.0.0.1:{base}")]);
+        if String::from_utf8_lossy(&listed.stdout).trim() == "2" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "executors did not register"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    (processes, format!("df://127.0.0.1:{base}"))
+}
+
+fn settings() -> FeaturizeSettings {
+    FeaturizeSettings {
+        model: ModelSpec {
+            location: model_path().to_string_lossy().into_owned(),
+            sha256: MOBILENET_V2_SHA256.into(),
+        },
+        batch_size: 1,
+        max_pixels: verger_image::Limits::default().max_pixels,
+        store: Default::default(),
+    }
+}
+
+/// (path, features) of every row `featurize` succeeded on, sorted by path.
+async fn featurize_on(ctx: &SessionContext, manifest: &str) -> datafusion::error::Result<Vec<(String, Vec<f32>)>> {
+    let featurize = ctx.udf(FeaturizeUdf::NAME)?;
+    let batches = ctx
+        .read_parquet(manifest, ParquetReadOptions::default())
+        .await?
+        // Spread the rows over several tasks, so that both executors work.
+        .repartition(Partitioning::Hash(vec![col("path")], 4))?
+        .select(vec![col("path"), featurize.call(vec![col("path")]).alias("f")])?
+        .collect()
+        .await?;
+    let mut rows = Vec::new();
+    for batch in batches {
+        let paths = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
+        let paths = paths.as_string::<i32>();
+        let features = batch.column(1).as_struct().column(0).as_list::<i32>();
+        for i in 0..batch.num_rows() {
+            if features.is_valid(i) {
+                let values = features.value(i);
+                rows.push((
+                    paths.value(i).to_string(),
+                    values.as_primitive::<Float32Type>().values().to_vec(),
+                ));
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(rows)
+}
+
+#[test]
+fn featurize_on_a_cluster_gives_the_local_features_and_fails_loudly_without_the_codec() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    small_input(&input);
+    let local = tmp.path().join("local");
+    let run = verger(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        local.to_str().unwrap(),
+        "--k",
+        "3",
+        "--partition-rows",
+        "8",
+    ]);
+    assert_eq!(run.status.code(), Some(3), "{}", String::from_utf8_lossy(&run.stderr));
+    let manifest = local.join("manifest/part-00000.parquet");
+    let manifest = manifest.to_str().unwrap();
+
+    let (_processes, url) = cluster(tmp.path(), 0);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // With verger's codecs: the same features as the local run, bit for bit.
+    let remote = runtime
+        .block_on(featurize_on(
+            &runtime.block_on(verger_cluster::connect(&url, &settings())).unwrap(),
+            manifest,
+        ))
+        .unwrap();
+    let embedded = verger_engine::new_context(2, &settings());
+    let here = runtime.block_on(featurize_on(&embedded, manifest)).unwrap();
+    assert_eq!(remote.len(), 24);
+    assert_eq!(remote, here, "cluster features differ from local ones");
+
+    // The whole job with featurization on the cluster: the local run's rows, errors and PCA, bit for bit.
+    let on_cluster = tmp.path().join("on-cluster");
+    let run = verger(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        on_cluster.to_str().unwrap(),
+        "--k",
+        "3",
+        "--partition-rows",
+        "8",
+        "--cluster",
+        &url,
+    ]);
+    assert_eq!(run.status.code(), Some(3), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_success(
+        &python(
+            "compare_runs.py",
+            &[on_cluster.to_str().unwrap(), local.to_str().unwrap()],
+        ),
+        "cluster run vs local run",
+    );
+    let local_model = std::fs::read(local.join("pca/model.json")).unwrap();
+    assert_eq!(std::fs::read(on_cluster.join("pca/model.json")).unwrap(), local_model);
+    // One cluster job per partition: both executors took some (their shuffle files tell).
+    for executor in ["executor-0", "executor-1"] {
+        let used = walk_count(&tmp.path().join(executor));
+        assert!(used > 0, "{executor} ran no task");
+    }
+
+    // A client without verger's codecs sends `featurize` by name only: the executors' own instance names no
+    // model, so the job fails with a message that says why, instead of computing anything.
+    let bare = runtime
+        .block_on(async {
+            let state = verger_cluster::session_state(ballista_config_without_codecs(), &settings());
+            let ctx = SessionContext::remote_with_state(&url, state).await?;
+            verger_engine::register_functions(&ctx, &settings());
+            featurize_on(&ctx, manifest).await
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(bare.contains("without verger's codec"), "{bare}");
+}
+
+fn ballista_config_without_codecs() -> datafusion::prelude::SessionConfig {
+    use verger_cluster::SessionConfigExt;
+    datafusion::prelude::SessionConfig::new_with_ballista()
+}
+
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `kill -9` of an executor in the middle of a cluster run: the scheduler notices within its heartbeat
+/// timeout, the lost tasks run on the other executor, and the output is exactly the local run's.
+#[test]
+fn a_killed_executor_costs_time_not_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    for class in ["Kiwi", "Lemon"] {
+        let from = verger_testdata::fruits360_dir().join("Training").join(class);
+        std::fs::create_dir_all(input.join(class)).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, input.join(class).join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let run_args = |output: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(["--k", "4", "--partition-rows", "8", "--threads", "2"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let local = tmp.path().join("local");
+    let run = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(run_args(&local, &[]))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    let (mut processes, url) = cluster(tmp.path(), 16);
+    let on_cluster = tmp.path().join("on-cluster");
+    let mut client = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(run_args(&on_cluster, &["--cluster", &url]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let staged = on_cluster.join("_staging");
+    while std::fs::read_dir(&staged)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("part-"))
+                .count()
+        })
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no partition staged in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = processes.remove(2); // SIGKILL of the second executor, in the middle of the run
+    drop(killed);
+    let killed_at = Instant::now();
+    let status = client.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(120),
+        "the run took {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert_success(
+        &python(
+            "compare_runs.py",
+            &[on_cluster.to_str().unwrap(), local.to_str().unwrap()],
+        ),
+        "after a lost executor",
+    );
+    assert!(!on_cluster.join("_staging").exists());
+}
