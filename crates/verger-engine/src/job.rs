@@ -544,12 +544,29 @@ async fn featurize(
     parts.out.register(&sequential);
     let aggregator = tokio::spawn(aggregate_staged(sequential, parts.all_staged(), staged_rx));
 
-    let source = match cluster {
-        Some(remote) => Source::Cluster(remote.clone(), manifest_batch(entries)?),
-        None if todo.is_empty() => Source::Nothing,
-        None => Source::Local(featurize_plan(ctx, config, parts, entries, &todo).await?),
+    let featurized = match (cluster, todo.is_empty()) {
+        (_, true) => Ok(()),
+        (Some(remote), false) => {
+            let source = Source::Cluster(remote.clone(), manifest_batch(entries)?);
+            stage_partitions(ctx, &source, config, parts, &todo, budget, progress, staged_tx).await
+        }
+        (None, false) => match featurize_plan(ctx, config, parts, entries, &todo).await {
+            Ok(plan) => {
+                stage_partitions(
+                    ctx,
+                    &Source::Local(plan),
+                    config,
+                    parts,
+                    &todo,
+                    budget,
+                    progress,
+                    staged_tx,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
     };
-    let featurized = stage_partitions(ctx, &source, config, parts, &todo, budget, progress, staged_tx).await;
     match featurized {
         Ok(()) => aggregator.await.map_err(|e| JobError::Task(e.to_string()))?,
         Err(e) => {
@@ -559,6 +576,16 @@ async fn featurize(
     }
 }
 
+/// `path`, `label` and `featurize(path) AS f` of `images`: the rows staging files are made of.
+fn featurized(images: DataFrame, ctx: &SessionContext) -> Result<DataFrame, JobError> {
+    let featurize = ctx.udf(FeaturizeUdf::NAME)?;
+    Ok(images.select(vec![
+        col("path"),
+        col("label"),
+        featurize.call(vec![col("path")]).alias("f"),
+    ])?)
+}
+
 /// Where partitions are featurized.
 enum Source {
     /// One partition of this plan per partition to stage, in the order of `todo`.
@@ -566,7 +593,6 @@ enum Source {
     /// A context connected to a cluster, and the manifest: each partition's rows are written next to the
     /// staging files, where the executors read them, and featurized by one cluster job.
     Cluster(SessionContext, RecordBatch),
-    Nothing,
 }
 
 impl Source {
@@ -584,19 +610,11 @@ impl Source {
                 let input = layout::file(layout::STAGING, &format!("input-{part:05}.parquet"));
                 let rows = manifest.slice(range.start, range.len());
                 parts.out.write_batches(&input, manifest_schema(), &[rows]).await?;
-                let featurize = remote.udf(FeaturizeUdf::NAME)?;
-                Ok(remote
+                let images = remote
                     .read_parquet(parts.out.url(&input), ParquetReadOptions::default())
-                    .await?
-                    .select(vec![
-                        col("path"),
-                        col("label"),
-                        featurize.call(vec![col("path")]).alias("f"),
-                    ])?
-                    .execute_stream()
-                    .await?)
+                    .await?;
+                Ok(featurized(images, remote)?.execute_stream().await?)
             }
-            Source::Nothing => unreachable!("nothing to featurize"),
         }
     }
 }
@@ -699,15 +717,7 @@ async fn featurize_plan(
         })
         .collect();
     ctx.register_table("images", Arc::new(MemTable::try_new(manifest_schema(), tables)?))?;
-    let featurize = ctx.udf(FeaturizeUdf::NAME)?;
-    let plan = ctx
-        .table("images")
-        .await?
-        .select(vec![
-            col("path"),
-            col("label"),
-            featurize.call(vec![col("path")]).alias("f"),
-        ])?
+    let plan = featurized(ctx.table("images").await?, ctx)?
         .create_physical_plan()
         .await?;
     assert_eq!(
