@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray};
@@ -19,76 +18,7 @@ use verger_engine::FeaturizeSettings;
 use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
 use verger_testdata::model_path;
 
-use common::{assert_success, python, small_input, verger};
-
-/// A process killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(args: &[&str], port: u16) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_verger"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("verger starts");
-    let process = Process(child);
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{args:?} did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    process
-}
-
-/// A scheduler and two one-slot executors (processes 1 and 2); returns them with the scheduler URL.
-fn cluster(work: &Path, offset: u16) -> (Vec<Process>, String) {
-    let base = 23000 + (std::process::id() % 40) as u16 * 32 + offset;
-    let scheduler = start(&["scheduler", "--port", &base.to_string()], base);
-    let mut processes = vec![scheduler];
-    for i in 0..2u16 {
-        let port = base + 2 + i * 2;
-        let dir = work.join(format!("executor-{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        processes.push(start(
-            &[
-                "executor",
-                "--scheduler",
-                &format!("127.0.0.1:{base}"),
-                "--port",
-                &port.to_string(),
-                "--slots",
-                "1",
-                "--work-dir",
-                dir.to_str().unwrap(),
-            ],
-            port,
-        ));
-    }
-    // Wait until the scheduler's REST API lists both executors.
-    let started = Instant::now();
-    loop {
-        let listed = python("cluster_executors.py", &[&format!("http://127.0.0.1:{base}")]);
-        if String::from_utf8_lossy(&listed.stdout).trim() == "2" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "executors did not register"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    (processes, format!("df://127.0.0.1:{base}"))
-}
+use common::{assert_success, cluster, python, small_input, verger};
 
 fn settings() -> FeaturizeSettings {
     FeaturizeSettings {
@@ -153,7 +83,7 @@ fn featurize_on_a_cluster_gives_the_local_features_and_fails_loudly_without_the_
     let manifest = local.join("manifest/part-00000.parquet");
     let manifest = manifest.to_str().unwrap();
 
-    let (_processes, url) = cluster(tmp.path(), 0);
+    let (_processes, url) = cluster(tmp.path(), 0, &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     // With verger's codecs: the same features as the local run, bit for bit.
@@ -265,7 +195,7 @@ fn a_killed_executor_costs_time_not_rows() {
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 
-    let (mut processes, url) = cluster(tmp.path(), 16);
+    let (mut processes, url) = cluster(tmp.path(), 16, &[]);
     let on_cluster = tmp.path().join("on-cluster");
     let mut client = Command::new(env!("CARGO_BIN_EXE_verger"))
         .args(run_args(&on_cluster, &["--cluster", &url]))

@@ -548,3 +548,58 @@ fn a_hundred_folders_list_the_same_in_parallel_and_one_at_a_time() {
     assert_eq!(body(&parallel), body(&sequential));
     assert!(parallel.contains("2000 images in 100 labels"), "{parallel}");
 }
+
+/// Cluster mode reads from the bucket too: the executors fetch the images (and the model) themselves, with
+/// their own credentials, and the output is the local run's.
+#[test]
+fn executors_read_images_and_model_from_the_bucket_themselves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    small_input(&local);
+    let server = Seaweed::start();
+    server.upload("images", "fruits", &local);
+    server.upload("models", "mobilenet", &model_path());
+    let model = format!(
+        "s3://models/mobilenet/{}",
+        model_path().file_name().unwrap().to_str().unwrap()
+    );
+    let credentials = [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET)];
+    let (_cluster, url) = common::cluster(tmp.path(), 0, &credentials);
+
+    let on_cluster = tmp.path().join("on-cluster");
+    let run = server
+        .verger(&[
+            "run",
+            "--input",
+            "s3://images/fruits",
+            "--output",
+            on_cluster.to_str().unwrap(),
+            "--model",
+            &model,
+            "--k",
+            "5",
+            "--cluster",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&run), Some(3), "{}", stderr(&run));
+    let from_disk = tmp.path().join("from-disk");
+    let disk_run = common::verger(&[
+        "run",
+        "--input",
+        local.to_str().unwrap(),
+        "--output",
+        from_disk.to_str().unwrap(),
+        "--k",
+        "5",
+    ]);
+    assert_eq!(code(&disk_run), Some(3), "{}", stderr(&disk_run));
+    assert_success(
+        &server.python(
+            "compare_runs.py",
+            &[on_cluster.to_str().unwrap(), from_disk.to_str().unwrap()],
+        ),
+        "cluster run from S3 vs local run from disk",
+    );
+}

@@ -1,8 +1,10 @@
 //! Helpers shared by the binary's end-to-end tests.
 #![allow(dead_code)]
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use verger_testdata::fruits360_dir;
 
@@ -54,4 +56,76 @@ pub fn small_input(dir: &Path) {
     std::fs::write(dir.join("Broken/empty.jpg"), b"").unwrap();
     std::fs::write(dir.join("Broken/notes.jpg"), b"this is not an image").unwrap();
     std::fs::write(dir.join("Broken/ignored.txt"), b"not matched by the glob").unwrap();
+}
+
+/// A process killed when dropped.
+pub struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(args: &[&str], port: u16, env: &[(&str, &str)]) -> Process {
+    let child = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("verger starts");
+    let process = Process(child);
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{args:?} did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    process
+}
+
+/// A `verger scheduler` and two one-slot `verger executor`s on 127.0.0.1 (processes 1 and 2, with `env`),
+/// registered and ready; returns them with the scheduler's URL.
+pub fn cluster(work: &Path, offset: u16, env: &[(&str, &str)]) -> (Vec<Process>, String) {
+    let base = 23000 + (std::process::id() % 40) as u16 * 32 + offset;
+    let scheduler = start(&["scheduler", "--port", &base.to_string()], base, &[]);
+    let mut processes = vec![scheduler];
+    for i in 0..2u16 {
+        let port = base + 2 + i * 2;
+        let dir = work.join(format!("executor-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        processes.push(start(
+            &[
+                "executor",
+                "--scheduler",
+                &format!("127.0.0.1:{base}"),
+                "--port",
+                &port.to_string(),
+                "--slots",
+                "1",
+                "--work-dir",
+                dir.to_str().unwrap(),
+            ],
+            port,
+            env,
+        ));
+    }
+    // Wait until the scheduler's REST API lists both executors.
+    let started = Instant::now();
+    loop {
+        let listed = python("cluster_executors.py", &[&format!("http://127.0.0.1:{base}")]);
+        if String::from_utf8_lossy(&listed.stdout).trim() == "2" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "executors did not register"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    (processes, format!("df://127.0.0.1:{base}"))
 }
