@@ -16,8 +16,9 @@ use datafusion::common::DataFusionError;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::MemTable;
 use datafusion::execution::{FunctionRegistry, SendableRecordBatchStream};
+use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan, ExecutionPlanProperties};
-use datafusion::prelude::{col, Expr, ParquetReadOptions, SessionContext};
+use datafusion::prelude::{col, lit, Expr, ParquetReadOptions, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -590,8 +591,7 @@ fn featurized(images: DataFrame, ctx: &SessionContext) -> Result<DataFrame, JobE
 enum Source {
     /// One partition of this plan per partition to stage, in the order of `todo`.
     Local(Arc<dyn ExecutionPlan>),
-    /// A context connected to a cluster, and the manifest: each partition's rows are written next to the
-    /// staging files, where the executors read them, and featurized by one cluster job.
+    /// A context connected to a cluster, and the manifest: each partition is featurized by one cluster job.
     Cluster(SessionContext, RecordBatch),
 }
 
@@ -606,13 +606,17 @@ impl Source {
         match self {
             Source::Local(plan) => Ok(plan.execute(todo_index, local.task_ctx())?),
             Source::Cluster(remote, manifest) => {
+                // The partition's rows travel inside the plan: executors need no access to this output.
                 let range = parts.ranges[part].clone();
-                let input = layout::file(layout::STAGING, &format!("input-{part:05}.parquet"));
                 let rows = manifest.slice(range.start, range.len());
-                parts.out.write_batches(&input, manifest_schema(), &[rows]).await?;
-                let images = remote
-                    .read_parquet(parts.out.url(&input), ParquetReadOptions::default())
-                    .await?;
+                let (paths, labels) = (rows.column(0).as_string::<i32>(), rows.column(1).as_string::<i32>());
+                let values = (0..rows.num_rows())
+                    .map(|i| vec![lit(paths.value(i)), lit(labels.value(i))])
+                    .collect();
+                let images = LogicalPlanBuilder::values(values)?
+                    .project(vec![col("column1").alias("path"), col("column2").alias("label")])?
+                    .build()?;
+                let images = DataFrame::new(remote.state(), images);
                 Ok(featurized(images, remote)?.execute_stream().await?)
             }
         }

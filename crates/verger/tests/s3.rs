@@ -549,8 +549,8 @@ fn a_hundred_folders_list_the_same_in_parallel_and_one_at_a_time() {
     assert!(parallel.contains("2000 images in 100 labels"), "{parallel}");
 }
 
-/// Cluster mode reads from the bucket too: the executors fetch the images (and the model) themselves, with
-/// their own credentials, and the output is the local run's.
+/// Cluster mode with everything in buckets: the executors fetch the images and the model themselves, with
+/// their own credentials; the client writes the output to its bucket; the rows are the local run's.
 #[test]
 fn executors_read_images_and_model_from_the_bucket_themselves() {
     let tmp = tempfile::tempdir().unwrap();
@@ -566,14 +566,14 @@ fn executors_read_images_and_model_from_the_bucket_themselves() {
     let credentials = [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET)];
     let (_cluster, url) = common::cluster(tmp.path(), 0, &credentials);
 
-    let on_cluster = tmp.path().join("on-cluster");
+    server.create_bucket("results");
     let run = server
         .verger(&[
             "run",
             "--input",
             "s3://images/fruits",
             "--output",
-            on_cluster.to_str().unwrap(),
+            "s3://results/on-cluster",
             "--model",
             &model,
             "--k",
@@ -598,8 +598,8 @@ fn executors_read_images_and_model_from_the_bucket_themselves() {
     assert_success(
         &server.python(
             "compare_runs.py",
-            &[on_cluster.to_str().unwrap(), from_disk.to_str().unwrap()],
+            &["s3://results/on-cluster", from_disk.to_str().unwrap()],
         ),
-        "cluster run from S3 vs local run from disk",
+        "cluster run from and to S3 vs local run on disk",
     );
 }
