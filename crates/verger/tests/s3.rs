@@ -190,6 +190,21 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The same job (k = 5) on the images on disk: the baseline an S3 or cluster run must equal.
+fn run_on_disk(input: &Path, output: &Path) -> PathBuf {
+    let run = common::verger(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--k",
+        "5",
+    ]);
+    assert_eq!(code(&run), Some(3), "{}", stderr(&run));
+    output.to_path_buf()
+}
+
 fn code(out: &Output) -> Option<i32> {
     out.status.code()
 }
@@ -230,17 +245,7 @@ fn a_job_from_bucket_to_bucket_gives_the_rows_of_the_same_job_on_disk() {
     ];
     let s3_run = server.verger(&in_s3).output().unwrap();
     assert_eq!(code(&s3_run), Some(3), "{}", stderr(&s3_run));
-    let from_disk = tmp.path().join("from-disk");
-    let disk_run = common::verger(&[
-        "run",
-        "--input",
-        local.to_str().unwrap(),
-        "--output",
-        from_disk.to_str().unwrap(),
-        "--k",
-        "5",
-    ]);
-    assert_eq!(code(&disk_run), Some(3), "{}", stderr(&disk_run));
+    let from_disk = run_on_disk(&local, &tmp.path().join("from-disk"));
 
     // Same rows, errors and PCA as on disk; layout, _SUCCESS last, SSE on every object, report; pyarrow reads it.
     assert_success(
@@ -584,17 +589,7 @@ fn executors_read_images_and_model_from_the_bucket_themselves() {
         .output()
         .unwrap();
     assert_eq!(code(&run), Some(3), "{}", stderr(&run));
-    let from_disk = tmp.path().join("from-disk");
-    let disk_run = common::verger(&[
-        "run",
-        "--input",
-        local.to_str().unwrap(),
-        "--output",
-        from_disk.to_str().unwrap(),
-        "--k",
-        "5",
-    ]);
-    assert_eq!(code(&disk_run), Some(3), "{}", stderr(&disk_run));
+    let from_disk = run_on_disk(&local, &tmp.path().join("from-disk"));
     assert_success(
         &server.python(
             "compare_runs.py",
