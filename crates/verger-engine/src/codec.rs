@@ -5,13 +5,16 @@
 //! state that is wrong without a codec: `pca_project` would run whatever model the receiver registered (or
 //! none), silently. So the state travels with the plan: `featurize` its settings (model location and sha256,
 //! limits, store options: no secret among them) and `pca_project` its fitted model, bit for bit (about 1.5 MB
-//! for k = 50, far below gRPC's 16 MiB). `pseudonymize` holds a secret key, and keys never travel in plans: a plan
-//! using it is refused (logical plans, where DataFusion sends such a function by name, carry no key either).
-//! Stateless functions (`pca_stats`) travel by name.
+//! for k = 50, far below gRPC's 16 MiB). Stateless functions (`pca_stats`) travel by name.
+//!
+//! verger's own plan nodes travel here too: [`OutputFileTable`] in logical plans, and its scan and sink in
+//! physical plans, as the file's location, store options and schema (never a credential).
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::{exec_datafusion_err, not_impl_err, plan_err, Result};
+use datafusion::datasource::sink::DataSinkExec;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::ExecutionPlan;
@@ -19,12 +22,13 @@ use datafusion_proto::logical_plan::{DefaultLogicalExtensionCodec, LogicalExtens
 use datafusion_proto::physical_plan::{
     DefaultPhysicalExtensionCodec, PhysicalExtensionCodec, PhysicalProtoConverterExtension,
 };
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use verger_pca::PcaModel;
 
 use crate::featurize::{FeaturizeSettings, FeaturizeUdf};
+use crate::output_file::{OutputFile, OutputFileScanExec, OutputFileSink, OutputFileTable};
 use crate::pca::PcaProjectUdf;
-use crate::pseudonym::PseudonymizeUdf;
 
 /// The state of a function with state, as it travels.
 #[derive(Serialize, Deserialize)]
@@ -91,11 +95,6 @@ fn encode_udf(udf: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
         FunctionState::Featurize(featurize.settings.clone())
     } else if let Some(project) = udf.inner().downcast_ref::<PcaProjectUdf>() {
         FunctionState::PcaProject(project.model.as_ref().into())
-    } else if udf.inner().is::<PseudonymizeUdf>() {
-        return plan_err!(
-            "{} holds a secret key, which is never sent in a plan",
-            PseudonymizeUdf::NAME
-        );
     } else {
         return Ok(());
     };
@@ -116,6 +115,49 @@ fn decode_udf(name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
         return plan_err!("plan names function {name} but carries the state of {}", udf.name());
     }
     Ok(Arc::new(udf))
+}
+
+/// verger's plan nodes as they travel, behind [`NODE_TAG`] so that they are told from the wrapped codec's.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Node {
+    Table {
+        file: OutputFile,
+        schema: Vec<u8>,
+    },
+    Scan {
+        file: OutputFile,
+        schema: Vec<u8>,
+        projection: Option<Vec<usize>>,
+    },
+    Sink {
+        file: OutputFile,
+    },
+}
+
+const NODE_TAG: &[u8] = b"verger-node:";
+
+fn encode_node(node: &Node, buf: &mut Vec<u8>) -> Result<()> {
+    buf.extend_from_slice(NODE_TAG);
+    serde_json::to_writer(buf, node).map_err(|e| exec_datafusion_err!("encoding a verger plan node: {e}"))
+}
+
+/// The verger node in `buf`, or `None` when `buf` holds another codec's node.
+fn decode_node(buf: &[u8]) -> Option<Result<Node>> {
+    let json = buf.strip_prefix(NODE_TAG)?;
+    Some(serde_json::from_slice(json).map_err(|e| exec_datafusion_err!("decoding a verger plan node: {e}")))
+}
+
+/// A schema in DataFusion's own protobuf form.
+fn schema_bytes(schema: &Schema) -> Result<Vec<u8>> {
+    let proto = datafusion_proto::protobuf::Schema::try_from(schema)?;
+    Ok(proto.encode_to_vec())
+}
+
+fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
+    let proto = datafusion_proto::protobuf::Schema::decode(bytes)
+        .map_err(|e| exec_datafusion_err!("decoding a schema: {e}"))?;
+    Ok(Arc::new(Schema::try_from(&proto)?))
 }
 
 /// Logical plans: verger's function state; everything else as the codec it wraps (DataFusion's default, or
@@ -153,7 +195,16 @@ impl LogicalExtensionCodec for VergerLogicalCodec {
         schema: datafusion::arrow::datatypes::SchemaRef,
         ctx: &TaskContext,
     ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-        self.inner.try_decode_table_provider(buf, table_ref, schema, ctx)
+        match decode_node(buf) {
+            Some(node) => match node? {
+                Node::Table { file, schema } => Ok(Arc::new(OutputFileTable {
+                    file,
+                    schema: schema_from_bytes(&schema)?,
+                })),
+                _ => plan_err!("a verger plan node where a table was expected"),
+            },
+            None => self.inner.try_decode_table_provider(buf, table_ref, schema, ctx),
+        }
     }
 
     fn try_encode_table_provider(
@@ -162,7 +213,16 @@ impl LogicalExtensionCodec for VergerLogicalCodec {
         node: Arc<dyn datafusion::catalog::TableProvider>,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        self.inner.try_encode_table_provider(table_ref, node, buf)
+        match node.downcast_ref::<OutputFileTable>() {
+            Some(table) => encode_node(
+                &Node::Table {
+                    file: table.file.clone(),
+                    schema: schema_bytes(&table.schema)?,
+                },
+                buf,
+            ),
+            None => self.inner.try_encode_table_provider(table_ref, node, buf),
+        }
     }
 
     fn try_decode_file_format(
@@ -216,7 +276,31 @@ impl PhysicalExtensionCodec for VergerPhysicalCodec {
         ctx: &TaskContext,
         converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.inner.try_decode(buf, inputs, ctx, converter)
+        match decode_node(buf) {
+            Some(node) => match (node?, inputs) {
+                (
+                    Node::Scan {
+                        file,
+                        schema,
+                        projection,
+                    },
+                    [],
+                ) => Ok(Arc::new(OutputFileScanExec::new(
+                    file,
+                    schema_from_bytes(&schema)?,
+                    projection,
+                )?)),
+                (Node::Sink { file }, [input]) => {
+                    let sink = OutputFileSink {
+                        file,
+                        schema: input.schema(),
+                    };
+                    Ok(Arc::new(DataSinkExec::new(input.clone(), Arc::new(sink), None)))
+                }
+                _ => plan_err!("a verger plan node with the wrong inputs"),
+            },
+            None => self.inner.try_decode(buf, inputs, ctx, converter),
+        }
     }
 
     fn try_encode(
@@ -225,7 +309,26 @@ impl PhysicalExtensionCodec for VergerPhysicalCodec {
         buf: &mut Vec<u8>,
         converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        self.inner.try_encode(node, buf, converter)
+        if let Some(scan) = node.downcast_ref::<OutputFileScanExec>() {
+            let scan = Node::Scan {
+                file: scan.file.clone(),
+                schema: schema_bytes(&scan.file_schema)?,
+                projection: scan.projection.clone(),
+            };
+            return encode_node(&scan, buf);
+        }
+        let sink = node
+            .downcast_ref::<DataSinkExec>()
+            .and_then(|exec| exec.sink().downcast_ref::<OutputFileSink>());
+        match sink {
+            Some(sink) => encode_node(
+                &Node::Sink {
+                    file: sink.file.clone(),
+                },
+                buf,
+            ),
+            None => self.inner.try_encode(node, buf, converter),
+        }
     }
 
     fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
@@ -239,8 +342,11 @@ impl PhysicalExtensionCodec for VergerPhysicalCodec {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::datatypes::{DataType, Field};
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::datasource::provider_as_source;
     use datafusion::execution::FunctionRegistry;
+    use datafusion::logical_expr::dml::InsertOp;
     use datafusion::logical_expr::{col, lit, Expr, LogicalPlanBuilder};
     use datafusion::physical_expr::ScalarFunctionExpr;
     use datafusion::physical_plan::projection::ProjectionExec;
@@ -253,7 +359,6 @@ mod tests {
     use verger_pca::{fit, Components, PcaStats};
 
     use super::*;
-    use crate::pseudonym::Pseudonymizer;
 
     fn settings(model: &str) -> FeaturizeSettings {
         FeaturizeSettings {
@@ -363,34 +468,84 @@ mod tests {
         assert_eq!(*models[0], *model(1));
     }
 
-    #[tokio::test]
-    async fn the_pseudonymization_key_never_travels() {
-        const KEY: &str = "a secret key of some length";
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("key"), KEY).unwrap();
-        let pseudonymizer = Arc::new(Pseudonymizer::from_file(&dir.path().join("key")).unwrap());
-        let ctx = SessionContext::new();
-        ctx.register_udf(ScalarUDF::new_from_impl(PseudonymizeUdf::new(pseudonymizer)));
-        let udf = ctx.udf(PseudonymizeUdf::NAME).unwrap();
-        let plan = LogicalPlanBuilder::values(vec![vec![lit("file:///photos/a.jpg")]])
+    /// A plan reading one output file and inserting into another, as verger's cluster jobs do.
+    fn copy_plan(ctx: &SessionContext, from: &OutputFileTable, to: &OutputFileTable) -> LogicalPlan {
+        let source = Arc::new(OutputFileTable {
+            file: from.file.clone(),
+            schema: from.schema.clone(),
+        });
+        let target = Arc::new(OutputFileTable {
+            file: to.file.clone(),
+            schema: to.schema.clone(),
+        });
+        let rows = ctx
+            .read_table(source)
             .unwrap()
-            .project(vec![udf.call(vec![col("column1")])])
+            .select(vec![col("b")])
+            .unwrap()
+            .into_unoptimized_plan();
+        LogicalPlanBuilder::insert_into(rows, "t", provider_as_source(target), InsertOp::Append)
             .unwrap()
             .build()
-            .unwrap();
-        // Logical plans name the function only (DataFusion sends a function whose codec declines by name):
-        // no key in the bytes, and a receiver without the function fails loudly.
+            .unwrap()
+    }
+
+    fn output_table(name: &str, guard: Option<&str>, columns: &[&str]) -> OutputFileTable {
+        let fields: Vec<Field> = columns.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect();
+        OutputFileTable {
+            file: OutputFile {
+                output: "s3://bucket/out".into(),
+                store: Default::default(),
+                name: name.into(),
+                guard: guard.map(String::from),
+            },
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    #[tokio::test]
+    async fn output_files_travel_as_their_location_and_schema() {
+        let from = output_table("_staging/part-00001.parquet", None, &["a", "b"]);
+        let to = output_table(
+            "_staging/attempts/x/result/part-00001.parquet",
+            Some("_staging/attempts/x/_OPEN"),
+            &["b"],
+        );
+        let ctx = SessionContext::new();
+        let plan = copy_plan(&ctx, &from, &to);
+
         let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &VergerLogicalCodec::default()).unwrap();
-        assert!(!bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()));
-        let receiver = SessionContext::new();
-        let unknown =
-            logical_plan_from_bytes_with_extension_codec(&bytes, &receiver.task_ctx(), &VergerLogicalCodec::default())
-                .unwrap_err();
-        assert!(unknown.to_string().contains("unknown here"), "{unknown}");
-        // Physical plans, what executors run, are refused outright.
+        let decoded =
+            logical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &VergerLogicalCodec::default())
+                .unwrap();
+        let LogicalPlan::Dml(dml) = &decoded else {
+            panic!("an insert: {decoded}")
+        };
+        let target = datafusion::datasource::source_as_provider(&dml.target).unwrap();
+        let target = target.downcast_ref::<OutputFileTable>().expect("the output file table");
+        assert_eq!(target.file, to.file);
+        assert_eq!(target.schema, to.schema);
+
         let physical = ctx.state().create_physical_plan(&plan).await.unwrap();
-        let refused =
-            physical_plan_to_bytes_with_extension_codec(physical, &VergerPhysicalCodec::default()).unwrap_err();
-        assert!(refused.to_string().contains("secret key"), "{refused}");
+        let bytes = physical_plan_to_bytes_with_extension_codec(physical, &VergerPhysicalCodec::default()).unwrap();
+        let decoded =
+            physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &VergerPhysicalCodec::default())
+                .unwrap();
+        let sink = decoded.downcast_ref::<DataSinkExec>().expect("a sink");
+        let sink = sink
+            .sink()
+            .downcast_ref::<OutputFileSink>()
+            .expect("the output file sink");
+        assert_eq!(sink.file, to.file);
+        let mut scans = Vec::new();
+        decoded
+            .apply(|node| {
+                if let Some(scan) = node.downcast_ref::<OutputFileScanExec>() {
+                    scans.push((scan.file.clone(), scan.file_schema.clone(), scan.projection.clone()));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+        assert_eq!(scans, vec![(from.file.clone(), from.schema.clone(), Some(vec![1]))]);
     }
 }

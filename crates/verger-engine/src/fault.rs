@@ -1,6 +1,8 @@
-//! A test hook for crash consistency: `VERGER_ABORT_AT=<point>[:<n>]` aborts the process, as `kill -9` would
+//! Test hooks for crash consistency. `VERGER_ABORT_AT=<point>[:<n>]` aborts the process, as `kill -9` would
 //! (no destructors, no flushing), the n-th time (default: first) the job reaches `point`. Points are named
 //! after what has just been committed: `listed`, `manifest`, `featurize`, `pca`, `write`, `errors`, `report`.
+//! `VERGER_STALL_AT=publish` stops the process (SIGSTOP, as a frozen machine would) the first time a sink is
+//! about to publish a file, until something sends it SIGCONT.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -32,5 +34,18 @@ pub fn checkpoint(point: &str) {
     if *count == *n {
         eprintln!("{ENV}: aborting at {point}:{n}");
         std::process::abort();
+    }
+}
+
+pub const STALL_ENV: &str = "VERGER_STALL_AT";
+
+/// Marks that `point` was reached; the first time, stops the process if the stall hook names `point`.
+pub fn stall_point(point: &str) {
+    static STALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var(STALL_ENV).is_ok_and(|p| p == point) && !STALLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("{STALL_ENV}: stopping at {point}");
+        // SAFETY: raise only sends a signal to this process.
+        unsafe { libc::raise(libc::SIGSTOP) };
+        eprintln!("{STALL_ENV}: resumed at {point}");
     }
 }

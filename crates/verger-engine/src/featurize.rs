@@ -55,6 +55,11 @@ pub fn features_type() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
 }
 
+/// `featurize`'s result: a struct of [`field`]s.
+pub fn result_type() -> DataType {
+    DataType::Struct(result_fields())
+}
+
 fn result_fields() -> Fields {
     Fields::from(vec![
         Field::new(field::FEATURES, features_type(), true),
@@ -90,7 +95,7 @@ impl ScalarUDFImpl for FeaturizeUdf {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Struct(result_fields()))
+        Ok(result_type())
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {

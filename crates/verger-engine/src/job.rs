@@ -14,8 +14,10 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
 use datafusion::common::DataFusionError;
 use datafusion::dataframe::DataFrame;
-use datafusion::datasource::MemTable;
+use datafusion::datasource::{provider_as_source, MemTable};
 use datafusion::execution::{FunctionRegistry, SendableRecordBatchStream};
+use datafusion::functions::core::expr_ext::FieldAccessor;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::{col, lit, Expr, ParquetReadOptions, SessionContext};
@@ -26,11 +28,12 @@ use verger_listing::{list_bucket, list_folder, ImageEntry, ListingError, Locatio
 use verger_pca::{fit, Components, PcaError, PcaModel, PcaStats};
 
 use crate::fault;
-use crate::featurize::{features_type, field, FeaturizeSettings, FeaturizeUdf};
+use crate::featurize::{field, result_type, FeaturizeSettings, FeaturizeUdf};
 use crate::output::{part_name, OutputStore, ParquetObject};
+use crate::output_file::{OutputFile, OutputFileTable};
 use crate::pca::{PcaProjectUdf, PcaStatsUdaf};
 use crate::progress::Progress;
-use crate::pseudonym::{PseudonymizeUdf, Pseudonymizer};
+use crate::pseudonym::Pseudonymizer;
 use crate::report::{Cost, Counts, PcaSummary, Report, Stopwatch, Usage, Versions};
 use crate::store::{check_residency, BucketRegion, StoreOptions};
 
@@ -148,6 +151,8 @@ mod layout {
     /// The partitioning the manifest was cut with.
     pub const PLAN: &str = "manifest/_plan.json";
     pub const STAGING: &str = "_staging";
+    /// Files written on a cluster, before the driver commits them to their names.
+    pub const ATTEMPTS: &str = "_staging/attempts";
     /// With pseudonymized paths, the manifest of real paths, kept until the run succeeds.
     pub const REAL_MANIFEST: &str = "_staging/manifest.parquet";
     pub const REPORT: &str = "report.json";
@@ -156,6 +161,14 @@ mod layout {
     pub fn file(folder: &str, name: &str) -> String {
         format!("{folder}/{name}")
     }
+
+    /// A folder of its own for one submission of a cluster job.
+    pub fn attempt() -> String {
+        format!("{ATTEMPTS}/{}", uuid::Uuid::new_v4())
+    }
+
+    /// Present in an attempt's folder while its submission is open.
+    pub const OPEN: &str = "_OPEN";
 }
 
 /// Runs the whole job on an embedded DataFusion context; with `cluster` (a context connected to a cluster),
@@ -188,11 +201,6 @@ pub async fn run_job(
         Some(key) => Some(Arc::new(Pseudonymizer::from_file(key).map_err(JobError::Pseudonymize)?)),
         None => None,
     };
-    if let Some(p) = &pseudonymizer {
-        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
-            PseudonymizeUdf::new(p.clone()),
-        ));
-    }
     let mut clock = Stopwatch::start();
 
     let (entries, partition_rows) = clock
@@ -214,7 +222,7 @@ pub async fn run_job(
                 cluster.as_ref(),
                 config,
                 &parts,
-                &entries,
+                &featurize_input(&entries, pseudonymizer.as_deref())?,
                 &budget,
                 progress.clone(),
             ),
@@ -222,7 +230,7 @@ pub async fn run_job(
         .await;
     progress.end("featurize");
     let stats = staged?;
-    let failed = count_failed(&ctx, &parts).await?;
+    let failed = count_failed(&ctx, parts.all_staged()).await?;
     budget.check(failed)?;
     clock.stage("errors", write_errors(&ctx, &out, &parts)).await?;
     fault::checkpoint("errors");
@@ -236,7 +244,7 @@ pub async fn run_job(
     progress.begin("write", Some(parts.count() as u64));
     let written = clock.stage(
         "project_write",
-        write_results(&ctx, config, &out, &parts, &model, progress.clone()),
+        write_results(&ctx, cluster.as_ref(), config, &parts, &model, progress.clone()),
     );
     let featurized = written.await;
     progress.end("write");
@@ -405,6 +413,29 @@ fn manifest_batch(entries: &[ImageEntry]) -> Result<RecordBatch, JobError> {
     Ok(RecordBatch::try_new(manifest_schema(), columns)?)
 }
 
+/// The rows featurization starts from: each image's `path`, `label` and `shared_path`, the path as the shared
+/// outputs show it (pseudonymized here, so that the key never enters a plan).
+fn featurize_input(entries: &[ImageEntry], pseudonymizer: Option<&Pseudonymizer>) -> Result<RecordBatch, JobError> {
+    let shared = entries.iter().map(|e| match pseudonymizer {
+        Some(p) => p.pseudonym(&e.uri),
+        None => e.uri.clone(),
+    });
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.uri.as_str()))),
+        Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.label.as_str()))),
+        Arc::new(StringArray::from_iter_values(shared)),
+    ];
+    Ok(RecordBatch::try_new(featurize_input_schema(), columns)?)
+}
+
+fn featurize_input_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("shared_path", DataType::Utf8, false),
+    ]))
+}
+
 async fn read_manifest(out: &OutputStore, name: &str) -> Result<Vec<ImageEntry>, JobError> {
     let ctx = SessionContext::new();
     out.register(&ctx);
@@ -507,14 +538,21 @@ impl<'a> Partitions<'a> {
     }
 }
 
+/// Staged rows: `path` (as shared), `label`, and `featurize`'s result as is.
 fn staging_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, false),
-        Field::new(field::FEATURES, features_type(), true),
-        Field::new(field::ERROR_STAGE, DataType::Utf8, true),
-        Field::new(field::ERROR_MESSAGE, DataType::Utf8, true),
+        Field::new(FEATURIZED, result_type(), true),
     ]))
+}
+
+/// The staged column holding `featurize`'s result.
+const FEATURIZED: &str = "featurized";
+
+/// Field `name` of a staged row's featurization result.
+fn featurized(name: &str) -> Expr {
+    col(FEATURIZED).field(name)
 }
 
 /// Featurizes every partition not yet staged, `threads` partitions at a time, and meanwhile aggregates the
@@ -526,7 +564,7 @@ async fn featurize(
     cluster: Option<&SessionContext>,
     config: &JobConfig,
     parts: &Partitions<'_>,
-    entries: &[ImageEntry],
+    input: &RecordBatch,
     budget: &Budget,
     progress: Arc<dyn Progress>,
 ) -> Result<PcaStats, JobError> {
@@ -545,28 +583,19 @@ async fn featurize(
     parts.out.register(&sequential);
     let aggregator = tokio::spawn(aggregate_staged(sequential, parts.all_staged(), staged_rx));
 
-    let featurized = match (cluster, todo.is_empty()) {
-        (_, true) => Ok(()),
-        (Some(remote), false) => {
-            let source = Source::Cluster(remote.clone(), manifest_batch(entries)?);
-            stage_partitions(ctx, &source, config, parts, &todo, budget, progress, staged_tx).await
-        }
-        (None, false) => match featurize_plan(ctx, config, parts, entries, &todo).await {
-            Ok(plan) => {
-                stage_partitions(
-                    ctx,
-                    &Source::Local(plan),
-                    config,
-                    parts,
-                    &todo,
-                    budget,
-                    progress,
-                    staged_tx,
-                )
+    let source = match (cluster, todo.is_empty()) {
+        (_, true) => None,
+        (Some(remote), false) => Some(Ok(Source::Cluster(remote.clone(), input.clone()))),
+        (None, false) => Some(
+            featurize_plan(ctx, config, parts, input, &todo)
                 .await
-            }
-            Err(e) => Err(e),
-        },
+                .map(Source::Local),
+        ),
+    };
+    let featurized = match source {
+        None => Ok(()),
+        Some(Ok(source)) => stage_partitions(ctx, &source, config, parts, &todo, budget, progress, staged_tx).await,
+        Some(Err(e)) => Err(e),
     };
     match featurized {
         Ok(()) => aggregator.await.map_err(|e| JobError::Task(e.to_string()))?,
@@ -577,13 +606,14 @@ async fn featurize(
     }
 }
 
-/// `path`, `label` and `featurize(path) AS f` of `images`: the rows staging files are made of.
-fn featurized(images: DataFrame, ctx: &SessionContext) -> Result<DataFrame, JobError> {
+/// The rows staging files are made of ([`staging_schema`]). The struct stays whole: taking it apart here
+/// would have DataFusion inline `featurize` into each field's expression, and featurize every image thrice.
+fn staged_rows(images: DataFrame, ctx: &SessionContext) -> Result<DataFrame, JobError> {
     let featurize = ctx.udf(FeaturizeUdf::NAME)?;
     Ok(images.select(vec![
-        col("path"),
+        col("shared_path").alias("path"),
         col("label"),
-        featurize.call(vec![col("path")]).alias("f"),
+        featurize.call(vec![col("path")]).alias(FEATURIZED),
     ])?)
 }
 
@@ -591,36 +621,106 @@ fn featurized(images: DataFrame, ctx: &SessionContext) -> Result<DataFrame, JobE
 enum Source {
     /// One partition of this plan per partition to stage, in the order of `todo`.
     Local(Arc<dyn ExecutionPlan>),
-    /// A context connected to a cluster, and the manifest: each partition is featurized by one cluster job.
+    /// A context connected to a cluster and the featurization input: each partition is one cluster job.
     Cluster(SessionContext, RecordBatch),
 }
 
 impl Source {
-    async fn featurize(
+    /// Featurizes and stages partition `part` (the `todo_index`-th to do); returns its failed rows.
+    async fn stage(
         &self,
-        parts: &Partitions<'_>,
-        todo_index: usize,
-        part: usize,
         local: &SessionContext,
-    ) -> Result<SendableRecordBatchStream, JobError> {
+        config: &JobConfig,
+        parts: &Partitions<'_>,
+        (todo_index, part): (usize, usize),
+        progress: Arc<dyn Progress>,
+    ) -> Result<u64, JobError> {
+        let name = parts.staged(part);
         match self {
-            Source::Local(plan) => Ok(plan.execute(todo_index, local.task_ctx())?),
-            Source::Cluster(remote, manifest) => {
-                // The partition's rows travel inside the plan: executors need no access to this output.
+            Source::Local(plan) => {
+                let stream = plan.execute(todo_index, local.task_ctx())?;
+                let file = parts.out.staging_parquet(&name, staging_schema())?;
+                // Featurization is CPU work: its own task, so that partitions run in parallel.
+                tokio::spawn(async move { write_staging(file, stream, progress.as_ref()).await })
+                    .await
+                    .map_err(|e| JobError::Task(e.to_string()))?
+            }
+            Source::Cluster(remote, input) => {
+                // The partition's rows travel inside the plan; the executors write the staged file.
                 let range = parts.ranges[part].clone();
-                let rows = manifest.slice(range.start, range.len());
-                let (paths, labels) = (rows.column(0).as_string::<i32>(), rows.column(1).as_string::<i32>());
-                let values = (0..rows.num_rows())
-                    .map(|i| vec![lit(paths.value(i)), lit(labels.value(i))])
-                    .collect();
-                let images = LogicalPlanBuilder::values(values)?
-                    .project(vec![col("column1").alias("path"), col("column2").alias("label")])?
-                    .build()?;
-                let images = DataFrame::new(remote.state(), images);
-                Ok(featurized(images, remote)?.execute_stream().await?)
+                let images = values(remote, &input.slice(range.start, range.len()))?;
+                write_on_cluster(
+                    remote,
+                    parts.out,
+                    &config.featurize.store,
+                    staged_rows(images, remote)?,
+                    &name,
+                )
+                .await?;
+                progress.advance(range.len() as u64);
+                count_failed(local, vec![parts.staged_url(part)]).await
             }
         }
     }
+}
+
+/// `rows` (string columns) as a VALUES plan with the same column names, so that they travel inside the plan.
+fn values(ctx: &SessionContext, rows: &RecordBatch) -> Result<DataFrame, JobError> {
+    let columns: Vec<&StringArray> = rows.columns().iter().map(|c| c.as_string::<i32>()).collect();
+    let values = (0..rows.num_rows())
+        .map(|r| columns.iter().map(|c| lit(c.value(r))).collect())
+        .collect();
+    let schema = rows.schema();
+    let names = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| col(format!("column{}", i + 1)).alias(f.name()));
+    let plan = LogicalPlanBuilder::values(values)?.project(names)?.build()?;
+    Ok(DataFrame::new(ctx.state(), plan))
+}
+
+/// Runs `rows` on the cluster into the output file `name`; returns the rows written. Executors write an
+/// attempt named for this submission only, and this driver commits it by renaming: a retried task rewrites
+/// its own attempt, and a slow or lost one can never replace a committed file. Closing the submission
+/// (removing its guard) stops late tasks from writing at all.
+async fn write_on_cluster(
+    remote: &SessionContext,
+    out: &OutputStore,
+    store: &StoreOptions,
+    rows: DataFrame,
+    name: &str,
+) -> Result<u64, JobError> {
+    let folder = layout::attempt();
+    let (attempt, guard) = (layout::file(&folder, name), layout::file(&folder, layout::OPEN));
+    out.put(&guard, Vec::new()).await?;
+    let table = OutputFileTable {
+        file: OutputFile {
+            output: out.shared_location(),
+            store: store.clone(),
+            name: attempt.clone(),
+            guard: Some(guard),
+        },
+        schema: Arc::new(rows.schema().as_arrow().clone()),
+    };
+    let insert = LogicalPlanBuilder::insert_into(
+        rows.into_unoptimized_plan(),
+        "verger_output",
+        provider_as_source(Arc::new(table)),
+        InsertOp::Append,
+    )?
+    .build()?;
+    let committed = match DataFrame::new(remote.state(), insert).collect().await {
+        Ok(counts) => out.rename(&attempt, name).await.map(|()| {
+            counts
+                .iter()
+                .flat_map(|b| b.column(0).as_primitive::<UInt64Type>().iter().flatten())
+                .sum()
+        }),
+        Err(e) => Err(e.into()),
+    };
+    out.remove_all(&folder).await?;
+    committed
 }
 
 /// Featurizes and stages the partitions in `todo`, reporting each staged partition on `staged`.
@@ -635,16 +735,11 @@ async fn stage_partitions(
     progress: Arc<dyn Progress>,
     staged: tokio::sync::mpsc::UnboundedSender<usize>,
 ) -> Result<(), JobError> {
-    futures::stream::iter(todo.iter().enumerate())
-        .map(|(todo_index, &part)| {
+    futures::stream::iter(todo.iter().copied().enumerate())
+        .map(|(todo_index, part)| {
             let progress = progress.clone();
             async move {
-                let stream = source.featurize(parts, todo_index, part, ctx).await?;
-                let file = parts.out.staging_parquet(&parts.staged(part), staging_schema())?;
-                // Featurization is CPU work: its own task, so that partitions run in parallel.
-                let failed = tokio::spawn(async move { write_staging(file, stream, progress.as_ref()).await })
-                    .await
-                    .map_err(|e| JobError::Task(e.to_string()))??;
+                let failed = source.stage(ctx, config, parts, (todo_index, part), progress).await?;
                 Ok::<_, JobError>((part, failed))
             }
         })
@@ -691,22 +786,24 @@ async fn group_stats(sequential: &SessionContext, staged: Vec<String>) -> Result
     let pca_stats = sequential.udaf(PcaStatsUdaf::NAME)?;
     let batches = read_staged(sequential, staged)
         .await?
-        .filter(col(field::ERROR_STAGE).is_null())?
-        .aggregate(vec![], vec![pca_stats.call(vec![col(field::FEATURES)]).alias("stats")])?
+        .filter(featurized(field::ERROR_STAGE).is_null())?
+        .aggregate(
+            vec![],
+            vec![pca_stats.call(vec![featurized(field::FEATURES)]).alias("stats")],
+        )?
         .collect()
         .await?;
     partial_stats(&batches)
 }
 
-/// One plan partition per manifest partition in `todo`: `featurize(path)` over its rows.
+/// One plan partition per manifest partition in `todo`: the staged rows of its images.
 async fn featurize_plan(
     ctx: &SessionContext,
     config: &JobConfig,
     parts: &Partitions<'_>,
-    entries: &[ImageEntry],
+    input: &RecordBatch,
     todo: &[usize],
 ) -> Result<Arc<dyn ExecutionPlan>, JobError> {
-    let manifest = manifest_batch(entries)?;
     // Rows per record batch: enough to amortise per-batch overhead, and whole model batches.
     let per_batch = config.featurize.batch_size.max(ROWS_PER_BATCH);
     let tables: Vec<Vec<RecordBatch>> = todo
@@ -716,12 +813,12 @@ async fn featurize_plan(
             range
                 .clone()
                 .step_by(per_batch)
-                .map(|s| manifest.slice(s, per_batch.min(range.end - s)))
+                .map(|s| input.slice(s, per_batch.min(range.end - s)))
                 .collect()
         })
         .collect();
-    ctx.register_table("images", Arc::new(MemTable::try_new(manifest_schema(), tables)?))?;
-    let plan = featurized(ctx.table("images").await?, ctx)?
+    ctx.register_table("images", Arc::new(MemTable::try_new(input.schema(), tables)?))?;
+    let plan = staged_rows(ctx.table("images").await?, ctx)?
         .create_physical_plan()
         .await?;
     assert_eq!(
@@ -732,7 +829,7 @@ async fn featurize_plan(
     Ok(plan)
 }
 
-/// Unpacks `featurize`'s struct column into flat staging columns and commits them; returns the failed rows.
+/// Writes staged rows and commits them; returns the failed rows.
 async fn write_staging(
     mut file: ParquetObject,
     mut stream: SendableRecordBatchStream,
@@ -741,14 +838,11 @@ async fn write_staging(
     let mut failed = 0;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        let result = batch.column(2).as_struct();
-        let error_stage = result.column(1);
+        let error_stage = batch.column(2).as_struct().column(1);
         failed += (error_stage.len() - error_stage.null_count()) as u64;
-        let columns = [batch.column(0).clone(), batch.column(1).clone()]
-            .into_iter()
-            .chain(result.columns().iter().cloned())
-            .collect();
-        file.write(&RecordBatch::try_new(staging_schema(), columns)?).await?;
+        // The staging schema, whatever nullability the plan inferred.
+        file.write(&RecordBatch::try_new(staging_schema(), batch.columns().to_vec())?)
+            .await?;
         progress.advance(batch.num_rows() as u64);
     }
     file.commit().await?;
@@ -759,10 +853,10 @@ async fn read_staged(ctx: &SessionContext, files: Vec<String>) -> Result<DataFra
     Ok(ctx.read_parquet(files, ParquetReadOptions::default()).await?)
 }
 
-async fn count_failed(ctx: &SessionContext, parts: &Partitions<'_>) -> Result<u64, JobError> {
-    let failed = read_staged(ctx, parts.all_staged())
+async fn count_failed(ctx: &SessionContext, staged: Vec<String>) -> Result<u64, JobError> {
+    let failed = read_staged(ctx, staged)
         .await?
-        .filter(col(field::ERROR_STAGE).is_not_null())?;
+        .filter(featurized(field::ERROR_STAGE).is_not_null())?;
     Ok(failed.count().await? as u64)
 }
 
@@ -796,70 +890,82 @@ fn partial_stats(batches: &[RecordBatch]) -> Result<PcaStats, JobError> {
     PcaStats::from_bytes(bytes).ok_or_else(|| JobError::Task("corrupt pca_stats result".into()))
 }
 
-/// Projects each staged partition and writes `result/part-N.parquet`; returns the number of rows written.
+/// Projects each staged partition and writes `result/part-N.parquet`, here or on the cluster's executors;
+/// returns the number of rows written.
 async fn write_results(
     ctx: &SessionContext,
+    cluster: Option<&SessionContext>,
     config: &JobConfig,
-    out: &OutputStore,
     parts: &Partitions<'_>,
     model: &Arc<PcaModel>,
     progress: Arc<dyn Progress>,
 ) -> Result<u64, JobError> {
-    crate::register_model(ctx, model.clone());
-    let project = ctx.udf(PcaProjectUdf::NAME)?;
-    let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::with_capacity(parts.count());
-    for i in 0..parts.count() {
-        let plan = read_staged(ctx, vec![parts.staged_url(i)])
-            .await?
-            .filter(col(field::ERROR_STAGE).is_null())?
-            .select(vec![
-                shared_path(ctx)?,
-                col("label"),
-                col(field::FEATURES),
-                project.call(vec![col(field::FEATURES)]).alias("pca_features"),
-            ])?
-            .create_physical_plan()
-            .await?;
-        plans.push(plan);
+    for context in std::iter::once(ctx).chain(cluster) {
+        crate::register_model(context, model.clone());
     }
-    let rows: Vec<u64> = futures::stream::iter(plans.into_iter().enumerate())
-        .map(|(i, plan)| {
-            let (task_ctx, out, progress) = (ctx.task_ctx(), out.clone(), progress.clone());
-            tokio::spawn(async move {
+    let rows: Vec<u64> = futures::stream::iter(0..parts.count())
+        .map(|i| {
+            let progress = progress.clone();
+            async move {
                 let name = layout::file(layout::RESULT, &part_name(i));
-                let rows = out.write_stream(&name, execute_stream(plan, task_ctx)?).await?;
+                let rows = match cluster {
+                    None => {
+                        let plan = projected(ctx, read_staged(ctx, vec![parts.staged_url(i)]).await?)?
+                            .create_physical_plan()
+                            .await?;
+                        let (task_ctx, out) = (ctx.task_ctx(), parts.out.clone());
+                        tokio::spawn(async move { out.write_stream(&name, execute_stream(plan, task_ctx)?).await })
+                            .await
+                            .map_err(|e| JobError::Task(e.to_string()))??
+                    }
+                    Some(remote) => {
+                        let staged = OutputFileTable {
+                            file: OutputFile {
+                                output: parts.out.shared_location(),
+                                store: config.featurize.store.clone(),
+                                name: parts.staged(i),
+                                guard: None,
+                            },
+                            schema: staging_schema(),
+                        };
+                        let rows = projected(remote, remote.read_table(Arc::new(staged))?)?;
+                        write_on_cluster(remote, parts.out, &config.featurize.store, rows, &name).await?
+                    }
+                };
                 progress.advance(1);
                 Ok::<u64, JobError>(rows)
-            })
+            }
         })
         .buffer_unordered(config.threads.max(1))
-        .map(|joined| {
-            let rows = joined.map_err(|e| JobError::Task(e.to_string()))??;
+        .map(|rows| {
             fault::checkpoint("write");
-            Ok::<u64, JobError>(rows)
+            rows
         })
         .try_collect()
         .await?;
     Ok(rows.iter().sum())
 }
 
-/// The `path` column as shared outputs show it: pseudonymized when `pseudonymize` is registered.
-fn shared_path(ctx: &SessionContext) -> Result<Expr, JobError> {
-    Ok(match ctx.udf(PseudonymizeUdf::NAME) {
-        Ok(pseudonymize) => pseudonymize.call(vec![col("path")]).alias("path"),
-        Err(_) => col("path"),
-    })
+/// The result rows of `staged`: the featurized ones with their PCA projection.
+fn projected(ctx: &SessionContext, staged: DataFrame) -> Result<DataFrame, JobError> {
+    let project = ctx.udf(PcaProjectUdf::NAME)?;
+    Ok(staged.filter(featurized(field::ERROR_STAGE).is_null())?.select(vec![
+        col("path"),
+        col("label"),
+        featurized(field::FEATURES).alias(field::FEATURES),
+        project.call(vec![featurized(field::FEATURES)]).alias("pca_features"),
+    ])?)
 }
 
 /// Writes every failed row, sorted by path, to `errors/part-00000.parquet` (empty when none failed).
 async fn write_errors(ctx: &SessionContext, out: &OutputStore, parts: &Partitions<'_>) -> Result<u64, JobError> {
     let df = read_staged(ctx, parts.all_staged())
         .await?
-        .filter(col(field::ERROR_STAGE).is_not_null())?
+        .filter(featurized(field::ERROR_STAGE).is_not_null())?
         .select(vec![
-            shared_path(ctx)?,
-            col(field::ERROR_STAGE).alias("stage"),
-            col(field::ERROR_MESSAGE).alias("message"),
+            col("path"),
+            featurized(field::ERROR_STAGE).alias("stage"),
+            featurized(field::ERROR_MESSAGE).alias("message"),
         ])?
         .sort(vec![col("path").sort(true, false)])?;
     let schema = Arc::new(df.schema().as_arrow().clone());
@@ -918,6 +1024,32 @@ fn build_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::physical_plan::displayable;
+
+    #[tokio::test]
+    async fn staged_rows_featurize_each_image_once() {
+        let settings = FeaturizeSettings {
+            model: verger_model::ModelSpec {
+                location: "model.onnx".into(),
+                sha256: String::new(),
+            },
+            batch_size: 1,
+            max_pixels: 1,
+            store: StoreOptions::default(),
+        };
+        let ctx = crate::new_context(2, &settings);
+        let entries = vec![ImageEntry {
+            uri: "file:///a/b.jpg".into(),
+            label: "b".into(),
+            size: 1,
+            modified_ms: 0,
+        }];
+        let images = ctx.read_batch(featurize_input(&entries, None).unwrap()).unwrap();
+        let plan = staged_rows(images, &ctx).unwrap().create_physical_plan().await.unwrap();
+        let shown = displayable(plan.as_ref()).indent(true).to_string();
+        assert_eq!(shown.matches("featurize(").count(), 1, "{shown}");
+        assert_eq!(plan.schema().fields().len(), staging_schema().fields().len());
+    }
 
     #[test]
     fn partitions_cover_every_row_once_and_taper_at_the_end() {

@@ -12,6 +12,7 @@ pub mod fault;
 pub mod featurize;
 pub mod job;
 pub mod output;
+pub mod output_file;
 pub mod pca;
 pub mod progress;
 pub mod pseudonym;

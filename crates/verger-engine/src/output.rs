@@ -72,6 +72,14 @@ impl OutputStore {
         }
     }
 
+    /// The output as every process of a job names it: the absolute folder, or `s3://bucket/prefix`.
+    pub fn shared_location(&self) -> String {
+        match &self.local {
+            Some(folder) => folder.display().to_string(),
+            None => self.display.clone(),
+        }
+    }
+
     pub fn display(&self) -> &str {
         &self.display
     }
@@ -132,6 +140,15 @@ impl OutputStore {
             .await
             .map(|_| ())
             .map_err(|e| self.error(name, e))
+    }
+
+    /// Moves file `from` to `to` (replacing it): a rename on disk, a server-side copy then delete in buckets,
+    /// so `to` appears whole either way.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), JobError> {
+        self.store
+            .rename(&self.path(from), &self.path(to))
+            .await
+            .map_err(|e| self.error(from, e))
     }
 
     /// Removes everything under `name` (the whole output when empty).

@@ -1,16 +1,10 @@
 //! `--pseudonymize-paths KEYFILE`: every path in the shared outputs becomes HMAC-SHA256(key, path) in hex, so
 //! results can leave the organisation without the user names or ids that photo paths often contain, while
-//! whoever holds the key can still match rows to their own files. Labels are kept.
+//! whoever holds the key can still match rows to their own files. Labels are kept. Pseudonyms are computed by the
+//! job's driver, before featurization: the key never enters a plan, so it never reaches a cluster.
 
-use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, StringArray};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{exec_datafusion_err, Result};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -48,65 +42,6 @@ impl Pseudonymizer {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         mac.update(path.as_bytes());
         hex::encode(mac.finalize().into_bytes())
-    }
-}
-
-/// `pseudonymize(path) -> string`.
-#[derive(Debug)]
-pub struct PseudonymizeUdf {
-    signature: Signature,
-    pseudonymizer: Arc<Pseudonymizer>,
-}
-
-impl PseudonymizeUdf {
-    pub const NAME: &'static str = "pseudonymize";
-
-    pub fn new(pseudonymizer: Arc<Pseudonymizer>) -> Self {
-        PseudonymizeUdf {
-            signature: Signature::string(1, Volatility::Immutable),
-            pseudonymizer,
-        }
-    }
-}
-
-impl PartialEq for PseudonymizeUdf {
-    fn eq(&self, other: &Self) -> bool {
-        self.pseudonymizer == other.pseudonymizer
-    }
-}
-
-impl Eq for PseudonymizeUdf {}
-
-impl Hash for PseudonymizeUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.pseudonymizer.hash(state);
-    }
-}
-
-impl ScalarUDFImpl for PseudonymizeUdf {
-    fn name(&self) -> &str {
-        Self::NAME
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let paths = cast(&args.args[0].to_array(args.number_rows)?, &DataType::Utf8)?;
-        let paths = paths
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| exec_datafusion_err!("expected strings"))?;
-        let pseudonyms: StringArray = paths
-            .iter()
-            .map(|p| p.map(|p| self.pseudonymizer.pseudonym(p)))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(pseudonyms)))
     }
 }
 

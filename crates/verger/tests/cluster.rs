@@ -18,7 +18,7 @@ use verger_engine::FeaturizeSettings;
 use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
 use verger_testdata::model_path;
 
-use common::{assert_success, cluster, python, small_input, verger};
+use common::{assert_success, cluster, cluster_with, python, small_input, verger, Process};
 
 fn settings() -> FeaturizeSettings {
     FeaturizeSettings {
@@ -128,6 +128,27 @@ fn featurize_on_a_cluster_gives_the_local_features_and_fails_loudly_without_the_
         let used = walk_count(&tmp.path().join(executor));
         assert!(used > 0, "{executor} ran no task");
     }
+    // The executors wrote the output, both of them, every staged and result file (the client only renamed).
+    let logs: Vec<String> = (0..2)
+        .map(|i| std::fs::read_to_string(tmp.path().join(format!("executor-{i}.log"))).unwrap())
+        .collect();
+    let written = |log: &str, file: &str| {
+        log.lines()
+            .any(|l| l.contains("output_file: written") && l.contains(file))
+    };
+    for i in 0..13 {
+        for file in [
+            format!("_staging/part-{i:05}.parquet"),
+            format!("result/part-{i:05}.parquet"),
+        ] {
+            assert!(logs.iter().any(|log| written(log, &file)), "no executor wrote {file}");
+        }
+    }
+    assert!(on_cluster.join("result/part-00012.parquet").is_file());
+    assert!(!on_cluster.join("result/part-00013.parquet").exists());
+    for (i, log) in logs.iter().enumerate() {
+        assert!(written(log, "result/part-"), "executor-{i} wrote no result file");
+    }
 
     // A client without verger's codecs sends `featurize` by name only: the executors' own instance names no
     // model, so the job fails with a message that says why, instead of computing anything.
@@ -159,12 +180,16 @@ fn walk_count(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// `kill -9` of an executor in the middle of a cluster run: the scheduler notices within its heartbeat
-/// timeout, the lost tasks run on the other executor, and the output is exactly the local run's.
-#[test]
-fn a_killed_executor_costs_time_not_rows() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
+/// Kiwi and Lemon from the Training sample (about 160 images) under `tmp/in`, run locally into `tmp/local`,
+/// then on a cluster into `tmp/on-cluster`, with `interrupt` done to the cluster's processes (scheduler,
+/// executor 1, executor 2) once two partitions are staged. Returns the processes left and the time the run
+/// took after the interruption, once the run has succeeded with the local run's output.
+fn interrupted_cluster_run(
+    tmp: &Path,
+    (mut processes, url): (Vec<Process>, String),
+    interrupt: impl FnOnce(&mut Vec<Process>),
+) -> (Vec<Process>, Duration) {
+    let input = tmp.join("in");
     for class in ["Kiwi", "Lemon"] {
         let from = verger_testdata::fruits360_dir().join("Training").join(class);
         std::fs::create_dir_all(input.join(class)).unwrap();
@@ -188,15 +213,14 @@ fn a_killed_executor_costs_time_not_rows() {
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
-    let local = tmp.path().join("local");
+    let local = tmp.join("local");
     let run = Command::new(env!("CARGO_BIN_EXE_verger"))
         .args(run_args(&local, &[]))
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 
-    let (mut processes, url) = cluster(tmp.path(), 16, &[]);
-    let on_cluster = tmp.path().join("on-cluster");
+    let on_cluster = tmp.join("on-cluster");
     let mut client = Command::new(env!("CARGO_BIN_EXE_verger"))
         .args(run_args(&on_cluster, &["--cluster", &url]))
         .stdout(Stdio::null())
@@ -220,24 +244,91 @@ fn a_killed_executor_costs_time_not_rows() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let killed = processes.remove(2); // SIGKILL of the second executor, in the middle of the run
-    drop(killed);
-    let killed_at = Instant::now();
+    interrupt(&mut processes);
+    let interrupted_at = Instant::now();
     let status = client.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{stderr}");
-    assert!(
-        killed_at.elapsed() < Duration::from_secs(120),
-        "the run took {:?} after the kill",
-        killed_at.elapsed()
-    );
+    let after = interrupted_at.elapsed();
     assert_success(
         &python(
             "compare_runs.py",
             &[on_cluster.to_str().unwrap(), local.to_str().unwrap()],
         ),
-        "after a lost executor",
+        "after the interruption",
     );
     assert!(!on_cluster.join("_staging").exists());
+    (processes, after)
+}
+
+/// `kill -9` of an executor in the middle of a cluster run: the scheduler notices within its heartbeat
+/// timeout, the lost tasks run on the other executor, and the output is exactly the local run's.
+#[test]
+fn a_killed_executor_costs_time_not_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_processes, after) = interrupted_cluster_run(tmp.path(), cluster(tmp.path(), 16, &[]), |processes| {
+        drop(processes.remove(2)); // SIGKILL
+    });
+    assert!(
+        after < Duration::from_secs(120),
+        "the run took {after:?} after the kill"
+    );
+}
+
+/// An executor that freezes (SIGSTOP) just before publishing a file is given up after the heartbeat timeout
+/// and its task runs elsewhere. Woken after the run (SIGCONT), it publishes nothing: every committed file
+/// stays as it was and no file appears in the output.
+#[test]
+fn a_stalled_executor_never_replaces_a_committed_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stall = [(verger_engine::fault::STALL_ENV, "publish")];
+    let processes = cluster_with(tmp.path(), 24, &[], [&[], &stall]);
+    let (processes, after) = interrupted_cluster_run(tmp.path(), processes, |processes| {
+        let started = Instant::now();
+        while !processes[2].is_stopped() {
+            assert!(started.elapsed() < Duration::from_secs(60), "executor-1 never stalled");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(
+        after < Duration::from_secs(120),
+        "the run took {after:?} after the stall"
+    );
+    let output = tmp.path().join("on-cluster");
+    let committed = snapshot(&output);
+    assert!(committed.keys().any(|f| f.starts_with("result/part-")));
+
+    processes[2].signal("CONT");
+    let log = tmp.path().join("executor-1.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("resumed at publish") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the executor did not resume"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its task finds its job closed, or the executor, dropped by the scheduler, shuts down: either way it
+    // must publish nothing.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(snapshot(&output) == committed, "the woken executor changed the output");
+}
+
+/// Every file under `dir`, by relative path, with its bytes.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, files: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, files);
+            } else {
+                let name = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut files = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut files);
+    files
 }

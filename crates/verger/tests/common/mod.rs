@@ -61,6 +61,24 @@ pub fn small_input(dir: &Path) {
 /// A process killed when dropped.
 pub struct Process(Child);
 
+impl Process {
+    /// Whether the process is stopped (by SIGSTOP).
+    pub fn is_stopped(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
+        // pid (comm) state ...: the state follows the last parenthesis.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -68,12 +86,13 @@ impl Drop for Process {
     }
 }
 
-fn start(args: &[&str], port: u16, env: &[(&str, &str)]) -> Process {
+/// Starts `verger ARGS`, logging to `log`, and waits until it listens on `port`.
+fn start(args: &[&str], port: u16, env: &[(&str, &str)], log: &Path) -> Process {
     let child = Command::new(env!("CARGO_BIN_EXE_verger"))
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("verger starts");
     let process = Process(child);
@@ -89,13 +108,32 @@ fn start(args: &[&str], port: u16, env: &[(&str, &str)]) -> Process {
 }
 
 /// A `verger scheduler` and two one-slot `verger executor`s on 127.0.0.1 (processes 1 and 2, with `env`),
-/// registered and ready; returns them with the scheduler's URL.
+/// registered and ready; returns them with the scheduler's URL. Executor i works in `work/executor-i` and
+/// logs verger's events to `work/executor-i.log`.
 pub fn cluster(work: &Path, offset: u16, env: &[(&str, &str)]) -> (Vec<Process>, String) {
+    cluster_with(work, offset, env, [&[], &[]])
+}
+
+/// [`cluster`], with `executor_env[i]` added to executor i's environment.
+pub fn cluster_with(
+    work: &Path,
+    offset: u16,
+    env: &[(&str, &str)],
+    executor_env: [&[(&str, &str)]; 2],
+) -> (Vec<Process>, String) {
     let base = 23000 + (std::process::id() % 40) as u16 * 32 + offset;
-    let scheduler = start(&["scheduler", "--port", &base.to_string()], base, &[]);
+    let scheduler = start(
+        &["scheduler", "--port", &base.to_string()],
+        base,
+        &[],
+        &work.join("scheduler.log"),
+    );
     let mut processes = vec![scheduler];
+    let mut shared_env = env.to_vec();
+    shared_env.push(("RUST_LOG", "warn,verger_engine=info"));
     for i in 0..2u16 {
         let port = base + 2 + i * 2;
+        let env: Vec<(&str, &str)> = shared_env.iter().chain(executor_env[i as usize]).copied().collect();
         let dir = work.join(format!("executor-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         processes.push(start(
@@ -111,7 +149,8 @@ pub fn cluster(work: &Path, offset: u16, env: &[(&str, &str)]) -> (Vec<Process>,
                 dir.to_str().unwrap(),
             ],
             port,
-            env,
+            &env,
+            &work.join(format!("executor-{i}.log")),
         ));
     }
     // Wait until the scheduler's REST API lists both executors.
