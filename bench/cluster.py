@@ -2,10 +2,10 @@
 
 usage: .venv/bin/python bench/cluster.py [--input DIR] [--limit N]
 
-Starts `verger scheduler` and the executors on 127.0.0.1, runs `verger run --cluster` (featurization on the
-executors, PCA and output on the client), prints wall time and images/s for each and the speed-up. On this
-2-core machine two executors can at best double one; the client's own work (listing, PCA, writing) and the
-per-partition job overhead come on top. Uses --limit images (default 2,000) of the Training sample.
+Starts `verger scheduler` and the executors on 127.0.0.1, runs `verger run --cluster` (featurization and
+output written on the executors, PCA fitting and commits on the client), prints wall time and images/s for
+each and the speed-up. On this 2-core machine two executors can at best double one; the client's own work
+(listing, reading the staged features for PCA, commits) and the per-job overhead come on top. Uses --limit images (default 2,000) of the Training sample.
 """
 import argparse
 import json

@@ -62,8 +62,10 @@ pub struct JobConfig {
     pub featurize: FeaturizeSettings,
     /// Hourly price of the machine, for the report's cost estimate.
     pub price_per_hour_usd: f64,
-    /// The cluster (`df://host:port`) that featurizes, if any; the rest of the job runs here.
+    /// The cluster (`df://host:port`) that featurizes and writes, if any.
     pub cluster: Option<String>,
+    /// Cluster jobs kept in flight.
+    pub cluster_jobs: usize,
 }
 
 /// How many bad inputs a run tolerates.
@@ -626,6 +628,14 @@ enum Source {
 }
 
 impl Source {
+    /// Partitions staged at once: one per worker here; on a cluster, enough jobs to keep every slot busy.
+    fn in_flight(&self, config: &JobConfig) -> usize {
+        match self {
+            Source::Local(_) => config.threads.max(1),
+            Source::Cluster(..) => config.cluster_jobs.max(1),
+        }
+    }
+
     /// Featurizes and stages partition `part` (the `todo_index`-th to do); returns its failed rows.
     async fn stage(
         &self,
@@ -743,7 +753,7 @@ async fn stage_partitions(
                 Ok::<_, JobError>((part, failed))
             }
         })
-        .buffer_unordered(config.threads.max(1))
+        .buffer_unordered(source.in_flight(config))
         .map(|done| {
             let (part, failed) = done?;
             budget.add(failed)?;
@@ -936,7 +946,14 @@ async fn write_results(
                 Ok::<u64, JobError>(rows)
             }
         })
-        .buffer_unordered(config.threads.max(1))
+        .buffer_unordered(
+            if cluster.is_some() {
+                config.cluster_jobs
+            } else {
+                config.threads
+            }
+            .max(1),
+        )
         .map(|rows| {
             fault::checkpoint("write");
             rows

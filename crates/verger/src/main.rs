@@ -235,10 +235,15 @@ struct RunArgs {
     /// in eu-west-1, the original EMR node type).
     #[arg(long, default_value_t = 0.214)]
     price_per_hour: f64,
-    /// Featurize on a cluster (a `verger scheduler` with `verger executor`s): df://HOST:PORT. The model and the
-    /// images must be readable by the executors at the same locations; PCA and the output stay here.
+    /// Run on a cluster (a `verger scheduler` with `verger executor`s): df://HOST:PORT. The executors
+    /// featurize and write the output, so the images, the model and the output must be reachable from them
+    /// at the same locations (a shared folder or s3://); listing, PCA fitting and commits stay here.
     #[arg(long, value_name = "URL")]
     cluster: Option<String>,
+    /// With --cluster: cluster jobs (one per partition) kept in flight; more than the executors' task slots,
+    /// so that none waits for the next job.
+    #[arg(long, default_value_t = 16, requires = "cluster")]
+    cluster_jobs: usize,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -415,6 +420,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         featurize: args.model.settings(args.store.options()?)?,
         price_per_hour_usd: args.price_per_hour,
         cluster: args.cluster.clone(),
+        cluster_jobs: args.cluster_jobs.max(1),
     };
     config.featurize.store.check_transport().map_err(anyhow::Error::msg)?;
     // Fail before anything else when the runtime is unusable (the job verifies the model first thing).
