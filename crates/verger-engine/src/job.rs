@@ -727,7 +727,16 @@ async fn write_on_cluster(
                 .flat_map(|b| b.column(0).as_primitive::<UInt64Type>().iter().flatten())
                 .sum()
         }),
-        Err(e) => Err(e.into()),
+        // A job can write its file and then fail to deliver the count (the executor holding it was lost
+        // in between): a published attempt is whole, so it is the result.
+        Err(e) => match out.exists(&attempt).await? {
+            true => {
+                tracing::warn!("{name}: committing the written file of a job that then failed: {e}");
+                out.rename(&attempt, name).await?;
+                out.parquet_rows(name).await
+            }
+            false => Err(e.into()),
+        },
     };
     out.remove_all(&folder).await?;
     committed

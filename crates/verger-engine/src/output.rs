@@ -15,6 +15,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
@@ -149,6 +150,12 @@ impl OutputStore {
             .rename(&self.path(from), &self.path(to))
             .await
             .map_err(|e| self.error(from, e))
+    }
+
+    /// The number of rows in Parquet file `name`, from its footer.
+    pub async fn parquet_rows(&self, name: &str) -> Result<u64, JobError> {
+        let reader = SerializedFileReader::new(self.get(name).await?)?;
+        Ok(reader.metadata().file_metadata().num_rows() as u64)
     }
 
     /// Removes everything under `name` (the whole output when empty).

@@ -287,7 +287,11 @@ fn a_stalled_executor_never_replaces_a_committed_file() {
     let (processes, after) = interrupted_cluster_run(tmp.path(), processes, |processes| {
         let started = Instant::now();
         while !processes[2].is_stopped() {
-            assert!(started.elapsed() < Duration::from_secs(60), "executor-1 never stalled");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "executor-1 never stalled:\n{}",
+                std::fs::read_to_string(tmp.path().join("executor-1.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     });
