@@ -62,6 +62,11 @@ pub fn small_input(dir: &Path) {
 pub struct Process(Child);
 
 impl Process {
+    /// Whether the process has ended.
+    pub fn has_exited(&mut self) -> bool {
+        self.0.try_wait().ok().flatten().is_some()
+    }
+
     /// Whether the process is stopped (by SIGSTOP).
     pub fn is_stopped(&self) -> bool {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
