@@ -30,7 +30,7 @@ use verger_pca::{fit, Components, PcaError, PcaModel, PcaStats};
 use crate::fault;
 use crate::featurize::{field, result_type, FeaturizeSettings, FeaturizeUdf};
 use crate::output::{part_name, OutputStore, ParquetObject};
-use crate::output_file::{OutputFile, OutputFileTable};
+use crate::output_file::OutputFileTable;
 use crate::pca::{PcaProjectUdf, PcaStatsUdaf};
 use crate::progress::Progress;
 use crate::pseudonym::Pseudonymizer;
@@ -640,7 +640,6 @@ impl Source {
     async fn stage(
         &self,
         local: &SessionContext,
-        config: &JobConfig,
         parts: &Partitions<'_>,
         (todo_index, part): (usize, usize),
         progress: Arc<dyn Progress>,
@@ -659,14 +658,7 @@ impl Source {
                 // The partition's rows travel inside the plan; the executors write the staged file.
                 let range = parts.ranges[part].clone();
                 let images = values(remote, &input.slice(range.start, range.len()))?;
-                write_on_cluster(
-                    remote,
-                    parts.out,
-                    &config.featurize.store,
-                    staged_rows(images, remote)?,
-                    &name,
-                )
-                .await?;
+                write_on_cluster(remote, parts.out, staged_rows(images, remote)?, &name).await?;
                 progress.advance(range.len() as u64);
                 count_failed(local, vec![parts.staged_url(part)]).await
             }
@@ -697,7 +689,6 @@ fn values(ctx: &SessionContext, rows: &RecordBatch) -> Result<DataFrame, JobErro
 async fn write_on_cluster(
     remote: &SessionContext,
     out: &OutputStore,
-    store: &StoreOptions,
     rows: DataFrame,
     name: &str,
 ) -> Result<u64, JobError> {
@@ -705,12 +696,7 @@ async fn write_on_cluster(
     let (attempt, guard) = (layout::file(&folder, name), layout::file(&folder, layout::OPEN));
     out.put(&guard, Vec::new()).await?;
     let table = OutputFileTable {
-        file: OutputFile {
-            output: out.shared_location(),
-            store: store.clone(),
-            name: attempt.clone(),
-            guard: Some(guard),
-        },
+        file: out.shared_file(&attempt, Some(guard)),
         schema: Arc::new(rows.schema().as_arrow().clone()),
     };
     let insert = LogicalPlanBuilder::insert_into(
@@ -758,7 +744,7 @@ async fn stage_partitions(
         .map(|(todo_index, part)| {
             let progress = progress.clone();
             async move {
-                let failed = source.stage(ctx, config, parts, (todo_index, part), progress).await?;
+                let failed = source.stage(ctx, parts, (todo_index, part), progress).await?;
                 Ok::<_, JobError>((part, failed))
             }
         })
@@ -939,16 +925,11 @@ async fn write_results(
                     }
                     Some(remote) => {
                         let staged = OutputFileTable {
-                            file: OutputFile {
-                                output: parts.out.shared_location(),
-                                store: config.featurize.store.clone(),
-                                name: parts.staged(i),
-                                guard: None,
-                            },
+                            file: parts.out.shared_file(&parts.staged(i), None),
                             schema: staging_schema(),
                         };
                         let rows = projected(remote, remote.read_table(Arc::new(staged))?)?;
-                        write_on_cluster(remote, parts.out, &config.featurize.store, rows, &name).await?
+                        write_on_cluster(remote, parts.out, rows, &name).await?
                     }
                 };
                 progress.advance(1);

@@ -27,6 +27,7 @@ use url::Url;
 use verger_listing::Location;
 
 use crate::job::JobError;
+use crate::output_file::OutputFile;
 use crate::store::StoreOptions;
 
 /// The name of partition `index`'s file: fixed, so retries and resumed runs write the same names.
@@ -45,6 +46,8 @@ pub struct OutputStore {
     local: Option<PathBuf>,
     /// As the user wrote it, for messages.
     display: String,
+    /// How it was opened, for other processes to open it the same way.
+    options: StoreOptions,
 }
 
 impl OutputStore {
@@ -60,6 +63,7 @@ impl OutputStore {
                     base: Url::parse("file:///").expect("valid URL"),
                     local: Some(absolute),
                     display: location.to_string(),
+                    options: options.clone(),
                 })
             }
             Location::S3 { bucket, prefix } => Ok(OutputStore {
@@ -69,15 +73,23 @@ impl OutputStore {
                     .map_err(|e| JobError::Store(format!("bucket name {bucket:?}: {e}")))?,
                 local: None,
                 display: location.to_string(),
+                options: options.clone(),
             }),
         }
     }
 
-    /// The output as every process of a job names it: the absolute folder, or `s3://bucket/prefix`.
-    pub fn shared_location(&self) -> String {
-        match &self.local {
+    /// File `name` of this output as every process of a job reaches it: the absolute folder or
+    /// `s3://bucket/prefix`, and the store options (written only while `guard` exists, if given).
+    pub fn shared_file(&self, name: &str, guard: Option<String>) -> OutputFile {
+        let output = match &self.local {
             Some(folder) => folder.display().to_string(),
             None => self.display.clone(),
+        };
+        OutputFile {
+            output,
+            store: self.options.clone(),
+            name: name.to_string(),
+            guard,
         }
     }
 

@@ -67,18 +67,23 @@ fn featurize_on_a_cluster_gives_the_local_features_and_fails_loudly_without_the_
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     small_input(&input);
+    let run_into = |output: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--k",
+            "3",
+            "--partition-rows",
+            "8",
+        ];
+        args.extend(extra);
+        verger(&args)
+    };
     let local = tmp.path().join("local");
-    let run = verger(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        local.to_str().unwrap(),
-        "--k",
-        "3",
-        "--partition-rows",
-        "8",
-    ]);
+    let run = run_into(&local, &[]);
     assert_eq!(run.status.code(), Some(3), "{}", String::from_utf8_lossy(&run.stderr));
     let manifest = local.join("manifest/part-00000.parquet");
     let manifest = manifest.to_str().unwrap();
@@ -100,19 +105,7 @@ fn featurize_on_a_cluster_gives_the_local_features_and_fails_loudly_without_the_
 
     // The whole job with featurization on the cluster: the local run's rows, errors and PCA, bit for bit.
     let on_cluster = tmp.path().join("on-cluster");
-    let run = verger(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        on_cluster.to_str().unwrap(),
-        "--k",
-        "3",
-        "--partition-rows",
-        "8",
-        "--cluster",
-        &url,
-    ]);
+    let run = run_into(&on_cluster, &["--cluster", &url]);
     assert_eq!(run.status.code(), Some(3), "{}", String::from_utf8_lossy(&run.stderr));
     assert_success(
         &python(

@@ -554,10 +554,10 @@ fn a_hundred_folders_list_the_same_in_parallel_and_one_at_a_time() {
     assert!(parallel.contains("2000 images in 100 labels"), "{parallel}");
 }
 
-/// Cluster mode with everything in buckets: the executors fetch the images and the model themselves, with
-/// their own credentials; the client writes the output to its bucket; the rows are the local run's.
+/// Cluster mode with everything in buckets: the executors fetch the images and the model and write the output
+/// themselves, with their own credentials; the rows are the local run's.
 #[test]
-fn executors_read_images_and_model_from_the_bucket_themselves() {
+fn executors_read_and_write_buckets_themselves() {
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local");
     small_input(&local);
