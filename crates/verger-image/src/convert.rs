@@ -8,6 +8,14 @@ fn muldiv255(a: u32, b: u32) -> u32 {
     ((t >> 8) + t) >> 8
 }
 
+/// [`to_rgb`], without a copy when the image is RGB already.
+pub fn into_rgb(image: Pixels) -> Pixels {
+    match image.mode {
+        Mode::Rgb => image,
+        _ => to_rgb(&image),
+    }
+}
+
 /// Converts to 8-bit RGB the way `Image.convert("RGB")` does.
 pub fn to_rgb(image: &Pixels) -> Pixels {
     let n = image.width * image.height;

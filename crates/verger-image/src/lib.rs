@@ -28,7 +28,7 @@ pub const MODEL_SIDE: usize = 224;
 pub fn load_rgb224(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, ImageError> {
     let decoded = decode(bytes, limits)?;
     let resized = resize::pillow_resize(&decoded, MODEL_SIDE, MODEL_SIDE);
-    Ok(convert::to_rgb(&resized).data)
+    Ok(convert::into_rgb(resized).data)
 }
 
 /// Encodes 8-bit RGB pixels as PNG, to look at exactly what the model sees.

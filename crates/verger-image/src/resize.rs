@@ -6,6 +6,9 @@
 //! formula. Modes are handled as `Image.resize` does: "1" and "P" use NEAREST, "LA" and "RGBA" are
 //! resized premultiplied by alpha.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use crate::convert;
 use crate::pixels::{Mode, Pixels};
 
@@ -53,17 +56,41 @@ fn bicubic_filter(x: f64) -> f64 {
 }
 
 /// One resampling pass's filter windows: for output position i, `len[i]` input samples from `first[i]`,
-/// weighted by `weights[i * window .. i * window + len[i]]`.
+/// weighted by `weights[i * window .. i * window + len[i]]` (`fixed` holds the same weights in fixed point).
 struct Coefficients {
+    in_size: usize,
     window: usize,
     first: Vec<usize>,
     len: Vec<usize>,
     weights: Vec<f64>,
+    fixed: Vec<i32>,
 }
 
+/// How many (input size, output size) pairs each thread keeps coefficients for.
+const CACHED_SIZES: usize = 8;
+
 impl Coefficients {
+    /// The coefficients for resampling `in_size` samples to `out_size`, cached per thread: a dataset's images
+    /// share a few sizes, and computing the windows costs about as much as a pass over a small image.
+    fn bicubic(in_size: usize, out_size: usize) -> Rc<Self> {
+        thread_local! {
+            static CACHE: RefCell<Vec<Rc<Coefficients>>> = const { RefCell::new(Vec::new()) };
+        }
+        CACHE.with_borrow_mut(|cache| {
+            if let Some(c) = cache.iter().find(|c| (c.in_size, c.first.len()) == (in_size, out_size)) {
+                return c.clone();
+            }
+            if cache.len() == CACHED_SIZES {
+                cache.remove(0);
+            }
+            let c = Rc::new(Coefficients::compute(in_size, out_size));
+            cache.push(c.clone());
+            c
+        })
+    }
+
     /// `precompute_coeffs` of Resample.c for the whole input range (no box).
-    fn bicubic(in_size: usize, out_size: usize) -> Self {
+    fn compute(in_size: usize, out_size: usize) -> Self {
         let scale = in_size as f64 / out_size as f64;
         let filter_scale = scale.max(1.0);
         let support = BICUBIC_SUPPORT * filter_scale;
@@ -90,32 +117,35 @@ impl Coefficients {
             first.push(xmin);
             len.push(xmax);
         }
+        let fixed = fixed_point(&weights);
         Coefficients {
+            in_size,
             window,
             first,
             len,
             weights,
+            fixed,
         }
-    }
-
-    /// `normalize_coeffs_8bpc`: weights as fixed point with [`PRECISION_BITS`] fractional bits.
-    fn fixed_point(&self) -> Vec<i32> {
-        let one = f64::from(1u32 << PRECISION_BITS);
-        self.weights
-            .iter()
-            .map(|&w| {
-                if w < 0.0 {
-                    (-0.5 + w * one) as i32
-                } else {
-                    (0.5 + w * one) as i32
-                }
-            })
-            .collect()
     }
 
     fn window_of(&self, i: usize) -> (usize, usize) {
         (self.first[i], self.len[i])
     }
+}
+
+/// `normalize_coeffs_8bpc`: weights as fixed point with [`PRECISION_BITS`] fractional bits.
+fn fixed_point(weights: &[f64]) -> Vec<i32> {
+    let one = f64::from(1u32 << PRECISION_BITS);
+    weights
+        .iter()
+        .map(|&w| {
+            if w < 0.0 {
+                (-0.5 + w * one) as i32
+            } else {
+                (0.5 + w * one) as i32
+            }
+        })
+        .collect()
 }
 
 fn clip8(acc: i32) -> u8 {
@@ -126,7 +156,7 @@ fn clip8(acc: i32) -> u8 {
 /// The default passes are plain loops; 8-bit samples, the hot path, override them with row-wise kernels.
 trait Sample: Copy + Default + Sized {
     type Weight: Copy;
-    fn weights(c: &Coefficients) -> Vec<Self::Weight>;
+    fn weights(c: &Coefficients) -> &[Self::Weight];
     fn convolve(samples: impl Iterator<Item = Self>, weights: &[Self::Weight]) -> Self;
 
     fn horizontal(plane: &Plane<Self>, c: &Coefficients, rows: std::ops::Range<usize>) -> Vec<Self> {
@@ -169,8 +199,8 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 impl Sample for u8 {
     type Weight = i32;
-    fn weights(c: &Coefficients) -> Vec<i32> {
-        c.fixed_point()
+    fn weights(c: &Coefficients) -> &[i32] {
+        &c.fixed
     }
     fn convolve(samples: impl Iterator<Item = u8>, weights: &[i32]) -> u8 {
         clip8(samples.zip(weights).fold(HALF, |acc, (v, &w)| acc + i32::from(v) * w))
@@ -192,38 +222,72 @@ impl Sample for u8 {
 
     fn vertical(plane: &Plane<u8>, c: &Coefficients, row_offset: usize) -> Vec<u8> {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is available, checked just above.
-            return unsafe { vertical_u8_avx2(plane, c, row_offset) };
+        {
+            if std::arch::is_x86_feature_detected!("avx512bw") {
+                // SAFETY: AVX-512 (F and BW) is available, checked just above.
+                return unsafe { vertical_u8_avx512(plane, c, row_offset) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is available, checked just above.
+                return unsafe { vertical_u8_avx2(plane, c, row_offset) };
+            }
         }
         vertical_u8(plane, c, row_offset)
     }
 }
 
-/// [`vertical_u8`] compiled for AVX2 (integer arithmetic: the same bytes as the portable build).
+/// [`vertical_u8`] compiled for AVX-512 (integer arithmetic: the same bytes as the portable build).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn vertical_u8_avx512(plane: &Plane<u8>, c: &Coefficients, row_offset: usize) -> Vec<u8> {
+    vertical_u8(plane, c, row_offset)
+}
+
+/// [`vertical_u8`] compiled for AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn vertical_u8_avx2(plane: &Plane<u8>, c: &Coefficients, row_offset: usize) -> Vec<u8> {
     vertical_u8(plane, c, row_offset)
 }
 
-/// Accumulates whole rows at once: the same sums as Pillow's per-pixel loop, in an order that vectorises.
+/// Samples of a row computed together in [`vertical_u8`], their sums held in registers across the window.
+const LANES: usize = 32;
+
+/// The same integer sums as Pillow's per-pixel loop, computed [`LANES`] samples of an output row at a time so
+/// that they vectorise. A row whose width is not a multiple of [`LANES`] ends with a block that overlaps the
+/// previous one: recomputing a few samples costs less than a scalar tail.
 #[inline(always)]
 fn vertical_u8(plane: &Plane<u8>, c: &Coefficients, row_offset: usize) -> Vec<u8> {
-    let weights = c.fixed_point();
     let stride = plane.width * plane.channels;
-    let mut data = Vec::with_capacity(c.first.len() * stride);
-    let mut acc = vec![0i32; stride];
-    for yy in 0..c.first.len() {
+    let mut data = vec![0u8; c.first.len() * stride];
+    for (yy, out) in data.chunks_exact_mut(stride).enumerate() {
         let (ymin, len) = c.window_of(yy);
-        acc.fill(HALF);
-        for (y, &w) in weights[yy * c.window..][..len].iter().enumerate() {
-            let row = &plane.data[(ymin - row_offset + y) * stride..][..stride];
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += i32::from(v) * w;
+        let weights = &c.fixed[yy * c.window..][..len];
+        let rows = &plane.data[(ymin - row_offset) * stride..][..len * stride];
+        if stride < LANES {
+            for (x, o) in out.iter_mut().enumerate() {
+                *o = u8::convolve(weights.iter().enumerate().map(|(y, _)| rows[y * stride + x]), weights);
             }
+            continue;
         }
-        data.extend(acc.iter().map(|&a| clip8(a)));
+        let mut x = 0;
+        loop {
+            let x0 = x.min(stride - LANES);
+            let mut acc = [HALF; LANES];
+            for (y, &w) in weights.iter().enumerate() {
+                let row = &rows[y * stride + x0..][..LANES];
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += i32::from(v) * w;
+                }
+            }
+            for (o, &a) in out[x0..x0 + LANES].iter_mut().zip(&acc) {
+                *o = clip8(a);
+            }
+            if x0 + LANES == stride {
+                break;
+            }
+            x += LANES;
+        }
     }
     data
 }
@@ -259,8 +323,8 @@ fn transpose_pixels<const C: usize>(plane: &Plane<u8>, rows: std::ops::Range<usi
 
 impl Sample for u16 {
     type Weight = f64;
-    fn weights(c: &Coefficients) -> Vec<f64> {
-        c.weights.clone()
+    fn weights(c: &Coefficients) -> &[f64] {
+        &c.weights
     }
     /// `_ImagingResample*_16bpc`: double accumulation, `CLIP16(ROUND_UP(ss))`.
     fn convolve(samples: impl Iterator<Item = u16>, weights: &[f64]) -> u16 {
@@ -414,7 +478,7 @@ mod tests {
 
     #[test]
     fn upscaling_windows_stay_inside_the_image() {
-        let c = Coefficients::bicubic(100, 224);
+        let c = Coefficients::compute(100, 224);
         for i in 0..224 {
             let (first, len) = c.window_of(i);
             assert!(first + len <= 100 && len > 0);

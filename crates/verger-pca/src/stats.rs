@@ -34,7 +34,8 @@ impl PcaStats {
         &self.mean
     }
 
-    /// Adds `rows.len() / dim` row-major vectors.
+    /// Adds `rows.len() / dim` row-major vectors: their co-moment about their own mean goes straight into
+    /// this one (no temporary `dim × dim` matrix), then [`PcaStats::shift`] accounts for the two means.
     pub fn add_rows(&mut self, rows: &[f32]) {
         assert_eq!(
             rows.len() % self.dim,
@@ -54,26 +55,18 @@ impl PcaStats {
         }
         mean.iter_mut().for_each(|m| *m /= n as f64);
         let centred = Mat::from_fn(n, self.dim, |i, j| f64::from(rows[i * self.dim + j]) - mean[j]);
-        let mut comoment = Mat::zeros(self.dim, self.dim);
-        let full = BlockStructure::Rectangular;
-        let upper = BlockStructure::TriangularUpper;
         matmul(
-            &mut comoment,
-            upper,
-            Accum::Replace,
+            &mut self.comoment,
+            BlockStructure::TriangularUpper,
+            Accum::Add,
             centred.transpose(),
-            full,
+            BlockStructure::Rectangular,
             &centred,
-            full,
+            BlockStructure::Rectangular,
             1.0,
             Par::Seq,
         );
-        self.merge(&PcaStats {
-            dim: self.dim,
-            count: n as u64,
-            mean,
-            comoment,
-        });
+        self.shift(n as u64, &mean);
     }
 
     /// Combines two summaries as if their rows had been added to one.
@@ -82,23 +75,33 @@ impl PcaStats {
         if other.count == 0 {
             return;
         }
-        if self.count == 0 {
-            *self = other.clone();
-            return;
+        for j in 0..self.dim {
+            let column = &mut self.comoment.col_as_slice_mut(j)[..=j];
+            for (c, o) in column.iter_mut().zip(&other.comoment.col_as_slice(j)[..=j]) {
+                *c += o;
+            }
         }
-        let (na, nb) = (self.count as f64, other.count as f64);
+        self.shift(other.count, &other.mean);
+    }
+
+    /// Chan et al.'s merge, once both co-moments are summed: adds `count` vectors with mean `mean` to the count
+    /// and the mean, and the co-moment term their mean's distance from the old one brings.
+    fn shift(&mut self, count: u64, mean: &[f64]) {
+        let (na, nb) = (self.count as f64, count as f64);
         let n = na + nb;
-        let delta: Vec<f64> = other.mean.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
+        let delta: Vec<f64> = mean.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
         let weight = na * nb / n;
         for j in 0..self.dim {
-            for i in 0..=j {
-                self.comoment[(i, j)] += other.comoment[(i, j)] + delta[i] * delta[j] * weight;
+            let scale = delta[j] * weight;
+            let column = &mut self.comoment.col_as_slice_mut(j)[..=j];
+            for (c, d) in column.iter_mut().zip(&delta) {
+                *c += d * scale;
             }
         }
         for (m, d) in self.mean.iter_mut().zip(&delta) {
             *m += d * nb / n;
         }
-        self.count += other.count;
+        self.count += count;
     }
 
     /// Sample covariance, divided by count − 1 (Spark's convention).
