@@ -1,14 +1,16 @@
 """verger end to end vs the inference floor and a Python peer, measured in one run on the same images.
 
-usage: .venv/bin/python bench/bench.py [--input DIR] [--threads N] [--batch-size N]
+usage: .venv/bin/python bench/bench.py [--input DIR] [--threads N] [--batch-size N] [--rounds N]
 
 Each contender runs as its own child process; CPU seconds and peak RSS come from that child's rusage, wall
-time from the clock. Prints a table and the ratios the project tracks. Run it on a quiet machine.
+time from the clock. The contenders take turns for `--rounds` rounds (default 3), so that a slow spell of the
+machine hits them alike; each round's ratios are printed, then the medians. Run it on a quiet machine.
 """
 import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,39 +53,73 @@ def main():
     ap.add_argument("--input", default=os.path.join(SHARED, "datasets/fruits360/Training"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
     # The same build as scripts/setup (all targets), so nothing is compiled a second time.
     subprocess.run(["cargo", "build", "--release", "-q", "--workspace", "--all-targets"], cwd=ROOT, check=True)
     release = os.path.join(target_dir(), "release")
     n = sum(1 for _, _, files in os.walk(args.input) for f in files if f.endswith(".jpg"))
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        floor = measure([os.path.join(release, "examples/inference_floor"), MODEL, args.input, str(n),
-                         str(args.threads), str(args.batch_size)])
-        rows["inference floor"] = floor
-        rows["verger run"] = measure([os.path.join(release, "verger"), "run", "--input", args.input, "--output",
-                                      os.path.join(tmp, "verger"), "--threads", str(args.threads),
-                                      "--batch-size", str(args.batch_size)])
-        rows["python peer"] = measure([sys.executable, os.path.join(ROOT, "bench/python_peer.py"), "--input",
-                                       args.input, "--output", os.path.join(tmp, "peer.parquet"),
-                                       "--threads", str(args.threads)])
+    contenders = {
+        "inference floor": lambda tmp: [os.path.join(release, "examples/inference_floor"), MODEL, args.input, str(n),
+                                        str(args.threads), str(args.batch_size)],
+        "verger run": lambda tmp: [os.path.join(release, "verger"), "run", "--input", args.input, "--output",
+                                   os.path.join(tmp, "verger"), "--threads", str(args.threads),
+                                   "--batch-size", str(args.batch_size)],
+        "python peer": lambda tmp: [sys.executable, os.path.join(ROOT, "bench/python_peer.py"), "--input",
+                                    args.input, "--output", os.path.join(tmp, "peer.parquet"),
+                                    "--threads", str(args.threads)],
+    }
+    print(f"{n} images from {args.input}, {args.threads} threads, batch {args.batch_size}, {os.cpu_count()} cores")
+    rounds = []
+    for r in range(args.rounds):
+        rows = {}
+        for name, cmd in contenders.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                m = measure(cmd(tmp))
+            m["images_per_s"] = n / m["wall_s"]
+            m["cpu_ms_per_image"] = m["cpu_s"] * 1000 / n
+            rows[name] = m
+        rounds.append(rows)
+        print(f"\nround {r + 1}")
+        print_table(rows)
+        print_ratios(ratios(rows))
 
-    print(f"{n} images from {args.input}, {args.threads} threads, batch {args.batch_size}, {os.cpu_count()} cores\n")
+    median = {name: {key: statistics.median(rows[name][key] for rows in rounds)
+                     for key in ("wall_s", "images_per_s", "cpu_ms_per_image", "peak_rss_mib")}
+              for name in contenders}
+    each = [ratios(rows) for rows in rounds]
+    print(f"\nmedians of {len(rounds)} rounds")
+    print_table(median)
+    print_ratios({key: statistics.median(r[key] for r in each) for key in each[0]})
+    print("* original Spark + TensorFlow figures as recorded in the project brief, not measured in this run")
+
+
+def ratios(rows):
+    v, f, p = rows["verger run"], rows["inference floor"], rows["python peer"]
+    return {
+        "cpu_vs_floor": v["cpu_ms_per_image"] / f["cpu_ms_per_image"],
+        "throughput_vs_floor": v["images_per_s"] / f["images_per_s"],
+        "throughput_vs_peer": v["images_per_s"] / p["images_per_s"],
+        "peer_cpu_vs_verger": p["cpu_ms_per_image"] / v["cpu_ms_per_image"],
+        "throughput_vs_original": v["images_per_s"] / ORIGINAL["images_per_s"],
+        "original_cpu_vs_verger": ORIGINAL["cpu_ms_per_image"] / v["cpu_ms_per_image"],
+    }
+
+
+def print_table(rows):
     print(f"{'':18} {'wall s':>8} {'images/s':>9} {'CPU ms/img':>11} {'peak MiB':>9}")
     for name, m in rows.items():
-        m["images_per_s"] = n / m["wall_s"]
-        m["cpu_ms_per_image"] = m["cpu_s"] * 1000 / n
         print(f"{name:18} {m['wall_s']:8.1f} {m['images_per_s']:9.1f} {m['cpu_ms_per_image']:11.2f} {m['peak_rss_mib']:9.0f}")
-    v, f, p = rows["verger run"], rows["inference floor"], rows["python peer"]
-    print()
-    print(f"verger CPU per image / floor:        {v['cpu_ms_per_image'] / f['cpu_ms_per_image']:.3f}  (goal <= 1.10)")
-    print(f"verger throughput / floor:           {v['images_per_s'] / f['images_per_s']:.3f}  (goal >= 0.90)")
-    print(f"verger throughput / python peer:     {v['images_per_s'] / p['images_per_s']:.2f}x (goal >= 1.2)")
-    print(f"python peer CPU per image / verger:  {p['cpu_ms_per_image'] / v['cpu_ms_per_image']:.2f}x")
-    print(f"verger throughput / original*:       {v['images_per_s'] / ORIGINAL['images_per_s']:.2f}x (goal >= 4)")
-    print(f"original* CPU per image / verger:    {ORIGINAL['cpu_ms_per_image'] / v['cpu_ms_per_image']:.2f}x")
-    print("* original Spark + TensorFlow figures as recorded in the project brief, not measured in this run")
+
+
+def print_ratios(r):
+    print(f"verger CPU per image / floor:        {r['cpu_vs_floor']:.3f}  (goal <= 1.10)")
+    print(f"verger throughput / floor:           {r['throughput_vs_floor']:.3f}  (goal >= 0.90)")
+    print(f"verger throughput / python peer:     {r['throughput_vs_peer']:.2f}x (goal >= 1.2)")
+    print(f"python peer CPU per image / verger:  {r['peer_cpu_vs_verger']:.2f}x")
+    print(f"verger throughput / original*:       {r['throughput_vs_original']:.2f}x (goal >= 4)")
+    print(f"original* CPU per image / verger:    {r['original_cpu_vs_verger']:.2f}x")
 
 
 if __name__ == "__main__":

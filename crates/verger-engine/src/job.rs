@@ -940,7 +940,8 @@ async fn write_results(
             if cluster.is_some() {
                 config.cluster_jobs
             } else {
-                config.threads
+                // Two files per worker: one file's reading and planning overlap another's projection.
+                2 * config.threads
             }
             .max(1),
         )
