@@ -487,6 +487,45 @@ mod tests {
         }
     }
 
+    /// The row-at-a-time kernel (blocks of [`LANES`], an overlapping last block, a plain loop for narrow rows)
+    /// gives Pillow's per-sample sums for every width.
+    #[test]
+    fn vertical_pass_equals_the_per_sample_sums() {
+        let mut seed = 7u32;
+        let mut byte = || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) as u8
+        };
+        for (in_height, out_height) in [(100, 224), (224, 100), (7, 3), (3, 9)] {
+            let c = Coefficients::compute(in_height, out_height);
+            for channels in 1..=4 {
+                for width in [1, 5, 10, 11, 32, 33, 100] {
+                    let stride = width * channels;
+                    let plane = Plane {
+                        width,
+                        height: in_height,
+                        channels,
+                        data: (0..in_height * stride).map(|_| byte()).collect(),
+                    };
+                    let expected: Vec<u8> = (0..out_height)
+                        .flat_map(|yy| {
+                            let (ymin, len) = c.window_of(yy);
+                            let weights = &c.fixed[yy * c.window..][..len];
+                            let rows = &plane.data;
+                            (0..stride)
+                                .map(move |x| u8::convolve((ymin..ymin + len).map(|y| rows[y * stride + x]), weights))
+                        })
+                        .collect();
+                    assert_eq!(
+                        u8::vertical(&plane, &c, 0),
+                        expected,
+                        "{width}x{channels}, {in_height}->{out_height}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn constant_image_stays_constant() {
         let image = Pixels::new(Mode::Rgb, 37, 53, vec![77; 37 * 53 * 3]);
