@@ -266,13 +266,12 @@ fn vertical_u8(plane: &Plane<u8>, c: &Coefficients, row_offset: usize) -> Vec<u8
         let rows = &plane.data[(ymin - row_offset) * stride..][..len * stride];
         if stride < LANES {
             for (x, o) in out.iter_mut().enumerate() {
-                *o = u8::convolve(weights.iter().enumerate().map(|(y, _)| rows[y * stride + x]), weights);
+                *o = u8::convolve((0..len).map(|y| rows[y * stride + x]), weights);
             }
             continue;
         }
-        let mut x = 0;
+        let mut x0 = 0;
         loop {
-            let x0 = x.min(stride - LANES);
             let mut acc = [HALF; LANES];
             for (y, &w) in weights.iter().enumerate() {
                 let row = &rows[y * stride + x0..][..LANES];
@@ -286,7 +285,7 @@ fn vertical_u8(plane: &Plane<u8>, c: &Coefficients, row_offset: usize) -> Vec<u8
             if x0 + LANES == stride {
                 break;
             }
-            x += LANES;
+            x0 = (x0 + LANES).min(stride - LANES);
         }
     }
     data

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{assert_success, python, repo_root, small_input, verger};
+use common::{assert_success, python, repo_root, run_args, small_input, verger};
 use verger_testdata::{fruits360_dir, model_dir, shared_dir};
 
 #[test]
@@ -12,21 +12,20 @@ fn run_writes_parquet_that_pyarrow_and_pandas_read() {
     let tmp = tempfile::tempdir().unwrap();
     let (input, output) = (tmp.path().join("in"), tmp.path().join("out"));
     small_input(&input);
-    let args = [
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--k",
-        "5",
-        "--threads",
-        "2",
-        "--partition-rows",
-        "7",
-        "--batch-size",
-        "4",
-    ];
+    let args = run_args(
+        &input,
+        &output,
+        &[
+            "--k",
+            "5",
+            "--threads",
+            "2",
+            "--partition-rows",
+            "7",
+            "--batch-size",
+            "4",
+        ],
+    );
     let out = verger(&args);
     assert_eq!(
         out.status.code(),
@@ -50,16 +49,7 @@ fn k_by_explained_variance() {
     let (input, output) = (tmp.path().join("in"), tmp.path().join("out"));
     small_input(&input);
     std::fs::remove_dir_all(input.join("Broken")).unwrap();
-    let out = verger(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--variance",
-        "0.9",
-        "--center",
-    ]);
+    let out = verger(&run_args(&input, &output, &["--variance", "0.9", "--center"]));
     assert_success(&out, "verger run --variance");
     let model: serde_json::Value =
         serde_json::from_slice(&std::fs::read(output.join("pca/model.json")).unwrap()).unwrap();
@@ -83,15 +73,7 @@ fn full_training_sample_matches_the_original_pipeline() {
     let tmp = tempfile::tempdir().unwrap();
     let output = tmp.path().join("out");
     let input = fruits360_dir().join("Training");
-    let out = verger(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--k",
-        "50",
-    ]);
+    let out = verger(&run_args(&input, &output, &["--k", "50"]));
     assert_success(&out, "verger run on Training");
     let seed = shared_dir().join("reference-runs/seed-fruits360-training/seed_result.parquet");
     let compared = python(
@@ -154,17 +136,11 @@ fn pseudonymized_paths_are_keyed_hashes_and_no_photo_path_remains() {
     let (input, output, key) = (tmp.path().join("in"), tmp.path().join("out"), tmp.path().join("key"));
     small_input(&input);
     std::fs::write(&key, b"a-key-of-at-least-16-bytes\n").unwrap();
-    let out = verger(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--k",
-        "5",
-        "--pseudonymize-paths",
-        key.to_str().unwrap(),
-    ]);
+    let out = verger(&run_args(
+        &input,
+        &output,
+        &["--k", "5", "--pseudonymize-paths", key.to_str().unwrap()],
+    ));
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     let checked = python(
         "check_pseudonyms.py",

@@ -18,7 +18,7 @@ use verger_engine::FeaturizeSettings;
 use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
 use verger_testdata::model_path;
 
-use common::{assert_success, cluster, cluster_with, python, small_input, verger, Process};
+use common::{assert_success, cluster, cluster_with, python, run_args, small_input, verger, Process};
 
 fn settings() -> FeaturizeSettings {
     FeaturizeSettings {
@@ -68,17 +68,7 @@ fn featurize_on_a_cluster_gives_the_local_features_and_fails_loudly_without_the_
     let input = tmp.path().join("in");
     small_input(&input);
     let run_into = |output: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-            "--k",
-            "3",
-            "--partition-rows",
-            "8",
-        ];
+        let mut args = run_args(&input, output, &["--k", "3", "--partition-rows", "8"]);
         args.extend(extra);
         verger(&args)
     };
@@ -191,31 +181,24 @@ fn interrupted_cluster_run(
             std::fs::copy(&path, input.join(class).join(path.file_name().unwrap())).unwrap();
         }
     }
-    let run_args = |output: &Path, extra: &[&str]| {
-        let mut args: Vec<String> = [
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(["--k", "4", "--partition-rows", "8", "--threads", "2"].map(String::from));
+    let job_args = |output: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = run_args(&input, output, &["--k", "4", "--partition-rows", "8", "--threads", "2"])
+            .into_iter()
+            .map(String::from)
+            .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
     let local = tmp.join("local");
     let run = Command::new(env!("CARGO_BIN_EXE_verger"))
-        .args(run_args(&local, &[]))
+        .args(job_args(&local, &[]))
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 
     let on_cluster = tmp.join("on-cluster");
     let mut client = Command::new(env!("CARGO_BIN_EXE_verger"))
-        .args(run_args(&on_cluster, &["--cluster", &url]))
+        .args(job_args(&on_cluster, &["--cluster", &url]))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

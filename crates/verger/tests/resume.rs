@@ -6,22 +6,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{small_input, verger};
+use common::{run_args, small_input, verger};
 use verger_testdata::fruits360_dir;
 
 const SMALL_RUN: [&str; 6] = ["--k", "5", "--partition-rows", "4", "--batch-size", "2"];
-
-fn run_args<'a>(input: &'a Path, output: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    args
-}
 
 /// Every committed output file, by path relative to the output folder (the report's timings excepted).
 fn committed_files(output: &Path) -> Vec<(String, Vec<u8>)> {

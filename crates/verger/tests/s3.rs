@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{assert_success, repo_root, small_input};
+use common::{assert_success, repo_root, run_args, small_input};
 use verger_testdata::{fruits360_dir, model_path};
 
 const ACCESS_KEY: &str = "test-access-key";
@@ -192,15 +192,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// The same job (k = 5) on the images on disk: the baseline an S3 or cluster run must equal.
 fn run_on_disk(input: &Path, output: &Path) -> PathBuf {
-    let run = common::verger(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--k",
-        "5",
-    ]);
+    let run = common::verger(&run_args(input, output, &["--k", "5"]));
     assert_eq!(code(&run), Some(3), "{}", stderr(&run));
     output.to_path_buf()
 }
@@ -385,15 +377,7 @@ fn no_image_metadata_reaches_the_outputs() {
         );
     }
     let output = tmp.path().join("out");
-    let run = common::verger(&[
-        "run",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--k",
-        "1",
-    ]);
+    let run = common::verger(&run_args(&input, &output, &["--k", "1"]));
     assert_success(&run, "verger run");
     for marker in &markers {
         assert_eq!(files_containing(&output, marker), Vec::<String>::new(), "{marker}");

@@ -20,6 +20,19 @@ pub fn verger(args: &[&str]) -> Output {
 }
 
 /// The Python of `.venv`, where scripts/setup installed pyarrow and pandas.
+/// `verger run --input INPUT --output OUTPUT` followed by `extra`.
+pub fn run_args<'a>(input: &'a Path, output: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 pub fn python(script: &str, args: &[&str]) -> Output {
     let python = repo_root().join(".venv/bin/python");
     assert!(python.is_file(), "{} missing: run scripts/setup", python.display());
