@@ -47,13 +47,10 @@ pub fn physical_codec() -> Arc<dyn PhysicalExtensionCodec> {
 /// are one partition of work each (parallelism comes from many jobs in flight), and a job in one stage has no
 /// shuffle, so a lost executor costs its running tasks only, never a fetch from a dead executor mid-job.
 pub fn session_config() -> SessionConfig {
-    SessionConfig::new_with_ballista()
+    let ballista = SessionConfig::new_with_ballista()
         .with_ballista_logical_extension_codec(logical_codec())
-        .with_ballista_physical_extension_codec(physical_codec())
-        .with_target_partitions(1)
-        .with_round_robin_repartition(false)
-        .with_repartition_file_scans(false)
-        .set_bool("datafusion.execution.parquet.schema_force_view_types", false)
+        .with_ballista_physical_extension_codec(physical_codec());
+    verger_engine::context::configure(ballista, 1).with_round_robin_repartition(false)
 }
 
 /// A session state from `config` with verger's functions (`featurize` with `settings`).

@@ -3,9 +3,9 @@
 //!
 //! A plan names its functions; the receiving side resolves names in its own registry. For functions with
 //! state that is wrong without a codec: `pca_project` would run whatever model the receiver registered (or
-//! none), silently. So the state travels with the plan: `featurize` its settings (model location and sha256,
-//! limits, store options: no secret among them) and `pca_project` its fitted model, bit for bit (about 1.5 MB
-//! for k = 50, far below gRPC's 16 MiB). Stateless functions (`pca_stats`) travel by name.
+//! none), silently. So the state travels with the plan: each function with state implements [`StatefulUdf`]
+//! beside its code (`featurize` its settings, `pca_project` its fitted model bit for bit) and is listed once in
+//! [`crate::context::STATEFUL`], which these codecs consult. Stateless functions (`pca_stats`) travel by name.
 //!
 //! verger's own plan nodes travel here too: [`OutputFileTable`] in logical plans, and its scan and sink in
 //! physical plans, as the file's location, store options and schema (never a credential).
@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::{exec_datafusion_err, not_impl_err, plan_err, Result};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
+use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF, ScalarUDFImpl};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::logical_plan::{DefaultLogicalExtensionCodec, LogicalExtensionCodec};
 use datafusion_proto::physical_plan::{
@@ -24,97 +24,63 @@ use datafusion_proto::physical_plan::{
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use verger_pca::PcaModel;
 
-use crate::featurize::{FeaturizeSettings, FeaturizeUdf};
-use crate::output_file::{OutputFile, OutputFileScanExec, OutputFileSink, OutputFileTable};
-use crate::pca::PcaProjectUdf;
+use crate::io::output_file::{OutputFile, OutputFileScanExec, OutputFileSink, OutputFileTable};
 
-/// The state of a function with state, as it travels.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum FunctionState {
-    Featurize(FeaturizeSettings),
-    PcaProject(ExactModel),
+/// A scalar function whose state must travel with plans. Implement it next to the function, and list the
+/// function in [`crate::context::STATEFUL`]: the codecs then carry it, with no other change.
+pub trait StatefulUdf: ScalarUDFImpl + Sized {
+    /// The name plans call it by.
+    const NAME: &'static str;
+    fn encode_state(&self) -> Result<Vec<u8>>;
+    fn decode_state(bytes: &[u8]) -> Result<Self>;
 }
 
-/// A [`PcaModel`] with every float as its bit pattern, so that executors project with exactly the model the
-/// driver fitted (decimal JSON floats need not parse back to the same bits).
-#[derive(Serialize, Deserialize)]
-struct ExactModel {
-    dim: usize,
-    k: usize,
-    count: u64,
-    center: bool,
-    mean: Vec<u64>,
-    components: Vec<Vec<u64>>,
-    eigenvalues: Vec<u64>,
-    explained_variance_ratio: Vec<u64>,
+/// How the codecs carry one kind of stateful function (made by [`Stateful::of`]).
+pub struct Stateful {
+    name: &'static str,
+    encode: fn(&ScalarUDF) -> Option<Result<Vec<u8>>>,
+    decode: fn(&[u8]) -> Result<ScalarUDF>,
 }
 
-fn bits(values: &[f64]) -> Vec<u64> {
-    values.iter().map(|v| v.to_bits()).collect()
-}
-
-fn floats(bits: &[u64]) -> Vec<f64> {
-    bits.iter().map(|&b| f64::from_bits(b)).collect()
-}
-
-impl From<&PcaModel> for ExactModel {
-    fn from(m: &PcaModel) -> Self {
-        ExactModel {
-            dim: m.dim,
-            k: m.k,
-            count: m.count,
-            center: m.center,
-            mean: bits(&m.mean),
-            components: m.components.iter().map(|c| bits(c)).collect(),
-            eigenvalues: bits(&m.eigenvalues),
-            explained_variance_ratio: bits(&m.explained_variance_ratio),
+impl Stateful {
+    pub const fn of<F: StatefulUdf + 'static>() -> Stateful {
+        Stateful {
+            name: F::NAME,
+            encode: encode_as::<F>,
+            decode: decode_as::<F>,
         }
     }
 }
 
-impl From<ExactModel> for PcaModel {
-    fn from(m: ExactModel) -> Self {
-        PcaModel {
-            dim: m.dim,
-            k: m.k,
-            count: m.count,
-            center: m.center,
-            mean: floats(&m.mean),
-            components: m.components.iter().map(|c| floats(c)).collect(),
-            eigenvalues: floats(&m.eigenvalues),
-            explained_variance_ratio: floats(&m.explained_variance_ratio),
-        }
-    }
+fn encode_as<F: StatefulUdf + 'static>(udf: &ScalarUDF) -> Option<Result<Vec<u8>>> {
+    udf.inner().downcast_ref::<F>().map(F::encode_state)
+}
+
+fn decode_as<F: StatefulUdf + 'static>(bytes: &[u8]) -> Result<ScalarUDF> {
+    F::decode_state(bytes).map(ScalarUDF::new_from_impl)
 }
 
 fn encode_udf(udf: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
-    let state = if let Some(featurize) = udf.inner().downcast_ref::<FeaturizeUdf>() {
-        FunctionState::Featurize(featurize.settings.clone())
-    } else if let Some(project) = udf.inner().downcast_ref::<PcaProjectUdf>() {
-        FunctionState::PcaProject(project.model.as_ref().into())
-    } else {
-        return Ok(());
-    };
-    serde_json::to_writer(buf, &state).map_err(|e| exec_datafusion_err!("encoding {}: {e}", udf.name()))
+    for function in crate::context::STATEFUL {
+        if let Some(state) = (function.encode)(udf) {
+            buf.extend_from_slice(&state?);
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 fn decode_udf(name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
     if buf.is_empty() {
         return not_impl_err!("function {name} is unknown here: register it on every side of the plan");
     }
-    let state: FunctionState =
-        serde_json::from_slice(buf).map_err(|e| exec_datafusion_err!("decoding function {name}: {e}"))?;
-    let udf = match state {
-        FunctionState::Featurize(settings) => ScalarUDF::new_from_impl(FeaturizeUdf::new(settings)),
-        FunctionState::PcaProject(model) => ScalarUDF::new_from_impl(PcaProjectUdf::new(Arc::new(model.into()))),
-    };
-    if udf.name() != name {
-        return plan_err!("plan names function {name} but carries the state of {}", udf.name());
+    match crate::context::STATEFUL.iter().find(|f| f.name == name) {
+        Some(function) => (function.decode)(buf)
+            .map(Arc::new)
+            .map_err(|e| exec_datafusion_err!("decoding function {name}: {e}")),
+        None => plan_err!("plan carries state for function {name}, which has none here"),
     }
-    Ok(Arc::new(udf))
 }
 
 /// verger's plan nodes as they travel, behind [`NODE_TAG`] so that they are told from the wrapped codec's.
@@ -356,7 +322,10 @@ mod tests {
         physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
     };
     use verger_model::{ModelSpec, FEATURE_DIM};
-    use verger_pca::{fit, Components, PcaStats};
+    use verger_pca::{fit, Components, PcaModel, PcaStats};
+
+    use crate::featurize::{FeaturizeSettings, FeaturizeUdf};
+    use crate::pca::PcaProjectUdf;
 
     use super::*;
 
@@ -383,8 +352,8 @@ mod tests {
 
     /// A context with verger's functions over `model` and `settings`, as the sender or a receiver has them.
     fn context(settings: &FeaturizeSettings, model: Arc<PcaModel>) -> SessionContext {
-        let ctx = crate::new_context(1, settings);
-        crate::register_model(&ctx, model);
+        let ctx = crate::context::local(1, settings);
+        crate::context::register_model(&ctx, model);
         ctx
     }
 

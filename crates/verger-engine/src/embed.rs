@@ -1,13 +1,16 @@
-//! `verger embed`: features of a few files into one Parquet file, no PCA. For debugging and ad-hoc use.
+//! `verger embed`: the 1280-d features of a few images (local paths or `s3://` URIs) into one Parquet file
+//! (local or `s3://`), written atomically through the output layer; no listing, no PCA. For debugging and
+//! ad-hoc use.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use verger_listing::Location;
 
+use crate::error::JobError;
 use crate::featurize::{features_type, featurize_files, FeaturizeSettings};
-use crate::job::JobError;
+use crate::io::output::OutputStore;
 
 /// A file that could not be featurized.
 #[derive(Debug, Clone)]
@@ -17,21 +20,38 @@ pub struct Failure {
     pub message: String,
 }
 
-/// Writes `path`, `features` for each file that could be featurized; returns the failures.
-pub fn embed_files(files: &[&Path], settings: &FeaturizeSettings, out: &Path) -> Result<Vec<Failure>, JobError> {
-    let uris: Vec<String> = files
+/// What `embed` wrote.
+#[derive(Debug, Clone)]
+pub struct EmbedOutcome {
+    pub rows: u64,
+    pub failures: Vec<Failure>,
+}
+
+/// Writes `path`, `features` for each image that could be featurized to the Parquet file `out`; returns the
+/// rows written and the failures. Must run inside a multi-threaded Tokio runtime (for `s3://` images).
+pub async fn embed(images: &[String], settings: &FeaturizeSettings, out: &str) -> Result<EmbedOutcome, JobError> {
+    let uris: Vec<String> = images
         .iter()
-        .map(|p| {
-            std::path::absolute(p)
+        .map(|image| match Location::parse(image) {
+            Location::S3 { .. } => Ok(image.clone()),
+            Location::Local(path) => std::path::absolute(&path)
                 .map(|a| format!("file://{}", a.display()))
-                .map_err(|e| JobError::io(p, e))
+                .map_err(|e| JobError::io(&path, e)),
         })
         .collect::<Result<_, _>>()?;
+    let featurize = {
+        let settings = settings.clone();
+        let uris = uris.clone();
+        // Featurization is synchronous CPU work; reads from a bucket borrow this runtime meanwhile.
+        tokio::task::spawn_blocking(move || featurize_files(&uris, &settings))
+    };
+    let outcomes = featurize.await.map_err(JobError::task)??;
+
     let mut paths = Vec::new();
     let mut features =
         ListBuilder::new(Float32Builder::new()).with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
     let mut failures = Vec::new();
-    for (uri, outcome) in featurize_files(&uris, settings)? {
+    for (uri, outcome) in outcomes {
         match outcome {
             Ok(f) => {
                 features.values().append_slice(&f);
@@ -46,9 +66,37 @@ pub fn embed_files(files: &[&Path], settings: &FeaturizeSettings, out: &Path) ->
         Field::new("features", features_type(), true),
     ]));
     let columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(paths)), Arc::new(features.finish())];
-    let file = std::fs::File::create(out).map_err(|e| JobError::io(out, e))?;
-    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)?;
-    writer.write(&RecordBatch::try_new(schema, columns)?)?;
-    writer.close()?;
-    Ok(failures)
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let (folder, name) = split_file(out);
+    let store = OutputStore::open(&folder, &settings.store)?;
+    let rows = store.write_batches(&name, schema, &[batch]).await?;
+    Ok(EmbedOutcome { rows, failures })
+}
+
+/// `folder/name` → (`folder`, `name`), for a local path or an `s3://bucket/key`.
+fn split_file(file: &str) -> (String, String) {
+    match file.rsplit_once('/') {
+        Some((folder, name)) if !folder.is_empty() && !folder.ends_with(':') && !folder.ends_with("//") => {
+            (folder.to_string(), name.to_string())
+        }
+        Some((_, name)) if file.starts_with('/') => ("/".to_string(), name.to_string()),
+        _ => (".".to_string(), file.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_file;
+
+    #[test]
+    fn output_files_split_into_folder_and_name() {
+        let split = |f: &str| {
+            let (a, b) = split_file(f);
+            (a, b)
+        };
+        assert_eq!(split("out/f.parquet"), ("out".into(), "f.parquet".into()));
+        assert_eq!(split("/f.parquet"), ("/".into(), "f.parquet".into()));
+        assert_eq!(split("f.parquet"), (".".into(), "f.parquet".into()));
+        assert_eq!(split("s3://b/k/f.parquet"), ("s3://b/k".into(), "f.parquet".into()));
+    }
 }

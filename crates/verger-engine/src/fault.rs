@@ -1,6 +1,8 @@
 //! Test hooks for crash consistency. `VERGER_ABORT_AT=<point>[:<n>]` aborts the process, as `kill -9` would
 //! (no destructors, no flushing), the n-th time (default: first) the job reaches `point`. Points are named
 //! after what has just been committed: `listed`, `manifest`, `featurize`, `pca`, `write`, `errors`, `report`.
+//! `VERGER_PAUSE_AT=<point>:<seconds>` makes the run wait there (without blocking its runtime), so a test can
+//! act on the output in between: `featurized` (all staged) and `written` (all result files written).
 //! `VERGER_STALL_AT=publish` stops the process (SIGSTOP, as a frozen machine would) the first time a sink is
 //! about to publish a file, until something sends it SIGCONT.
 
@@ -47,5 +49,22 @@ pub fn stall_point(point: &str) {
         // SAFETY: raise only sends a signal to this process.
         unsafe { libc::raise(libc::SIGSTOP) };
         eprintln!("{STALL_ENV}: resumed at {point}");
+    }
+}
+
+pub const PAUSE_ENV: &str = "VERGER_PAUSE_AT";
+
+/// Waits at `point` for as long as the pause hook asks, if it names `point`.
+pub async fn pause_point(point: &str) {
+    let Ok(spec) = std::env::var(PAUSE_ENV) else { return };
+    let Some((target, seconds)) = spec.split_once(':') else {
+        return;
+    };
+    if target != point {
+        return;
+    }
+    if let Ok(seconds) = seconds.parse::<f64>() {
+        eprintln!("{PAUSE_ENV}: pausing {seconds} s at {point}");
+        tokio::time::sleep(std::time::Duration::from_secs_f64(seconds)).await;
     }
 }

@@ -14,8 +14,8 @@ use verger_image::preprocess::scale_into;
 use verger_image::Limits;
 use verger_model::{FeaturizerPool, ModelError, ModelSpec, FEATURE_DIM, INPUT_LEN};
 
-use crate::source;
-use crate::store::StoreOptions;
+use crate::io::source;
+use crate::io::store::StoreOptions;
 
 /// What every worker needs to featurize: which model, how many images per inference call, which limits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -32,7 +32,7 @@ impl FeaturizeSettings {
     pub fn featurizers(&self) -> Result<Arc<FeaturizerPool>, ModelError> {
         let store = self.store.clone();
         FeaturizerPool::shared(&self.model, &move |location| {
-            crate::source::read_location(location, &store)
+            source::read_location(location, &store).map_err(|e| e.to_string())
         })
     }
 }
@@ -85,6 +85,20 @@ impl FeaturizeUdf {
     }
 }
 
+impl crate::codec::StatefulUdf for FeaturizeUdf {
+    const NAME: &'static str = FeaturizeUdf::NAME;
+
+    /// The settings as JSON: model location and sha256, limits, store options; no secret among them.
+    fn encode_state(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(&self.settings).map_err(|e| exec_datafusion_err!("encoding featurize: {e}"))
+    }
+
+    fn decode_state(bytes: &[u8]) -> Result<Self> {
+        let settings = serde_json::from_slice(bytes).map_err(|e| exec_datafusion_err!("featurize settings: {e}"))?;
+        Ok(FeaturizeUdf::new(settings))
+    }
+}
+
 impl ScalarUDFImpl for FeaturizeUdf {
     fn name(&self) -> &str {
         Self::NAME
@@ -129,7 +143,9 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
             return Ok(());
         }
         let mut featurizer = pool.get().map_err(|e| exec_datafusion_err!("{e}"))?;
-        match featurizer.embed(&inputs[..pending.len() * INPUT_LEN]) {
+        let embedded = tracing::debug_span!("infer", images = pending.len())
+            .in_scope(|| featurizer.embed(&inputs[..pending.len() * INPUT_LEN]));
+        match embedded {
             Ok(features) => {
                 for (row, f) in pending.iter().zip(features.chunks_exact(FEATURE_DIM)) {
                     outcomes[*row] = Ok(f.to_vec());
@@ -149,10 +165,14 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
         let outcome = if uris.is_null(i) {
             Err((stage::READ, "missing path".to_string()))
         } else {
-            source::read(uris.value(i), &settings.store)
-                .map_err(|e| (stage::READ, e))
+            // Spans at debug level: free unless asked for (`-vv` or RUST_LOG), then they time each image.
+            tracing::debug_span!("read")
+                .in_scope(|| source::read(uris.value(i), &settings.store))
+                .map_err(|e| (stage::READ, e.to_string()))
                 .and_then(|bytes| {
-                    verger_image::load_rgb224(&bytes, &limits).map_err(|e| (stage::DECODE, e.to_string()))
+                    tracing::debug_span!("decode", bytes = bytes.len())
+                        .in_scope(|| verger_image::load_rgb224(&bytes, &limits))
+                        .map_err(|e| (stage::DECODE, e.to_string()))
                 })
         };
         match outcome {

@@ -1,54 +1,36 @@
-//! The verger job on Apache DataFusion.
+//! The verger job on Apache DataFusion: listing, featurization, PCA and Parquet output as one run, embedded or
+//! with a Ballista cluster doing the featurizing and writing.
 //!
-//! Data flow, one module each: [`verger_listing`] lists the images into a manifest; the `featurize` scalar
-//! function ([`featurize`]) reads, decodes, resizes and runs the model per row; the `pca_stats` aggregate and the
-//! `pca_project` function ([`pca`]) reduce the features; [`output`] writes Parquet atomically, one file per
-//! partition; [`job`] wires the stages on a `SessionContext` and writes the run [`report`]. The functions are
-//! registered in one place ([`register_functions`]) so that a local context and a cluster run the same plan.
+//! Data flow, one module each: [`job`] runs the stages in order (its files are named for them: manifest,
+//! featurize, staging, pca_fit, write, verify, and the cluster attempt/commit protocol); the `featurize`
+//! scalar function ([`featurize`]) reads, decodes, resizes and runs the model per row; the `pca_stats`
+//! aggregate and the `pca_project` function ([`pca`]) reduce the features; [`io`] is the one layer every byte
+//! into or out of a store goes through; [`codec`] carries verger's functions and plan nodes in serialized
+//! plans; [`report`] times the stages and writes the run report; [`context`] makes every DataFusion session.
+//!
+//! It does not parse command lines, draw progress bars or know about clusters' processes: front ends (the
+//! `verger` binary and library) and `verger-cluster` do.
 
 pub mod codec;
+pub mod config;
+pub mod context;
 pub mod embed;
+pub mod error;
 pub mod fault;
 pub mod featurize;
+pub mod io;
 pub mod job;
-pub mod output;
-pub mod output_file;
+pub mod layout;
 pub mod pca;
 pub mod progress;
 pub mod pseudonym;
 pub mod report;
-mod source;
-pub mod store;
 
-use std::sync::Arc;
-
-use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
-use datafusion::prelude::{SessionConfig, SessionContext};
-
+pub use config::{ErrorBudget, JobConfig};
+pub use context::{register_functions, register_model};
+pub use error::JobError;
 pub use featurize::FeaturizeSettings;
-pub use job::{bucket_regions, list_images, run_job, ErrorBudget, JobConfig, JobError, JobOutcome};
+pub use io::store::bucket_regions;
+pub use io::{store, StoreError};
+pub use job::{list_images, run_job, JobOutcome};
 pub use progress::{NoProgress, Progress};
-
-/// A DataFusion context for `threads` workers with verger's functions registered.
-pub fn new_context(threads: usize, settings: &FeaturizeSettings) -> SessionContext {
-    let config = SessionConfig::new()
-        .with_target_partitions(threads.max(1))
-        .with_repartition_file_scans(false)
-        .with_information_schema(false)
-        // Plain Utf8 columns, so that the Parquet we write carries `string`, which every reader knows.
-        .set_bool("datafusion.execution.parquet.schema_force_view_types", false);
-    let ctx = SessionContext::new_with_config(config);
-    register_functions(&ctx, settings);
-    ctx
-}
-
-/// Registers `featurize` and `pca_stats` (`pca_project` is registered once a model is fitted).
-pub fn register_functions(ctx: &SessionContext, settings: &FeaturizeSettings) {
-    ctx.register_udf(ScalarUDF::new_from_impl(featurize::FeaturizeUdf::new(settings.clone())));
-    ctx.register_udaf(AggregateUDF::new_from_impl(pca::PcaStatsUdaf::new()));
-}
-
-/// Registers `pca_project` for a fitted model.
-pub fn register_model(ctx: &SessionContext, model: Arc<verger_pca::PcaModel>) {
-    ctx.register_udf(ScalarUDF::new_from_impl(pca::PcaProjectUdf::new(model)));
-}

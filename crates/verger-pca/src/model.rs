@@ -119,7 +119,63 @@ impl PcaModel {
     pub fn explained_variance(&self) -> f64 {
         self.explained_variance_ratio[..self.k].iter().sum()
     }
+
+    /// The model bit for bit (decimal JSON floats need not parse back to the same bits), so that every
+    /// process projects with exactly the model that was fitted: a tag, `dim`, `k`, `count`, `center`, then
+    /// mean, components, eigenvalues and ratios as little-endian float64.
+    pub fn to_exact_bytes(&self) -> Vec<u8> {
+        let floats = self.dim * 3 + self.k * self.dim;
+        let mut out = Vec::with_capacity(EXACT_TAG.len() + 25 + 8 * floats);
+        out.extend_from_slice(EXACT_TAG);
+        for n in [self.dim as u64, self.k as u64, self.count] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.push(u8::from(self.center));
+        let rows = std::iter::once(&self.mean)
+            .chain(&self.components)
+            .chain([&self.eigenvalues, &self.explained_variance_ratio]);
+        for v in rows.flatten() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    /// The model [`PcaModel::to_exact_bytes`] wrote; `None` for anything else (wrong tag, truncated, extra
+    /// bytes, inconsistent sizes).
+    pub fn from_exact_bytes(bytes: &[u8]) -> Option<PcaModel> {
+        let rest = bytes.strip_prefix(EXACT_TAG)?;
+        let word = |i: usize| Some(u64::from_le_bytes(rest.get(i * 8..i * 8 + 8)?.try_into().ok()?));
+        let (dim, k, count) = (word(0)? as usize, word(1)? as usize, word(2)?);
+        let center = match *rest.get(24)? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let floats = &rest[25..];
+        if k > dim || floats.len() != 8 * (dim.checked_mul(3 + k)?) {
+            return None;
+        }
+        let values: Vec<f64> = floats
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let (mean, rest) = values.split_at(dim);
+        let (components, rest) = rest.split_at(k * dim);
+        let (eigenvalues, ratios) = rest.split_at(dim);
+        Some(PcaModel {
+            dim,
+            k,
+            count,
+            center,
+            mean: mean.to_vec(),
+            components: components.chunks(dim.max(1)).map(<[f64]>::to_vec).collect(),
+            eigenvalues: eigenvalues.to_vec(),
+            explained_variance_ratio: ratios.to_vec(),
+        })
+    }
 }
+
+const EXACT_TAG: &[u8] = b"verger-pca-model-v1:";
 
 /// `a · x` with eight running sums, added up in a fixed order: vectorizable (one running sum waits on the
 /// latency of every addition), and the same bits for a row wherever and in whatever batch it is projected.
@@ -175,6 +231,36 @@ mod tests {
         assert!((p[0] - 5f64.sqrt()).abs() < 1e-3);
         let mean_projection: f64 = spark.components[0].iter().zip(&spark.mean).map(|(a, m)| a * m).sum();
         assert!((centred.project(&[1.0, 2.0])[0] - (p[0] - mean_projection)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn exact_bytes_round_trip_every_bit_and_refuse_anything_else() {
+        let model = fit(&line(), Components::Count(2), true).unwrap();
+        let mut odd = model.clone();
+        odd.mean[0] = f64::from_bits(1); // a subnormal: no decimal detour may round it
+        odd.components[1][1] = -0.0;
+        for m in [&model, &odd] {
+            let bytes = m.to_exact_bytes();
+            let back = PcaModel::from_exact_bytes(&bytes).expect("decodes");
+            assert_eq!(back.to_exact_bytes(), bytes);
+            assert_eq!(
+                (back.dim, back.k, back.count, back.center),
+                (m.dim, m.k, m.count, m.center)
+            );
+        }
+        let bytes = model.to_exact_bytes();
+        assert!(
+            PcaModel::from_exact_bytes(&bytes[..bytes.len() - 1]).is_none(),
+            "truncated"
+        );
+        assert!(
+            PcaModel::from_exact_bytes(&[&bytes[..], &[0]].concat()).is_none(),
+            "extra bytes"
+        );
+        assert!(
+            PcaModel::from_exact_bytes(b"{\"dim\": 3}").is_none(),
+            "not this encoding"
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn featurize_on_a_cluster_gives_the_local_features_and_fails_loudly_without_the_
             manifest,
         ))
         .unwrap();
-    let embedded = verger_engine::new_context(2, &settings());
+    let embedded = verger_engine::context::local(2, &settings());
     let here = runtime.block_on(featurize_on(&embedded, manifest)).unwrap();
     assert_eq!(remote.len(), 24);
     assert_eq!(remote, here, "cluster features differ from local ones");

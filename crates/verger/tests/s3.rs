@@ -1,7 +1,7 @@
 //! Object storage and the GDPR guard-rails end to end, against a real S3-compatible server (SeaweedFS)
 //! started on 127.0.0.1 by each test, which checks credentials: images, model and results in buckets,
 //! encryption, region refusal, resume, a server restart in the middle of a run, credentials from a shared
-//! profile file, listing in parallel, and no image metadata in any output.
+//! profile file, listing in parallel, no image metadata in any output, and one writer per output (leases).
 
 mod common;
 
@@ -581,4 +581,212 @@ fn executors_read_and_write_buckets_themselves() {
         ),
         "cluster run from and to S3 vs local run on disk",
     );
+}
+
+/// `verger run` into `s3://results/PREFIX` (k = 5), started in the background with `env`, logging to `log`.
+fn spawn_s3_run(server: &Seaweed, prefix: &str, extra: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
+    let output = format!("s3://results/{prefix}");
+    let args = [
+        &["run", "--input", "s3://images/fruits", "--output", &output, "--k", "5"],
+        extra,
+    ]
+    .concat();
+    server
+        .verger(&args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn read_log(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+fn wait_for_log(log: &Path, needle: &str) {
+    let started = Instant::now();
+    while !read_log(log).contains(needle) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{needle:?} never came:\n{}",
+            read_log(log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A lease as another verger run would have written it, on another host.
+fn planted_lease(dir: &Path, expires_at_ms: u64) -> PathBuf {
+    let lease = serde_json::json!({
+        "run_id": "planted", "host": "elsewhere", "boot_id": "b", "pid": 4242, "pid_start": 1,
+        "started_at": "2026-11-29T08:00:00Z", "started_at_ms": 0, "expires_at_ms": expires_at_ms, "ttl_s": 60,
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("_CLAIM");
+    std::fs::write(&path, lease.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn one_writer_per_bucket_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    small_input(&local);
+    let server = Seaweed::start();
+    server.upload("images", "fruits", &local);
+    server.create_bucket("results");
+    let from_disk = run_on_disk(&local, &tmp.path().join("from-disk"));
+    let same_as_disk = |prefix: &str, what: &str| {
+        assert_success(
+            &server.python(
+                "compare_runs.py",
+                &[&format!("s3://results/{prefix}"), from_disk.to_str().unwrap()],
+            ),
+            what,
+        );
+    };
+
+    // Ten pairs started at once: one complete result and one refusal each time.
+    let mut collisions = 0;
+    for pair in 0..10 {
+        let prefix = format!("pair-{pair}");
+        let logs = [0, 1].map(|i| tmp.path().join(format!("pair-{pair}-{i}.log")));
+        let children = [0, 1].map(|i| spawn_s3_run(&server, &prefix, &[], &[], &logs[i]));
+        let codes: Vec<Option<i32>> = children.into_iter().map(|mut c| c.wait().unwrap().code()).collect();
+        let lost = match codes.as_slice() {
+            [Some(3), Some(1)] => 1,
+            [Some(1), Some(3)] => 0,
+            other => panic!(
+                "pair {pair}: {other:?}:\n{}\n{}",
+                read_log(&logs[0]),
+                read_log(&logs[1])
+            ),
+        };
+        let refusal = read_log(&logs[lost]);
+        if refusal.contains("is being written by another verger run") {
+            collisions += 1;
+        } else {
+            assert!(refusal.contains("already exists"), "pair {pair}: {refusal}");
+        }
+        same_as_disk(&prefix, &format!("pair {pair}"));
+        assert_success(
+            &server.python("check_s3_output.py", &[&format!("s3://results/{prefix}"), "none", "24"]),
+            &format!("pair {pair}: layout, _SUCCESS last, no lease left"),
+        );
+    }
+    assert!(collisions > 0, "no pair ever overlapped: the test proves nothing");
+
+    // A live run's lease is never taken, however short: it is renewed (1 s lease, paused 6 s).
+    let live_log = tmp.path().join("live.log");
+    let live = spawn_s3_run(
+        &server,
+        "live",
+        &["--lease-ttl", "1"],
+        &[("VERGER_PAUSE_AT", "featurized:6")],
+        &live_log,
+    );
+    wait_for_log(&live_log, "pausing");
+    std::thread::sleep(Duration::from_secs(3));
+    let second = server
+        .verger(&[
+            "run",
+            "--input",
+            "s3://images/fruits",
+            "--output",
+            "s3://results/live",
+            "--resume",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&second), Some(1), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains(&format!("pid {}", live.id())),
+        "the refusal names the live run: {}",
+        stderr(&second)
+    );
+    let live = live.wait_with_output().unwrap();
+    assert_eq!(code(&live), Some(3), "{}", read_log(&live_log));
+    same_as_disk("live", "the run whose lease was kept");
+
+    // A run killed with -9 leaves its lease; on this host its process is gone, so --resume goes on at once.
+    let killed_log = tmp.path().join("killed.log");
+    let mut killed = spawn_s3_run(
+        &server,
+        "killed",
+        &[],
+        &[("VERGER_PAUSE_AT", "featurized:60")],
+        &killed_log,
+    );
+    wait_for_log(&killed_log, "pausing");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let started = Instant::now();
+    let resumed = server
+        .verger(&[
+            "run",
+            "--input",
+            "s3://images/fruits",
+            "--output",
+            "s3://results/killed",
+            "--k",
+            "5",
+            "--resume",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&resumed), Some(3), "{}", stderr(&resumed));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the stale lease held the resume back"
+    );
+    same_as_disk("killed", "resumed after kill -9");
+
+    // Another host's lease: refused while it is fresh, taken over once it is long expired.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    server.upload(
+        "results",
+        "planted",
+        &planted_lease(&tmp.path().join("fresh"), now_ms + 60_000),
+    );
+    let refused = server
+        .verger(&[
+            "run",
+            "--input",
+            "s3://images/fruits",
+            "--output",
+            "s3://results/planted",
+            "--k",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&refused), Some(1));
+    assert!(
+        stderr(&refused).contains("run planted on host elsewhere, pid 4242"),
+        "{}",
+        stderr(&refused)
+    );
+    server.upload(
+        "results",
+        "planted",
+        &planted_lease(&tmp.path().join("stale"), now_ms - 600_000),
+    );
+    let taken = server
+        .verger(&[
+            "run",
+            "--input",
+            "s3://images/fruits",
+            "--output",
+            "s3://results/planted",
+            "--k",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&taken), Some(3), "{}", stderr(&taken));
+    same_as_disk("planted", "the output whose stale lease was taken over");
 }

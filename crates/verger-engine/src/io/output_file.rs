@@ -30,8 +30,8 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Par
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::output::OutputStore;
-use crate::store::StoreOptions;
+use super::output::OutputStore;
+use super::store::StoreOptions;
 
 /// A file of an output, as any process of the job reaches it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,7 +228,7 @@ impl DataSink for OutputFileSink {
 
 impl OutputFileSink {
     async fn write(&self, mut data: SendableRecordBatchStream) -> Result<u64> {
-        let failed = |e: crate::JobError| exec_datafusion_err!("writing {}: {e}", self.file);
+        let failed = |e: super::StoreError| exec_datafusion_err!("writing {}: {e}", self.file);
         let out = self.file.open()?;
         let mut file = out.parquet(&self.file.name, data.schema()).map_err(failed)?;
         while let Some(batch) = data.next().await {

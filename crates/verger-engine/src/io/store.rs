@@ -11,6 +11,9 @@ use std::time::Duration;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
+use verger_listing::Location;
+
+use super::StoreError;
 
 /// Waits between attempts: random, from 1 s growing up to 2.5x the previous wait, at most 15 s. Ten retries
 /// wait at least 10 s in all and typically about a minute: enough to ride out a store restarting.
@@ -76,7 +79,7 @@ impl Encryption {
 
 impl StoreOptions {
     /// Refuses plain HTTP to anything but this machine unless `allow_http` says so.
-    pub fn check_transport(&self) -> Result<(), String> {
+    pub fn check_transport(&self) -> Result<(), StoreError> {
         let Some(endpoint) = &self.endpoint else { return Ok(()) };
         let Some(rest) = endpoint.strip_prefix("http://") else {
             return Ok(());
@@ -90,14 +93,14 @@ impl StoreOptions {
         if loopback || self.allow_http {
             Ok(())
         } else {
-            Err(format!(
+            Err(StoreError::Client(format!(
                 "endpoint {endpoint} is plain HTTP to another machine; use https or pass --allow-http"
-            ))
+            )))
         }
     }
 
     /// The client for `bucket`, made once per process.
-    pub fn s3(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    pub fn s3(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
         static CLIENTS: OnceLock<Mutex<Clients>> = OnceLock::new();
         let mut clients = CLIENTS
             .get_or_init(Default::default)
@@ -144,7 +147,7 @@ impl StoreOptions {
             ),
             Some(Encryption::Kms { key_id }) => builder.with_sse_kms_encryption(key_id),
         };
-        let client: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| e.to_string())?);
+        let client: Arc<dyn ObjectStore> = Arc::new(builder.build().map_err(|e| StoreError::Client(e.to_string()))?);
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -160,7 +163,7 @@ struct SharedProfile {
 }
 
 impl SharedProfile {
-    fn load() -> Result<Option<SharedProfile>, String> {
+    fn load() -> Result<Option<SharedProfile>, StoreError> {
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let file = |var: &str, default: &str| {
             std::env::var_os(var)
@@ -172,7 +175,8 @@ impl SharedProfile {
             return Ok(None);
         };
         let read = |path: &PathBuf| {
-            ini::Ini::load_from_file(path).map_err(|e| format!("AWS shared file {}: {e}", path.display()))
+            ini::Ini::load_from_file(path)
+                .map_err(|e| StoreError::Client(format!("AWS shared file {}: {e}", path.display())))
         };
         let credentials = read(&credentials)?;
         let Some(section) = credentials.section(Some(name.as_str())) else {
@@ -233,7 +237,7 @@ pub struct BucketRegion {
 impl StoreOptions {
     /// Asks the store where `bucket` is with an unsigned HeadBucket: AWS answers `x-amz-bucket-region` even
     /// when the request itself is refused. Stores that report nothing are taken to be in `--region`.
-    pub async fn bucket_region(&self, bucket: &str) -> Result<BucketRegion, String> {
+    pub async fn bucket_region(&self, bucket: &str) -> Result<BucketRegion, StoreError> {
         self.check_transport()?;
         let url = match &self.endpoint {
             Some(endpoint) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
@@ -244,7 +248,7 @@ impl StoreOptions {
             .timeout(std::time::Duration::from_secs(30))
             .send()
             .await
-            .map_err(|e| format!("cannot reach bucket {bucket}: {e}"))?;
+            .map_err(|e| StoreError::Client(format!("cannot reach bucket {bucket}: {e}")))?;
         let reported = response
             .headers()
             .get("x-amz-bucket-region")
@@ -260,30 +264,60 @@ impl StoreOptions {
                 region: region.clone(),
                 source: "configured",
             }),
-            (None, None) => Err(format!(
+            (None, None) => Err(StoreError::Client(format!(
                 "the store does not report the region of bucket {bucket}; pass --region"
-            )),
+            ))),
         }
     }
 }
 
 /// Refuses any bucket whose region matches none of `allowed` (globs such as `eu-*`).
-pub fn check_residency(allowed: &[String], buckets: &[BucketRegion]) -> Result<(), String> {
+pub fn check_residency(allowed: &[String], buckets: &[BucketRegion]) -> Result<(), StoreError> {
     let mut patterns = globset::GlobSetBuilder::new();
     for pattern in allowed {
-        patterns.add(globset::Glob::new(pattern).map_err(|e| format!("--allowed-regions {pattern:?}: {e}"))?);
+        let glob = globset::Glob::new(pattern)
+            .map_err(|e| StoreError::Residency(format!("--allowed-regions {pattern:?}: {e}")))?;
+        patterns.add(glob);
     }
-    let patterns = patterns.build().map_err(|e| e.to_string())?;
+    let patterns = patterns.build().map_err(|e| StoreError::Residency(e.to_string()))?;
     match buckets.iter().find(|b| !patterns.is_match(&b.region)) {
-        Some(b) => Err(format!(
+        Some(b) => Err(StoreError::Residency(format!(
             "bucket {} is in region {} ({}), outside --allowed-regions {}",
             b.bucket,
             b.region,
             b.source,
             allowed.join(",")
-        )),
+        ))),
         None => Ok(()),
     }
+}
+
+/// The region of each bucket among `locations`, refusing any outside `allowed` (no restriction when empty):
+/// called before any byte moves.
+pub async fn bucket_regions(
+    locations: &[&str],
+    store: &StoreOptions,
+    allowed: &[String],
+) -> Result<Vec<BucketRegion>, StoreError> {
+    let mut buckets: Vec<BucketRegion> = Vec::new();
+    for location in locations {
+        let Location::S3 { bucket, .. } = Location::parse(location) else {
+            continue;
+        };
+        if buckets.iter().any(|b| b.bucket == bucket) {
+            continue;
+        }
+        match store.bucket_region(&bucket).await {
+            Ok(region) => buckets.push(region),
+            // Without a restriction the region is only reported, so an unknown one does not stop the job.
+            Err(e) if allowed.is_empty() => tracing::warn!("region of bucket {bucket} unknown: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
+    if !allowed.is_empty() {
+        check_residency(allowed, &buckets)?;
+    }
+    Ok(buckets)
 }
 
 #[cfg(test)]
@@ -307,7 +341,9 @@ mod tests {
         };
         let eu = ["eu-*".to_string()];
         assert!(check_residency(&eu, &[bucket("eu-west-1"), bucket("eu-central-2")]).is_ok());
-        let refused = check_residency(&eu, &[bucket("eu-west-1"), bucket("us-east-1")]).unwrap_err();
+        let refused = check_residency(&eu, &[bucket("eu-west-1"), bucket("us-east-1")])
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("bucket b is in region us-east-1"), "{refused}");
     }
 

@@ -5,36 +5,41 @@ use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 use verger_listing::{local_path, Location};
 
-use crate::store::StoreOptions;
+use super::store::StoreOptions;
+use super::StoreError;
 
 /// Reads the image behind `uri` (`file://` or `s3://`, as the listing wrote it).
-pub fn read(uri: &str, store: &StoreOptions) -> Result<Vec<u8>, String> {
+pub fn read(uri: &str, store: &StoreOptions) -> Result<Vec<u8>, StoreError> {
     if let Some(path) = local_path(uri) {
-        return std::fs::read(path).map_err(|e| e.to_string());
+        return std::fs::read(path).map_err(unreadable);
     }
     match Location::parse(uri) {
         Location::S3 { bucket, prefix: key } => read_object(&bucket, &key, store),
-        Location::Local(_) => Err(format!("unsupported URI scheme in {uri}")),
+        Location::Local(_) => Err(StoreError::Unreadable(format!("unsupported URI scheme in {uri}"))),
     }
 }
 
 /// Reads a file named by the user: a local path or `s3://bucket/key`.
-pub fn read_location(location: &str, store: &StoreOptions) -> Result<Vec<u8>, String> {
+pub fn read_location(location: &str, store: &StoreOptions) -> Result<Vec<u8>, StoreError> {
     match Location::parse(location) {
         Location::S3 { bucket, prefix: key } => read_object(&bucket, &key, store),
-        Location::Local(path) => std::fs::read(path).map_err(|e| e.to_string()),
+        Location::Local(path) => std::fs::read(&path).map_err(|e| StoreError::io(path, e)),
     }
 }
 
-fn read_object(bucket: &str, key: &str, store: &StoreOptions) -> Result<Vec<u8>, String> {
+fn unreadable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unreadable(e.to_string())
+}
+
+fn read_object(bucket: &str, key: &str, store: &StoreOptions) -> Result<Vec<u8>, StoreError> {
     let client = store.s3(bucket)?;
-    let runtime =
-        tokio::runtime::Handle::try_current().map_err(|_| "object stores need the job's runtime".to_string())?;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| StoreError::Client("object stores need the job's runtime".into()))?;
     // Featurization is synchronous CPU work on a runtime worker; the fetch borrows that worker meanwhile.
     tokio::task::block_in_place(|| {
         runtime.block_on(async {
-            let object = client.get(&ObjectPath::from(key)).await.map_err(|e| e.to_string())?;
-            object.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string())
+            let object = client.get(&ObjectPath::from(key)).await.map_err(unreadable)?;
+            object.bytes().await.map(|b| b.to_vec()).map_err(unreadable)
         })
     })
 }

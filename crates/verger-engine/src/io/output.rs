@@ -14,8 +14,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use datafusion::parquet::file::properties::WriterProperties;
-use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
@@ -26,14 +26,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 use verger_listing::Location;
 
-use crate::job::JobError;
-use crate::output_file::OutputFile;
-use crate::store::StoreOptions;
-
-/// The name of partition `index`'s file: fixed, so retries and resumed runs write the same names.
-pub fn part_name(index: usize) -> String {
-    format!("part-{index:05}.parquet")
-}
+use super::output_file::OutputFile;
+use super::store::StoreOptions;
+use super::StoreError;
 
 /// A folder on the local disk or in a bucket; files are named relative to it (`result/part-00000.parquet`).
 #[derive(Debug, Clone)]
@@ -51,12 +46,12 @@ pub struct OutputStore {
 }
 
 impl OutputStore {
-    pub fn open(location: &str, options: &StoreOptions) -> Result<Self, JobError> {
+    pub fn open(location: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         match Location::parse(location) {
             Location::Local(path) => {
-                let absolute = std::path::absolute(&path).map_err(|e| JobError::io(&path, e))?;
+                let absolute = std::path::absolute(&path).map_err(|e| StoreError::io(&path, e))?;
                 let root = ObjectPath::from_absolute_path(&absolute)
-                    .map_err(|e| JobError::Store(format!("{}: {e}", absolute.display())))?;
+                    .map_err(|e| StoreError::Client(format!("{}: {e}", absolute.display())))?;
                 Ok(OutputStore {
                     store: Arc::new(LocalFileSystem::new()),
                     root,
@@ -67,10 +62,10 @@ impl OutputStore {
                 })
             }
             Location::S3 { bucket, prefix } => Ok(OutputStore {
-                store: options.s3(&bucket).map_err(JobError::Store)?,
+                store: options.s3(&bucket)?,
                 root: ObjectPath::from(prefix),
                 base: Url::parse(&format!("s3://{bucket}/"))
-                    .map_err(|e| JobError::Store(format!("bucket name {bucket:?}: {e}")))?,
+                    .map_err(|e| StoreError::Client(format!("bucket name {bucket:?}: {e}")))?,
                 local: None,
                 display: location.to_string(),
                 options: options.clone(),
@@ -114,11 +109,14 @@ impl OutputStore {
         format!("{}{}", self.base, self.path(name))
     }
 
-    fn error(&self, name: &str, e: object_store::Error) -> JobError {
-        JobError::Store(format!("{}/{name}: {e}", self.display.trim_end_matches('/')))
+    fn error(&self, name: &str, source: object_store::Error) -> StoreError {
+        StoreError::Object {
+            location: format!("{}/{name}", self.display.trim_end_matches('/')),
+            source,
+        }
     }
 
-    pub async fn exists(&self, name: &str) -> Result<bool, JobError> {
+    pub async fn exists(&self, name: &str) -> Result<bool, StoreError> {
         match self.store.head(&self.path(name)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -126,18 +124,37 @@ impl OutputStore {
         }
     }
 
-    /// Whether anything at all is stored under the output.
-    pub async fn is_empty(&self) -> Result<bool, JobError> {
-        match self.store.list(Some(&self.root)).next().await {
-            None => Ok(true),
-            Some(Ok(_)) => Ok(false),
-            // A local folder that does not exist yet is empty.
-            Some(Err(object_store::Error::NotFound { .. })) => Ok(true),
-            Some(Err(e)) => Err(self.error("", e)),
+    /// Whether anything but the claim ([`super::claim`]) is stored under the output.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        let claim = self.path(super::claim::CLAIM);
+        let mut listed = self.store.list(Some(&self.root));
+        while let Some(item) = listed.next().await {
+            match item {
+                Ok(meta) if meta.location == claim => continue,
+                Ok(_) => return Ok(false),
+                // A local folder that does not exist yet is empty.
+                Err(object_store::Error::NotFound { .. }) => return Ok(true),
+                Err(e) => return Err(self.error("", e)),
+            }
         }
+        Ok(true)
     }
 
-    pub async fn get(&self, name: &str) -> Result<Bytes, JobError> {
+    /// The folder itself, when the output is on the local disk.
+    pub fn local_folder(&self) -> Option<PathBuf> {
+        self.local.clone()
+    }
+
+    /// The store client, for what this layer does itself (the claim's conditional puts).
+    pub(super) fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    pub(super) fn object_path(&self, name: &str) -> ObjectPath {
+        self.path(name)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Bytes, StoreError> {
         let object = self
             .store
             .get(&self.path(name))
@@ -147,7 +164,7 @@ impl OutputStore {
     }
 
     /// Writes a small file in one atomic put.
-    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), JobError> {
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         self.store
             .put(&self.path(name), bytes.into())
             .await
@@ -157,30 +174,83 @@ impl OutputStore {
 
     /// Moves file `from` to `to` (replacing it): a rename on disk, a server-side copy then delete in buckets,
     /// so `to` appears whole either way.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<(), JobError> {
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
         self.store
             .rename(&self.path(from), &self.path(to))
             .await
             .map_err(|e| self.error(from, e))
     }
 
-    /// The number of rows in Parquet file `name`, from its footer.
-    pub async fn parquet_rows(&self, name: &str) -> Result<u64, JobError> {
-        let reader = SerializedFileReader::new(self.get(name).await?)?;
-        Ok(reader.metadata().file_metadata().num_rows() as u64)
+    /// The number of rows in Parquet file `name`, from its footer (the only part read: a file's tail holds the
+    /// metadata, its length, then `PAR1`).
+    pub async fn parquet_rows(&self, name: &str) -> Result<u64, StoreError> {
+        let path = self.path(name);
+        let size = self.store.head(&path).await.map_err(|e| self.error(name, e))?.size;
+        let tail = |len: u64| self.store.get_range(&path, size.saturating_sub(len)..size);
+        let mut bytes = tail(64 * 1024).await.map_err(|e| self.error(name, e))?;
+        let corrupt = || StoreError::Unreadable(format!("{name}: not a Parquet file"));
+        if bytes.len() < 8 || &bytes[bytes.len() - 4..] != b"PAR1" {
+            return Err(corrupt());
+        }
+        let footer: [u8; 4] = bytes[bytes.len() - 8..bytes.len() - 4].try_into().expect("4 bytes");
+        let metadata_len = u32::from_le_bytes(footer) as usize;
+        if metadata_len + 8 > bytes.len() {
+            if metadata_len as u64 + 8 > size {
+                return Err(corrupt());
+            }
+            bytes = tail(metadata_len as u64 + 8).await.map_err(|e| self.error(name, e))?;
+        }
+        let metadata = &bytes[bytes.len() - 8 - metadata_len..bytes.len() - 8];
+        let decoded = ParquetMetaDataReader::decode_metadata(metadata)?;
+        Ok(decoded.file_metadata().num_rows() as u64)
     }
 
-    /// Removes everything under `name` (the whole output when empty).
-    pub async fn remove_all(&self, name: &str) -> Result<(), JobError> {
+    /// Removes everything under `name`.
+    pub async fn remove_all(&self, name: &str) -> Result<(), StoreError> {
+        assert!(
+            !name.is_empty(),
+            "remove_all takes a folder of the output; clear() empties the output"
+        );
         if let Some(local) = &self.local {
             let dir = local.join(name);
             return match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(JobError::io(&dir, e)),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(&dir, e)),
                 _ => Ok(()),
             };
         }
-        let prefix = self.path(name);
-        let listed = self.store.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
+        self.delete_under(self.path(name), name).await
+    }
+
+    /// Removes everything in the output but the claim of the run that clears it (`--overwrite`).
+    pub async fn clear(&self) -> Result<(), StoreError> {
+        if let Some(local) = &self.local {
+            let Ok(entries) = std::fs::read_dir(local) else {
+                return Ok(());
+            };
+            for entry in entries {
+                let path = entry.map_err(|e| StoreError::io(local, e))?.path();
+                if path.file_name().is_some_and(|n| n == super::claim::CLAIM) {
+                    continue;
+                }
+                let removed = match path.is_dir() {
+                    true => std::fs::remove_dir_all(&path),
+                    false => std::fs::remove_file(&path),
+                };
+                removed.map_err(|e| StoreError::io(&path, e))?;
+            }
+            return Ok(());
+        }
+        self.delete_under(self.root.clone(), "").await
+    }
+
+    async fn delete_under(&self, prefix: ObjectPath, name: &str) -> Result<(), StoreError> {
+        let claim = self.path(super::claim::CLAIM);
+        let listed = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_filter(move |location| futures::future::ready(*location != claim))
+            .boxed();
         self.store
             .delete_stream(listed)
             .try_collect::<Vec<_>>()
@@ -189,9 +259,29 @@ impl OutputStore {
         Ok(())
     }
 
+    /// The names of the files under folder `name`, relative to the output, sorted.
+    pub async fn files(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = self.path(name);
+        let mut names: Vec<String> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| {
+                let relative: Vec<_> = meta.location.prefix_match(&self.root).into_iter().flatten().collect();
+                relative.iter().map(|p| p.as_ref()).collect::<Vec<_>>().join("/")
+            })
+            .try_collect()
+            .await
+            .or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(Vec::new()),
+                e => Err(self.error(name, e)),
+            })?;
+        names.sort();
+        Ok(names)
+    }
+
     /// Removes what a killed process left half-written. Object stores publish nothing until an upload
     /// completes; the local store leaves `NAME#N` staging files, which readers of the folder would trip on.
-    pub fn remove_unfinished_files(&self) -> Result<(), JobError> {
+    pub fn remove_unfinished_files(&self) -> Result<(), StoreError> {
         match &self.local {
             Some(local) => remove_staging_files(local),
             None => Ok(()),
@@ -199,24 +289,29 @@ impl OutputStore {
     }
 
     /// A Parquet file that appears at `name` only when committed.
-    pub fn parquet(&self, name: &str, schema: SchemaRef) -> Result<ParquetObject, JobError> {
+    pub fn parquet(&self, name: &str, schema: SchemaRef) -> Result<ParquetObject, StoreError> {
         self.parquet_with(name, schema, Compression::SNAPPY)
     }
 
     /// A Parquet file read back by this job only and removed at the end: not worth compressing features
     /// (float32 values hardly compress) on every write and read.
-    pub fn staging_parquet(&self, name: &str, schema: SchemaRef) -> Result<ParquetObject, JobError> {
+    pub fn staging_parquet(&self, name: &str, schema: SchemaRef) -> Result<ParquetObject, StoreError> {
         self.parquet_with(name, schema, Compression::UNCOMPRESSED)
     }
 
-    fn parquet_with(&self, name: &str, schema: SchemaRef, compression: Compression) -> Result<ParquetObject, JobError> {
+    fn parquet_with(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        compression: Compression,
+    ) -> Result<ParquetObject, StoreError> {
         let sink = BufWriter::new(self.store.clone(), self.path(name));
         let writer = AsyncArrowWriter::try_new(sink, schema, Some(properties(compression)))?;
         Ok(ParquetObject { writer, rows: 0 })
     }
 
     /// Writes a whole stream to `name`; returns the number of rows.
-    pub async fn write_stream(&self, name: &str, mut stream: SendableRecordBatchStream) -> Result<u64, JobError> {
+    pub async fn write_stream(&self, name: &str, mut stream: SendableRecordBatchStream) -> Result<u64, StoreError> {
         let mut file = self.parquet(name, stream.schema())?;
         while let Some(batch) = stream.next().await {
             file.write(&batch?).await?;
@@ -225,7 +320,12 @@ impl OutputStore {
     }
 
     /// Writes batches already in memory to `name`; returns the number of rows.
-    pub async fn write_batches(&self, name: &str, schema: SchemaRef, batches: &[RecordBatch]) -> Result<u64, JobError> {
+    pub async fn write_batches(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<u64, StoreError> {
         let mut file = self.parquet(name, schema)?;
         for batch in batches {
             file.write(batch).await?;
@@ -251,30 +351,30 @@ pub struct ParquetObject {
 }
 
 impl ParquetObject {
-    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), JobError> {
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), StoreError> {
         self.rows += batch.num_rows() as u64;
         self.writer.write(batch).await?;
         Ok(())
     }
 
     /// Finishes the file and publishes it. Returns the number of rows.
-    pub async fn commit(self) -> Result<u64, JobError> {
+    pub async fn commit(self) -> Result<u64, StoreError> {
         self.writer.close().await?;
         Ok(self.rows)
     }
 }
 
 /// Deletes, under `dir`, the `NAME#N` files `object_store`'s local store writes before renaming into place.
-fn remove_staging_files(dir: &Path) -> Result<(), JobError> {
+fn remove_staging_files(dir: &Path) -> Result<(), StoreError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
     for entry in entries {
-        let path = entry.map_err(|e| JobError::io(dir, e))?.path();
+        let path = entry.map_err(|e| StoreError::io(dir, e))?.path();
         if path.is_dir() {
             remove_staging_files(&path)?;
         } else if is_staging_file(&path) {
-            std::fs::remove_file(&path).map_err(|e| JobError::io(&path, e))?;
+            std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
         }
     }
     Ok(())

@@ -1,0 +1,160 @@
+//! What a run is asked to do ([`JobConfig`]), with every default declared here once: the command line, the
+//! Python package and the examples start from [`JobConfig::new`] and change only what the user set.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
+use verger_pca::Components;
+
+use crate::featurize::FeaturizeSettings;
+use crate::io::store::StoreOptions;
+
+/// Principal components kept when the user names neither a count nor a variance fraction.
+pub const DEFAULT_K: usize = 50;
+/// Images per manifest partition.
+pub const DEFAULT_PARTITION_ROWS: usize = 256;
+/// Cluster jobs kept in flight.
+pub const DEFAULT_CLUSTER_JOBS: usize = 16;
+/// On-demand hourly price of an m5.xlarge in eu-west-1 (the original EMR node type), in USD.
+pub const DEFAULT_PRICE_PER_HOUR_USD: f64 = 0.214;
+/// Seconds an S3 output's lease lasts without renewal (see [`crate::io::claim`]).
+pub const DEFAULT_LEASE_TTL_S: u64 = 60;
+
+/// Worker threads when none are asked for: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Everything `verger run` was asked to do; saved verbatim in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobConfig {
+    /// A folder or `s3://bucket/prefix`.
+    pub input: String,
+    /// A folder or `s3://bucket/prefix`.
+    pub output: String,
+    pub globs: Vec<String>,
+    pub components: Components,
+    pub center: bool,
+    pub threads: usize,
+    /// Images per manifest partition: the unit of parallel work and of output files.
+    pub partition_rows: usize,
+    pub overwrite: bool,
+    /// Continue an unfinished run in `output`, reusing every partition it committed.
+    pub resume: bool,
+    /// Stop as soon as more inputs than this have failed.
+    pub max_errors: Option<ErrorBudget>,
+    /// Region patterns every bucket the job touches must match (empty: no restriction).
+    pub allowed_regions: Vec<String>,
+    /// Key file for pseudonymized paths in the shared outputs (result, errors, manifest).
+    pub pseudonymize_key: Option<PathBuf>,
+    pub featurize: FeaturizeSettings,
+    /// Hourly price of the machine, for the report's cost estimate.
+    pub price_per_hour_usd: f64,
+    /// The cluster (`df://host:port`) that featurizes and writes, if any.
+    pub cluster: Option<String>,
+    /// Cluster jobs kept in flight.
+    pub cluster_jobs: usize,
+    /// Seconds an S3 output's lease lasts unless renewed.
+    pub lease_ttl_s: u64,
+}
+
+impl JobConfig {
+    /// A run of `input` into `output` with `model` (a path or `s3://` URI) and every other setting at its
+    /// default.
+    pub fn new(input: impl Into<String>, output: impl Into<String>, model: impl Into<String>) -> Self {
+        JobConfig {
+            input: input.into(),
+            output: output.into(),
+            globs: vec![verger_listing::DEFAULT_GLOB.to_string()],
+            components: Components::Count(DEFAULT_K),
+            center: false,
+            threads: default_threads(),
+            partition_rows: DEFAULT_PARTITION_ROWS,
+            overwrite: false,
+            resume: false,
+            max_errors: None,
+            allowed_regions: Vec::new(),
+            pseudonymize_key: None,
+            featurize: FeaturizeSettings::new(model),
+            price_per_hour_usd: DEFAULT_PRICE_PER_HOUR_USD,
+            cluster: None,
+            cluster_jobs: DEFAULT_CLUSTER_JOBS,
+            lease_ttl_s: DEFAULT_LEASE_TTL_S,
+        }
+    }
+}
+
+impl FeaturizeSettings {
+    /// The shared MobileNetV2 checksum, one image per inference call, Pillow's pixel limit, no object store.
+    pub fn new(model: impl Into<String>) -> Self {
+        FeaturizeSettings {
+            model: ModelSpec {
+                location: model.into(),
+                sha256: MOBILENET_V2_SHA256.to_string(),
+            },
+            // 1 is fastest on CPUs (measured: larger batches lose cache locality).
+            batch_size: 1,
+            max_pixels: verger_image::Limits::default().max_pixels,
+            store: StoreOptions::default(),
+        }
+    }
+}
+
+/// How many bad inputs a run tolerates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorBudget {
+    Count(u64),
+    /// A fraction of the listed images.
+    Fraction(f64),
+}
+
+impl ErrorBudget {
+    pub fn limit(&self, listed: u64) -> u64 {
+        match *self {
+            ErrorBudget::Count(n) => n,
+            ErrorBudget::Fraction(f) => (f * listed as f64).floor() as u64,
+        }
+    }
+}
+
+impl std::str::FromStr for ErrorBudget {
+    type Err = String;
+
+    /// `10` (a count), `0.01` or `1%` (a fraction of the listed images).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let fraction = |f: f64| {
+            if (0.0..=1.0).contains(&f) {
+                Ok(ErrorBudget::Fraction(f))
+            } else {
+                Err(format!("fraction {f} is not between 0 and 1"))
+            }
+        };
+        if let Some(percent) = text.strip_suffix('%') {
+            return fraction(percent.trim().parse::<f64>().map_err(|e| e.to_string())? / 100.0);
+        }
+        if let Ok(count) = text.parse::<u64>() {
+            return Ok(ErrorBudget::Count(count));
+        }
+        fraction(
+            text.parse::<f64>()
+                .map_err(|_| format!("{text:?} is neither a count nor a fraction"))?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_budgets_parse_as_counts_fractions_and_percentages() {
+        assert_eq!("10".parse(), Ok(ErrorBudget::Count(10)));
+        assert_eq!("0.25".parse(), Ok(ErrorBudget::Fraction(0.25)));
+        assert_eq!("1%".parse(), Ok(ErrorBudget::Fraction(0.01)));
+        assert!("150%".parse::<ErrorBudget>().is_err());
+        assert!("many".parse::<ErrorBudget>().is_err());
+        assert_eq!(ErrorBudget::Fraction(0.1).limit(25), 2);
+    }
+}

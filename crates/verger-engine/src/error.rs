@@ -1,0 +1,62 @@
+//! The one error type of a run: every stage returns it, and front ends map it to their own (an exit status, a
+//! Python exception) by variant.
+
+use std::path::{Path, PathBuf};
+
+use datafusion::common::DataFusionError;
+use thiserror::Error;
+use verger_listing::ListingError;
+use verger_pca::PcaError;
+
+use crate::io::StoreError;
+
+#[derive(Debug, Error)]
+pub enum JobError {
+    #[error("output {0} already exists: --resume continues an unfinished run there, --overwrite replaces it")]
+    OutputExists(String),
+    #[error("output {0} is already complete (_SUCCESS present); nothing to resume")]
+    AlreadyComplete(String),
+    #[error("{failed} inputs failed, more than the {limit} that --max-errors allows; stopped")]
+    TooManyErrors { failed: u64, limit: u64 },
+    #[error("no file under {input} matches {globs:?}")]
+    NoImages { input: String, globs: Vec<String> },
+    #[error("no image could be featurized; see the errors output")]
+    NothingFeaturized,
+    /// The commit check found the output not accounting for every listed image; nothing was committed.
+    #[error("commit check failed, _SUCCESS not written: {0}; --resume redoes what is missing")]
+    Incomplete(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Listing(#[from] ListingError),
+    #[error(transparent)]
+    Pca(#[from] PcaError),
+    #[error(transparent)]
+    Model(#[from] verger_model::ModelError),
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error(transparent)]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("{0}")]
+    Pseudonymize(String),
+    #[error("worker task failed: {0}")]
+    Task(String),
+}
+
+impl JobError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        JobError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A spawned task that panicked or was cancelled.
+    pub fn task(e: tokio::task::JoinError) -> Self {
+        JobError::Task(e.to_string())
+    }
+}

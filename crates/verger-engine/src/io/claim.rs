@@ -1,0 +1,419 @@
+//! One writer per output: a run claims its output before writing anything and holds the claim until it ends,
+//! so a second run on the same output (a scheduled job and a manual re-run, say) fails at once, naming the
+//! run that holds it, instead of both replacing each other's files.
+//!
+//! - **Local folders**: an exclusive `flock` on `OUT/_CLAIM`, which the kernel drops when the process ends
+//!   however it ends (`kill -9`, a crash), so no stale lock survives. The file also says who holds it.
+//! - **Object stores**: a lease object `OUT/_CLAIM` created only if absent (`If-None-Match: *`), carrying the
+//!   run's id, host, process and start time and an expiry. The holder renews it every quarter of its lifetime
+//!   with `If-Match` on the version it wrote, so a renewal never overwrites someone else's lease. Another run
+//!   takes a lease over only when it is **stale**: expired for longer than its lifetime again (room for clock
+//!   differences between hosts: with the default 60 s lifetime, after 2 minutes without renewal), or held by a
+//!   process on this very host that no longer exists (so `--resume` after a `kill -9` goes on at once). The
+//!   takeover is itself a conditional put on the stale version, so of two takers one wins. A holder whose
+//!   renewal finds another version, or that could not renew before its lease expired, has lost the claim and
+//!   must commit nothing ([`OutputClaim::check`]).
+//!
+//! It does not order runs or queue them: the second run fails, and the user decides.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+use super::output::OutputStore;
+use super::StoreError;
+
+/// The claim's file in the output folder (ignored when deciding whether an output is empty).
+pub const CLAIM: &str = "_CLAIM";
+
+/// Who holds an output, as its claim file records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Holder {
+    pub run_id: String,
+    pub host: String,
+    /// The kernel's boot id: a pid means the same process only within one boot.
+    pub boot_id: String,
+    pub pid: u32,
+    /// The process's start time in clock ticks since boot: a pid means the same process only with it.
+    pub pid_start: u64,
+    pub started_at: String,
+    pub started_at_ms: u64,
+    /// Until when the lease holds without renewal (object stores only; 0 for a local lock).
+    pub expires_at_ms: u64,
+    pub ttl_s: u64,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "run {} on host {}, pid {}, started at {}",
+            self.run_id, self.host, self.pid, self.started_at
+        )
+    }
+}
+
+impl Holder {
+    fn this_process(ttl_s: u64) -> Holder {
+        let now = SystemTime::now();
+        let pid = std::process::id();
+        Holder {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            host: hostname(),
+            boot_id: boot_id(),
+            pid,
+            pid_start: process_start(pid).unwrap_or(0),
+            started_at: humantime::format_rfc3339_seconds(now).to_string(),
+            started_at_ms: millis(now),
+            expires_at_ms: 0,
+            ttl_s,
+        }
+    }
+
+    fn renewed(&self) -> Holder {
+        Holder {
+            expires_at_ms: millis(SystemTime::now()) + self.ttl_s * 1000,
+            ..self.clone()
+        }
+    }
+
+    /// Why a lease read from the store may be taken over, if it may.
+    fn stale(&self, now_ms: u64) -> Option<String> {
+        if self.host == hostname() && self.boot_id == boot_id() && process_start(self.pid) != Some(self.pid_start) {
+            return Some(format!("its process {} on this host has ended", self.pid));
+        }
+        let allowance_ms = self.ttl_s.max(1) * 1000;
+        (now_ms > self.expires_at_ms + allowance_ms).then(|| {
+            format!(
+                "not renewed for {} s (lease of {} s)",
+                (now_ms - self.expires_at_ms) / 1000 + self.ttl_s,
+                self.ttl_s
+            )
+        })
+    }
+}
+
+/// A held claim; released by [`OutputClaim::release`] (or, for a local lock, when the process ends).
+pub struct OutputClaim {
+    output: String,
+    holder: Holder,
+    kind: Kind,
+}
+
+enum Kind {
+    /// The open, locked claim file.
+    Local {
+        file: File,
+        path: PathBuf,
+    },
+    Lease(Lease),
+}
+
+struct Lease {
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    /// The version this run last wrote, and why the claim was lost, if it was.
+    state: Arc<Mutex<LeaseState>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+struct LeaseState {
+    version: UpdateVersion,
+    expires_at_ms: u64,
+    lost: Option<String>,
+}
+
+impl OutputClaim {
+    /// Claims `out` for this run, before anything is written to it; `ttl_s` is an object-store lease's lifetime.
+    pub async fn take(out: &OutputStore, ttl_s: u64) -> Result<OutputClaim, StoreError> {
+        let holder = Holder::this_process(ttl_s.max(1));
+        let kind = match out.local_folder() {
+            Some(folder) => lock_local(out.display(), &folder, &holder)?,
+            None => take_lease(out, &holder).await?,
+        };
+        tracing::info!(output = out.display(), %holder, "claimed the output");
+        Ok(OutputClaim {
+            output: out.display().to_string(),
+            holder,
+            kind,
+        })
+    }
+
+    pub fn holder(&self) -> &Holder {
+        &self.holder
+    }
+
+    /// Fails if this run no longer holds the output: call right before committing.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let Kind::Lease(lease) = &self.kind else {
+            return Ok(());
+        };
+        let state = lease.state.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = match &state.lost {
+            Some(reason) => reason.clone(),
+            None if millis(SystemTime::now()) >= state.expires_at_ms => {
+                "its lease expired before it could be renewed".to_string()
+            }
+            None => return Ok(()),
+        };
+        Err(StoreError::ClaimLost {
+            output: self.output.clone(),
+            reason,
+        })
+    }
+
+    /// Gives the output up: removes the claim file, so the finished output holds only its results.
+    pub async fn release(self) {
+        match self.kind {
+            Kind::Local { file, path } => {
+                // Removed while still locked: a run waiting on the old file sees it was replaced and retries.
+                let _ = std::fs::remove_file(&path);
+                drop(file);
+            }
+            Kind::Lease(lease) => {
+                lease.renewer.abort();
+                let lost = lease.state.lock().unwrap_or_else(|p| p.into_inner()).lost.is_some();
+                if !lost {
+                    if let Err(e) = lease.store.delete(&lease.path).await {
+                        tracing::warn!("could not remove the lease of {}: {e}", self.output);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn lock_local(output: &str, folder: &std::path::Path, holder: &Holder) -> Result<Kind, StoreError> {
+    std::fs::create_dir_all(folder).map_err(|e| StoreError::io(folder, e))?;
+    let path = folder.join(CLAIM);
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(StoreError::io(&path, error));
+            }
+            // The holder writes its details right after locking: give it a moment to.
+            let mut holder = None;
+            for _ in 0..50 {
+                holder = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Holder>(&b).ok());
+                if holder.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let holder = holder.map_or_else(|| "its details are unreadable".to_string(), |h| h.to_string());
+            return Err(StoreError::Busy {
+                output: output.to_string(),
+                holder,
+            });
+        }
+        // The holder before us may have removed the file as it finished: then this lock guards nothing.
+        use std::os::unix::fs::MetadataExt;
+        let locked = file.metadata().map_err(|e| StoreError::io(&path, e))?;
+        match std::fs::metadata(&path) {
+            Ok(current) if current.ino() == locked.ino() && current.dev() == locked.dev() => {}
+            _ => continue,
+        }
+        file.set_len(0).map_err(|e| StoreError::io(&path, e))?;
+        std::io::Write::write_all(&mut &file, &serde_json::to_vec(holder).expect("holder serializes"))
+            .map_err(|e| StoreError::io(&path, e))?;
+        return Ok(Kind::Local { file, path });
+    }
+}
+
+async fn take_lease(out: &OutputStore, holder: &Holder) -> Result<Kind, StoreError> {
+    let (store, path) = (out.object_store(), out.object_path(CLAIM));
+    let failed = |source| StoreError::Object {
+        location: format!("{}/{CLAIM}", out.display().trim_end_matches('/')),
+        source,
+    };
+    let lease = holder.renewed();
+    // A few rounds: a stale lease can be taken over by someone else between our read and our put.
+    for _ in 0..5 {
+        let mode = match store.get(&path).await {
+            Err(object_store::Error::NotFound { .. }) => PutMode::Create,
+            Err(e) => return Err(failed(e)),
+            Ok(found) => {
+                let version = UpdateVersion {
+                    e_tag: found.meta.e_tag.clone(),
+                    version: found.meta.version.clone(),
+                };
+                let bytes = found.bytes().await.map_err(failed)?;
+                let Ok(other) = serde_json::from_slice::<Holder>(&bytes) else {
+                    return Err(StoreError::Client(format!(
+                        "{}/{CLAIM} is not a verger lease; remove it if no run is writing there",
+                        out.display().trim_end_matches('/')
+                    )));
+                };
+                match other.stale(millis(SystemTime::now())) {
+                    None => {
+                        return Err(StoreError::Busy {
+                            output: out.display().to_string(),
+                            holder: other.to_string(),
+                        })
+                    }
+                    Some(why) => {
+                        tracing::warn!("taking over the lease of {} ({other}): {why}", out.display());
+                        PutMode::Update(version)
+                    }
+                }
+            }
+        };
+        let payload = PutPayload::from(serde_json::to_vec(&lease).expect("lease serializes"));
+        match store.put_opts(&path, payload, PutOptions::from(mode)).await {
+            Ok(written) => {
+                let state = Arc::new(Mutex::new(LeaseState {
+                    version: UpdateVersion {
+                        e_tag: written.e_tag,
+                        version: written.version,
+                    },
+                    expires_at_ms: lease.expires_at_ms,
+                    lost: None,
+                }));
+                let renewer = tokio::spawn(renew(store.clone(), path.clone(), lease.clone(), state.clone()));
+                return Ok(Kind::Lease(Lease {
+                    store,
+                    path,
+                    state,
+                    renewer,
+                }));
+            }
+            // Someone else created or took it over first: look again.
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => continue,
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Err(StoreError::Client(format!(
+        "{}/{CLAIM}: the lease kept changing hands; try again",
+        out.display().trim_end_matches('/')
+    )))
+}
+
+/// Renews the lease every quarter of its lifetime until aborted or lost.
+async fn renew(store: Arc<dyn ObjectStore>, path: ObjectPath, lease: Holder, state: Arc<Mutex<LeaseState>>) {
+    let period = Duration::from_millis(lease.ttl_s * 1000 / 4).max(Duration::from_millis(250));
+    loop {
+        tokio::time::sleep(period).await;
+        let renewed = lease.renewed();
+        let version = state.lock().unwrap_or_else(|p| p.into_inner()).version.clone();
+        let payload = PutPayload::from(serde_json::to_vec(&renewed).expect("lease serializes"));
+        match store
+            .put_opts(&path, payload, PutOptions::from(PutMode::Update(version)))
+            .await
+        {
+            Ok(written) => {
+                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                state.version = UpdateVersion {
+                    e_tag: written.e_tag,
+                    version: written.version,
+                };
+                state.expires_at_ms = renewed.expires_at_ms;
+            }
+            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
+                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                state.lost = Some("another run took its lease over".into());
+                tracing::error!("lost the lease on the output: another run took it over");
+                return;
+            }
+            // A store that is down for a while: keep trying; `check` fails once the lease has expired.
+            Err(e) => tracing::warn!("could not renew the lease on the output: {e}"),
+        }
+    }
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::store::StoreOptions;
+
+    #[tokio::test]
+    async fn a_local_output_has_one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputStore::open(dir.path().join("out").to_str().unwrap(), &StoreOptions::default()).unwrap();
+        let first = OutputClaim::take(&out, 60).await.unwrap();
+        let refused = OutputClaim::take(&out, 60)
+            .await
+            .err()
+            .expect("a second claim is refused");
+        let message = refused.to_string();
+        assert!(message.contains("being written by another verger run"), "{message}");
+        assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+        assert!(message.contains(&first.holder().run_id), "{message}");
+        assert!(out.is_empty().await.unwrap(), "the claim alone is no content");
+        first.release().await;
+        assert!(!dir.path().join("out").join(CLAIM).exists());
+        let again = OutputClaim::take(&out, 60).await.expect("free again once released");
+        again.release().await;
+    }
+
+    #[test]
+    fn leases_are_stale_when_expired_past_the_allowance_or_their_process_is_gone() {
+        let mut lease = Holder::this_process(10).renewed();
+        let now = millis(SystemTime::now());
+        assert_eq!(lease.stale(now), None, "a fresh lease of a live process");
+        assert_eq!(lease.stale(now + 15_000), None, "expired, but within the allowance");
+        assert!(lease.stale(now + 25_000).is_some(), "expired past the allowance");
+        lease.pid_start += 1;
+        assert!(
+            lease.stale(now).unwrap().contains("has ended"),
+            "same host, another process"
+        );
+        lease.pid_start -= 1;
+        lease.host = "elsewhere".into();
+        assert_eq!(
+            lease.stale(now),
+            None,
+            "a process on another host is judged by expiry only"
+        );
+    }
+
+    #[test]
+    fn this_process_start_time_is_known() {
+        assert!(process_start(std::process::id()).is_some());
+        assert_eq!(process_start(u32::MAX), None);
+    }
+}

@@ -1,0 +1,189 @@
+//! `verger run` as its stages: claim the output → list (manifest) → featurize (staging, with the PCA
+//! statistics aggregated meanwhile) → errors → PCA fit → project and write → commit check → report →
+//! `_SUCCESS`, on an embedded DataFusion context, or with featurization and writing on a cluster.
+//!
+//! Featurized rows first go to a staging folder, one Parquet file per manifest partition, because PCA needs
+//! two passes (fit on everything, then project). Every file is committed atomically, `_SUCCESS` last, on the
+//! local disk and on object stores alike ([`OutputStore`]), and only one run writes an output at a time
+//! ([`OutputClaim`]).
+
+mod cluster;
+mod featurize;
+mod manifest;
+mod partitions;
+mod pca_fit;
+mod staging;
+mod verify;
+mod write;
+
+use std::sync::Arc;
+
+use datafusion::prelude::SessionContext;
+
+pub use manifest::list_images;
+
+use self::featurize::{Budget, Where};
+use self::manifest::ListSettings;
+use self::partitions::Partitions;
+use crate::config::JobConfig;
+use crate::error::JobError;
+use crate::fault;
+use crate::io::claim::OutputClaim;
+use crate::io::output::OutputStore;
+use crate::io::store::{bucket_regions, BucketRegion};
+use crate::io::StoreError;
+use crate::layout;
+use crate::progress::Progress;
+use crate::pseudonym::Pseudonymizer;
+use crate::report::{Counts, Report, Stopwatch};
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub report: Report,
+}
+
+/// Runs the whole job on an embedded DataFusion context; with `cluster` (a context connected to a cluster),
+/// featurization and writing run there, one cluster job per partition, and the rest here.
+///
+/// Commit order: manifest, staged partitions, errors, PCA model, result partitions, report, `_SUCCESS`. Every
+/// file is atomic, so a run killed anywhere resumes from what it committed, with the same partitions.
+pub async fn run_job(
+    config: &JobConfig,
+    progress: Arc<dyn Progress>,
+    cluster: Option<SessionContext>,
+) -> Result<JobOutcome, JobError> {
+    // Where every bucket is, before any byte moves.
+    let locations = [&config.input, &config.output, &config.featurize.model.location].map(String::as_str);
+    let residency = bucket_regions(&locations, &config.featurize.store, &config.allowed_regions).await?;
+    if config.featurize.store.encryption.is_some() && !config.output.starts_with("s3://") {
+        return Err(StoreError::Client(
+            "server-side encryption applies to outputs in object stores; a local output is as encrypted as its disk"
+                .into(),
+        )
+        .into());
+    }
+    // The model is fetched and verified before anything is written or any image is read.
+    let settings = config.featurize.clone();
+    tokio::task::spawn_blocking(move || settings.featurizers().map(drop))
+        .await
+        .map_err(JobError::task)??;
+    let out = OutputStore::open(&config.output, &config.featurize.store)?;
+    let claim = OutputClaim::take(&out, config.lease_ttl_s).await?;
+    let outcome = run_claimed(config, &out, &claim, progress, cluster.as_ref(), residency).await;
+    claim.release().await;
+    outcome
+}
+
+async fn run_claimed(
+    config: &JobConfig,
+    out: &OutputStore,
+    claim: &OutputClaim,
+    progress: Arc<dyn Progress>,
+    cluster: Option<&SessionContext>,
+    residency: Vec<BucketRegion>,
+) -> Result<JobOutcome, JobError> {
+    prepare_output(out, config.resume, config.overwrite).await?;
+    let ctx = crate::context::local(config.threads, &config.featurize);
+    out.register(&ctx);
+    let pseudonymizer = match &config.pseudonymize_key {
+        Some(key) => Some(Arc::new(Pseudonymizer::from_file(key).map_err(JobError::Pseudonymize)?)),
+        None => None,
+    };
+    let place = || match cluster {
+        Some(remote) => Where::Cluster {
+            remote,
+            jobs: config.cluster_jobs,
+        },
+        None => Where::Here {
+            threads: config.threads,
+        },
+    };
+    let mut clock = Stopwatch::start(progress);
+
+    let listing = ListSettings {
+        input: &config.input,
+        globs: &config.globs,
+        store: &config.featurize.store,
+        partition_rows: config.partition_rows,
+        resume: config.resume,
+    };
+    let manifest = clock
+        .stage(
+            "list",
+            None,
+            manifest::load_or_list(&listing, out, pseudonymizer.as_deref()),
+        )
+        .await?;
+    let listed = manifest.entries.len() as u64;
+    let parts = Partitions::new(out, manifest.entries.len(), manifest.partition_rows);
+    let input = staging::input(&manifest.entries, pseudonymizer.as_deref())?;
+    drop(manifest);
+
+    let budget = Budget::new(config.max_errors.map(|b| b.limit(listed)));
+    let featurizing = featurize::run(
+        &ctx,
+        place(),
+        &config.featurize,
+        &parts,
+        &input,
+        &budget,
+        clock.progress(),
+    );
+    let stats = clock.stage("featurize", Some(listed), featurizing).await?;
+    drop(input);
+    fault::pause_point("featurized").await;
+    verify::staged(&parts).await?;
+    let failed = staging::count_failed(&ctx, parts.all_staged()).await?;
+    budget.check(failed)?;
+    clock.stage("errors", None, write::errors(&ctx, out, &parts)).await?;
+    fault::checkpoint("errors");
+
+    let fitting = pca_fit::fit_and_save(out, &stats, config.components, config.center);
+    let model = clock.stage("pca_fit", None, fitting).await?;
+    drop(stats);
+    fault::checkpoint("pca");
+
+    let writing = write::results(&ctx, place(), &parts, &model, clock.progress());
+    let featurized = clock
+        .stage("project_write", Some(parts.count() as u64), writing)
+        .await?;
+    fault::pause_point("written").await;
+
+    let counts = Counts {
+        listed,
+        featurized,
+        failed,
+    };
+    clock
+        .stage("commit_check", None, verify::committed(&ctx, &parts, &counts))
+        .await?;
+    let mut report = Report::new(config, &clock, counts, &model);
+    report.buckets = residency;
+    out.put(
+        layout::REPORT,
+        serde_json::to_vec_pretty(&report).expect("report serializes"),
+    )
+    .await?;
+    fault::checkpoint("report");
+    claim.check()?;
+    out.put(layout::SUCCESS, Vec::new()).await?;
+    out.remove_all(layout::STAGING).await?;
+    Ok(JobOutcome { report })
+}
+
+/// Refuses an output that holds something, unless resuming an unfinished run there or replacing it.
+async fn prepare_output(out: &OutputStore, resume: bool, overwrite: bool) -> Result<(), JobError> {
+    if !out.is_empty().await? {
+        if resume {
+            if out.exists(layout::SUCCESS).await? {
+                return Err(JobError::AlreadyComplete(out.display().to_string()));
+            }
+        } else if overwrite {
+            out.clear().await?;
+        } else {
+            return Err(JobError::OutputExists(out.display().to_string()));
+        }
+    }
+    Ok(out.remove_unfinished_files()?)
+}

@@ -1,0 +1,100 @@
+//! The manifest cut into partitions: the unit of parallel work, of staged files and of result files.
+
+use std::ops::Range;
+
+use crate::error::JobError;
+use crate::io::output::OutputStore;
+use crate::layout;
+
+/// Cuts `n` rows into contiguous partitions of `rows`, except the last `TAPER * rows` rows, which are cut
+/// `TAPER` times finer: workers take partitions in order, so the run ends with at most a small partition on one
+/// worker while the others are idle. Depends on nothing but `n` and `rows`, so a resumed run cuts the same.
+pub fn partition_ranges(n: usize, rows: usize) -> Vec<Range<usize>> {
+    const TAPER: usize = 4;
+    let rows = rows.max(1);
+    let fine = rows.div_ceil(TAPER);
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let size = if n - start > TAPER * rows { rows } else { fine };
+        ranges.push(start..(start + size).min(n));
+        start += size;
+    }
+    ranges
+}
+
+/// The manifest cut into contiguous partitions; partition i is staged at `_staging/part-i.parquet` and
+/// written to `result/part-i.parquet`.
+pub struct Partitions<'a> {
+    pub ranges: Vec<Range<usize>>,
+    pub out: &'a OutputStore,
+}
+
+impl<'a> Partitions<'a> {
+    pub fn new(out: &'a OutputStore, rows: usize, partition_rows: usize) -> Self {
+        Partitions {
+            ranges: partition_ranges(rows, partition_rows),
+            out,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn staged(&self, i: usize) -> String {
+        layout::file(layout::STAGING, &layout::part_name(i))
+    }
+
+    pub fn staged_url(&self, i: usize) -> String {
+        self.out.url(&self.staged(i))
+    }
+
+    pub fn all_staged(&self) -> Vec<String> {
+        (0..self.count()).map(|i| self.staged_url(i)).collect()
+    }
+
+    pub fn result(&self, i: usize) -> String {
+        layout::file(layout::RESULT, &layout::part_name(i))
+    }
+
+    /// Partitions a previous attempt has not staged yet.
+    pub async fn todo(&self) -> Result<Vec<usize>, JobError> {
+        let mut todo = Vec::new();
+        for i in 0..self.count() {
+            if !self.out.exists(&self.staged(i)).await? {
+                todo.push(i);
+            }
+        }
+        Ok(todo)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_cover_every_row_once_and_taper_at_the_end() {
+        for (n, rows) in [
+            (7392, 256),
+            (1, 256),
+            (1024, 256),
+            (1025, 256),
+            (26, 6),
+            (10, 1),
+            (0, 8),
+        ] {
+            let ranges = partition_ranges(n, rows);
+            let covered: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+            assert_eq!(covered, (0..n).collect::<Vec<_>>(), "n={n} rows={rows}");
+            assert!(ranges.iter().all(|r| !r.is_empty() && r.len() <= rows));
+            if let Some(last) = ranges.last() {
+                assert!(last.len() <= rows.div_ceil(4), "n={n} rows={rows}: tail {}", last.len());
+            }
+        }
+        let sizes: Vec<usize> = partition_ranges(7392, 256).iter().map(|r| r.len()).collect();
+        assert_eq!(sizes.iter().filter(|&&s| s == 256).count(), 25);
+        assert_eq!(sizes.len(), 25 + 16);
+    }
+}

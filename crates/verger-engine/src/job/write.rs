@@ -1,0 +1,113 @@
+//! The write stage: the errors file, then each staged partition projected with the fitted PCA model and
+//! written as `result/part-N.parquet`, here or on the cluster's executors.
+
+use std::sync::Arc;
+
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::FunctionRegistry;
+use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::{col, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use verger_pca::PcaModel;
+
+use super::cluster;
+use super::featurize::Where;
+use super::partitions::Partitions;
+use super::staging::{self, featurized};
+use crate::error::JobError;
+use crate::fault;
+use crate::featurize::field;
+use crate::io::output::OutputStore;
+use crate::io::output_file::OutputFileTable;
+use crate::layout;
+use crate::pca::PcaProjectUdf;
+use crate::progress::Progress;
+
+/// Writes every failed row, sorted by path, to `errors/part-00000.parquet` (empty when none failed); returns
+/// their number.
+pub async fn errors(ctx: &SessionContext, out: &OutputStore, parts: &Partitions<'_>) -> Result<u64, JobError> {
+    let df = staging::read(ctx, parts.all_staged())
+        .await?
+        .filter(featurized(field::ERROR_STAGE).is_not_null())?
+        .select(vec![
+            col("path"),
+            featurized(field::ERROR_STAGE).alias("stage"),
+            featurized(field::ERROR_MESSAGE).alias("message"),
+        ])?
+        .sort(vec![col("path").sort(true, false)])?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    Ok(out
+        .write_batches(&layout::file(layout::ERRORS, &layout::part_name(0)), schema, &batches)
+        .await?)
+}
+
+/// Projects each staged partition and writes `result/part-N.parquet`, here or on the cluster's executors;
+/// returns the number of rows written.
+pub async fn results(
+    ctx: &SessionContext,
+    place: Where<'_>,
+    parts: &Partitions<'_>,
+    model: &Arc<PcaModel>,
+    progress: Arc<dyn Progress>,
+) -> Result<u64, JobError> {
+    let (cluster, in_flight) = match place {
+        // Two files per worker: one file's reading and planning overlap another's projection.
+        Where::Here { threads } => (None, 2 * threads),
+        Where::Cluster { remote, jobs } => (Some(remote), jobs),
+    };
+    for context in std::iter::once(ctx).chain(cluster) {
+        crate::context::register_model(context, model.clone());
+    }
+    let rows: Vec<u64> = futures::stream::iter(0..parts.count())
+        .map(|i| {
+            let progress = progress.clone();
+            async move {
+                let name = parts.result(i);
+                let rows = match cluster {
+                    None => {
+                        let plan = projected(ctx, staging::read(ctx, vec![parts.staged_url(i)]).await?)?
+                            .create_physical_plan()
+                            .await?;
+                        let (task_ctx, out) = (ctx.task_ctx(), parts.out.clone());
+                        let task = async move {
+                            let stream = execute_stream(plan, task_ctx)?;
+                            Ok::<u64, JobError>(out.write_stream(&name, stream).await?)
+                        };
+                        tokio::spawn(tracing::Instrument::in_current_span(task))
+                            .await
+                            .map_err(JobError::task)??
+                    }
+                    Some(remote) => {
+                        let staged = OutputFileTable {
+                            file: parts.out.shared_file(&parts.staged(i), None),
+                            schema: staging::schema(),
+                        };
+                        let rows = projected(remote, remote.read_table(Arc::new(staged))?)?;
+                        cluster::write(remote, parts.out, rows, &name).await?
+                    }
+                };
+                progress.advance(1);
+                Ok::<u64, JobError>(rows)
+            }
+        })
+        .buffer_unordered(in_flight.max(1))
+        .map(|rows| {
+            fault::checkpoint("write");
+            rows
+        })
+        .try_collect()
+        .await?;
+    Ok(rows.iter().sum())
+}
+
+/// The result rows of `staged`: the featurized ones with their PCA projection.
+fn projected(ctx: &SessionContext, staged: DataFrame) -> Result<DataFrame, JobError> {
+    let project = ctx.udf(PcaProjectUdf::NAME)?;
+    Ok(staged.filter(featurized(field::ERROR_STAGE).is_null())?.select(vec![
+        col("path"),
+        col("label"),
+        featurized(field::FEATURES).alias(field::FEATURES),
+        project.call(vec![featurized(field::FEATURES)]).alias("pca_features"),
+    ])?)
+}

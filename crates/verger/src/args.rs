@@ -1,0 +1,331 @@
+//! The command line: clap's description of each subcommand and its translation into the library's
+//! configurations. Defaults come from the library ([`verger::JobConfig::new`] and its constants).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use verger::{Components, Encryption, ErrorBudget, ExitStatus, FeaturizeSettings, JobConfig, Limits, StoreOptions};
+use verger_model::MOBILENET_V2_SHA256;
+
+/// Why a command ends without its result.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Arguments that cannot work together (exit status 2).
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Verger(#[from] verger::Error),
+}
+
+#[derive(Parser)]
+#[command(name = "verger", version, about = "Turn large collections of images into compact feature vectors.", after_help = ExitStatus::HELP)]
+pub struct Cli {
+    /// More log output (repeat for more); logs go to stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List, featurize (MobileNetV2), reduce (PCA) and write Parquet: the whole job.
+    #[command(after_help = ExitStatus::HELP)]
+    Run(Box<RunArgs>),
+    /// List the images a run would process and count them per label; writes nothing.
+    List(ListArgs),
+    /// Run a cluster scheduler (Apache DataFusion Ballista) with verger's functions; its REST API
+    /// (/api/jobs, /api/job/{id}/stages, /api/executors) listens on the same port.
+    Scheduler {
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        #[arg(long, default_value_t = 50050)]
+        port: u16,
+    },
+    /// Run a cluster executor that serves the scheduler at HOST:PORT; it uses PORT and PORT+1.
+    Executor(ExecutorArgs),
+    /// Write the exact 224x224 RGB pixels the model sees, as DIR/<file stem>.png.
+    Preprocess {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write the 1280-d features of a few images (paths or s3:// URIs) to one Parquet file (columns path,
+    /// features), a path or s3://bucket/key.
+    Embed {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// A folder or s3://bucket/prefix, searched recursively.
+    #[arg(long)]
+    input: String,
+    /// File-name pattern to include (repeatable). Default: *.jpg
+    #[arg(long = "glob")]
+    globs: Vec<String>,
+    /// Folders of a bucket listed at once.
+    #[arg(long, default_value_t = verger::LIST_CONCURRENCY)]
+    concurrency: usize,
+    /// Print every image (URI, tab, label), not only the counts.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+impl ListArgs {
+    pub fn config(self) -> Result<verger::ListConfig, Failure> {
+        let mut config = verger::ListConfig::new(self.input);
+        if !self.globs.is_empty() {
+            config.globs = self.globs;
+        }
+        config.concurrency = self.concurrency;
+        config.store = self.store.options()?;
+        config.allowed_regions = self.store.allowed_regions;
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+pub struct ExecutorArgs {
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    scheduler: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+    #[arg(long, default_value_t = 50051)]
+    port: u16,
+    /// Tasks run at once (default: all cores).
+    #[arg(long)]
+    slots: Option<usize>,
+    /// Where intermediate (shuffle) data goes (default: a temporary folder).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+impl ExecutorArgs {
+    pub fn options(self) -> Result<verger::ExecutorOptions, Failure> {
+        let (host, port) = self
+            .scheduler
+            .rsplit_once(':')
+            .ok_or_else(|| Failure::Usage("--scheduler is HOST:PORT".into()))?;
+        Ok(verger::ExecutorOptions {
+            scheduler_host: host.to_string(),
+            scheduler_port: port
+                .parse()
+                .map_err(|e| Failure::Usage(format!("--scheduler port: {e}")))?,
+            bind_host: self.bind,
+            port: self.port,
+            slots: self.slots.unwrap_or_else(verger::default_threads),
+            work_dir: self.work_dir.map(|d| d.to_string_lossy().into_owned()),
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// The ONNX model: a path or s3://bucket/key. Default: $VERGER_MODEL, else the shared MobileNetV2 beside
+    /// this checkout.
+    #[arg(long)]
+    model: Option<String>,
+    /// Expected sha256 of the model file; a mismatch stops the run before any image is read.
+    #[arg(long, default_value = MOBILENET_V2_SHA256)]
+    model_sha256: String,
+    /// Images per inference call. 1 is fastest on CPUs (measured: larger batches lose cache locality);
+    /// raise it for accelerators.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Refuse images with more pixels than this, before decoding (default: Pillow's decompression-bomb limit).
+    #[arg(long, default_value_t = Limits::default().max_pixels)]
+    max_pixels: u64,
+}
+
+impl ModelArgs {
+    pub fn settings(&self, store: StoreOptions) -> Result<FeaturizeSettings, Failure> {
+        let location = match &self.model {
+            Some(location) => location.clone(),
+            None => verger::default_model()
+                .ok_or_else(|| Failure::Usage("no model given: pass --model PATH or set VERGER_MODEL".into()))?,
+        };
+        let mut settings = FeaturizeSettings::new(verger::absolute(&location)?);
+        settings.model.sha256 = self.model_sha256.clone();
+        if let Some(batch_size) = self.batch_size {
+            settings.batch_size = batch_size;
+        }
+        settings.max_pixels = self.max_pixels;
+        settings.store = store;
+        Ok(settings)
+    }
+}
+
+/// Where object stores are; credentials come from the usual AWS sources (environment, the shared profile
+/// files and AWS_PROFILE, web identity, container or instance metadata), never from the command line.
+#[derive(Args)]
+pub struct StoreArgs {
+    /// AWS region of the buckets (stores that report none are taken to be here).
+    #[arg(long)]
+    region: Option<String>,
+    /// Endpoint of an S3-compatible store, e.g. http://127.0.0.1:8333.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Allow plain HTTP to an endpoint that is not on this machine.
+    #[arg(long)]
+    allow_http: bool,
+    /// Region patterns (e.g. `eu-*`, repeatable or comma-separated) that every bucket must be in; a job touching
+    /// another region is refused before any byte moves.
+    #[arg(long, value_delimiter = ',')]
+    allowed_regions: Vec<String>,
+    /// Server-side encryption of everything written to an s3:// output.
+    #[arg(long, value_parser = ["AES256", "aws:kms"])]
+    sse: Option<String>,
+    /// The KMS key for --sse aws:kms.
+    #[arg(long, requires = "sse")]
+    sse_kms_key_id: Option<String>,
+    /// Retries of a store request that failed transiently (connection refused, timeout, 5xx, throttling); waits
+    /// start at 1 s and grow with jitter up to 15 s, so 10 retries ride out at least 10 s of outage, typically
+    /// about a minute.
+    #[arg(long, default_value_t = StoreOptions::default().max_retries)]
+    max_retries: usize,
+    /// Seconds one store request may take before it is retried.
+    #[arg(long, default_value_t = StoreOptions::default().timeout_s)]
+    timeout: u64,
+}
+
+impl StoreArgs {
+    fn options(&self) -> Result<StoreOptions, Failure> {
+        let usage = |m: &str| Err(Failure::Usage(m.into()));
+        let encryption = match (self.sse.as_deref(), &self.sse_kms_key_id) {
+            (None, _) => None,
+            (Some("AES256"), None) => Some(Encryption::Aes256),
+            (Some("aws:kms"), Some(key_id)) => Some(Encryption::Kms { key_id: key_id.clone() }),
+            (Some("aws:kms"), None) => return usage("--sse aws:kms needs --sse-kms-key-id"),
+            (Some(_), Some(_)) => return usage("--sse-kms-key-id goes with --sse aws:kms"),
+            (Some(other), None) => return usage(&format!("unknown --sse {other}")),
+        };
+        Ok(StoreOptions {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            allow_http: self.allow_http,
+            encryption,
+            max_retries: self.max_retries,
+            timeout_s: self.timeout,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Images, searched recursively: a folder or s3://bucket/prefix. Each image's label is its parent
+    /// folder's name.
+    #[arg(long)]
+    input: String,
+    /// Output folder or s3://bucket/prefix: result/, errors/, pca/, manifest/, report.json, and _SUCCESS last.
+    /// One run writes an output at a time: a second one is refused, naming the first.
+    #[arg(long)]
+    pub output: String,
+    /// File-name pattern to include (repeatable). Default: *.jpg
+    #[arg(long = "glob")]
+    globs: Vec<String>,
+    /// Number of principal components to keep (default: 50).
+    #[arg(long, conflicts_with = "variance")]
+    k: Option<usize>,
+    /// Keep the fewest components whose cumulative explained variance reaches this fraction (0 < F <= 1).
+    #[arg(long)]
+    variance: Option<f64>,
+    /// Project centred vectors (x - mean); the default projects raw vectors, as Spark ML does.
+    #[arg(long)]
+    center: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Images per partition (the unit of parallel work and of output files); the last few partitions are cut
+    /// 4x finer so that the workers finish together. Default: 256.
+    #[arg(long)]
+    partition_rows: Option<usize>,
+    /// Replace the output folder if it exists.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Write HMAC-SHA256(key, path) instead of each path in result/, errors/ and manifest/ (labels kept), with
+    /// the key read from this file (at least 16 bytes), so results can be shared without exposing paths.
+    #[arg(long, value_name = "KEYFILE")]
+    pseudonymize_paths: Option<PathBuf>,
+    /// Continue an unfinished run in the output folder: committed partitions are reused, the rest is done,
+    /// and the result has exactly the rows of an uninterrupted run.
+    #[arg(long)]
+    resume: bool,
+    /// Fail as soon as more inputs than this cannot be processed: a count (10) or a fraction of the listed
+    /// images (0.01 or 1%). Default: no limit.
+    #[arg(long)]
+    max_errors: Option<ErrorBudget>,
+    /// Hourly price of the machine in USD, for the report's cost estimate (default: an m5.xlarge on demand
+    /// in eu-west-1, the original EMR node type: 0.214).
+    #[arg(long)]
+    price_per_hour: Option<f64>,
+    /// Run on a cluster (a `verger scheduler` with `verger executor`s): df://HOST:PORT. The executors
+    /// featurize and write the output, so the images, the model and the output must be reachable from them
+    /// at the same locations (a shared folder or s3://); listing, PCA fitting and commits stay here.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
+    /// With --cluster: cluster jobs (one per partition) kept in flight; more than the executors' task slots,
+    /// so that none waits for the next job. Default: 16.
+    #[arg(long, requires = "cluster")]
+    cluster_jobs: Option<usize>,
+    /// Seconds an s3:// output's lease lasts without renewal; another run takes a lease over only after twice
+    /// this without renewal, or at once when its process on this host has ended. Default: 60.
+    #[arg(long, hide = true)]
+    lease_ttl: Option<u64>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+impl RunArgs {
+    pub fn config(self) -> Result<JobConfig, Failure> {
+        let store = self.store.options()?;
+        let settings = self.model.settings(store)?;
+        let mut config = JobConfig::new(self.input, self.output, String::new());
+        config.featurize = settings;
+        if !self.globs.is_empty() {
+            config.globs = self.globs;
+        }
+        match (self.k, self.variance) {
+            (_, Some(f)) => config.components = Components::VarianceFraction(f),
+            (Some(k), None) => config.components = Components::Count(k),
+            (None, None) => {}
+        }
+        config.center = self.center;
+        if let Some(threads) = self.threads {
+            if threads == 0 {
+                return Err(Failure::Usage("--threads must be at least 1".into()));
+            }
+            config.threads = threads;
+        }
+        if let Some(rows) = self.partition_rows {
+            config.partition_rows = rows;
+        }
+        config.overwrite = self.overwrite;
+        config.resume = self.resume;
+        config.max_errors = self.max_errors;
+        config.allowed_regions = self.store.allowed_regions;
+        config.pseudonymize_key = self.pseudonymize_paths;
+        if let Some(price) = self.price_per_hour {
+            config.price_per_hour_usd = price;
+        }
+        config.cluster = self.cluster;
+        if let Some(jobs) = self.cluster_jobs {
+            config.cluster_jobs = jobs.max(1);
+        }
+        if let Some(ttl) = self.lease_ttl {
+            config.lease_ttl_s = ttl;
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,258 @@
+//! verger's library API: one call per user-facing operation, each taking a typed configuration and returning
+//! a typed result or [`Error`]. The `verger` command line, the examples and (later) the Python package and the
+//! HTTP service are thin front ends over these calls: they parse, call, print, and map the outcome to an
+//! [`ExitStatus`].
+//!
+//! - [`run`]: the whole job (list → featurize → PCA → Parquet), locally or on a cluster;
+//! - [`list`]: what a run would process, per label;
+//! - [`preprocess`]: the exact 224×224 RGB pixels the model sees;
+//! - [`embed`]: the 1280-d features of a few images into one Parquet file;
+//! - [`scheduler`] and [`executor`]: the cluster's processes.
+//!
+//! Calls that need an async runtime make their own, so they can be called from plain threads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+pub use verger_engine::config::{
+    default_threads, DEFAULT_CLUSTER_JOBS, DEFAULT_K, DEFAULT_LEASE_TTL_S, DEFAULT_PARTITION_ROWS,
+    DEFAULT_PRICE_PER_HOUR_USD,
+};
+pub use verger_engine::embed::{EmbedOutcome, Failure};
+pub use verger_engine::report::Report;
+pub use verger_engine::store::{Encryption, StoreOptions};
+pub use verger_engine::{ErrorBudget, FeaturizeSettings, JobConfig, JobError, NoProgress, Progress, StoreError};
+pub use verger_image::Limits;
+pub use verger_listing::{ImageEntry, DEFAULT_GLOB, LIST_CONCURRENCY};
+pub use verger_pca::Components;
+
+/// What any call can fail with.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] verger_model::ModelError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    /// The cluster could not be reached or its processes could not start.
+    #[error("{0}")]
+    Cluster(String),
+    /// A configuration that cannot work, found before anything ran.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    fn io(what: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.to_string(),
+            source,
+        }
+    }
+}
+
+/// How a front end ends: the command line's exit status, and the meaning the other front ends give outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Every input processed.
+    Success = 0,
+    /// Nothing committed (`--resume` continues a run).
+    Failed = 1,
+    /// A command line that cannot work.
+    Usage = 2,
+    /// Completed, but some inputs could not be processed (listed in the errors output).
+    Partial = 3,
+}
+
+impl ExitStatus {
+    pub const HELP: &'static str = "Exit status: 0 = every image processed; 1 = the run failed (nothing committed); \
+2 = bad command line; 3 = completed, but some inputs could not be processed (see OUTPUT/errors/).";
+
+    /// Success when nothing failed, else Partial.
+    pub fn from_failures(failed: u64) -> ExitStatus {
+        match failed {
+            0 => ExitStatus::Success,
+            _ => ExitStatus::Partial,
+        }
+    }
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// `$VERGER_MODEL`, else `shared/models/...` beside the checkout this library was built from.
+pub fn default_model() -> Option<String> {
+    if let Ok(location) = std::env::var("VERGER_MODEL") {
+        return Some(location);
+    }
+    let shared =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/mobilenet_v2/mobilenet_v2_imagenet.onnx");
+    shared.is_file().then(|| shared.to_string_lossy().into_owned())
+}
+
+/// Local paths made absolute (cluster workers may run elsewhere); URIs as given.
+pub fn absolute(location: &str) -> Result<String, Error> {
+    if location.contains("://") {
+        return Ok(location.to_string());
+    }
+    std::path::absolute(location)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| Error::io(location, e))
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))
+}
+
+/// What [`run`] ended with.
+#[derive(Debug, Clone)]
+pub enum RunOutcome {
+    /// The run committed its output; its report.
+    Done(Box<Report>),
+    /// `resume` found the output already complete: nothing to do.
+    AlreadyComplete(String),
+}
+
+impl RunOutcome {
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            RunOutcome::Done(report) => ExitStatus::from_failures(report.counts.failed),
+            RunOutcome::AlreadyComplete(_) => ExitStatus::Success,
+        }
+    }
+}
+
+/// Runs the whole job of `config`, reporting progress to `progress`.
+pub fn run(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<RunOutcome, Error> {
+    if config.threads == 0 {
+        return Err(Error::Config("threads must be at least 1".into()));
+    }
+    config.featurize.store.check_transport()?;
+    // Fail before anything else when the runtime is unusable (the job verifies the model first thing).
+    verger_model::runtime::ensure_loaded()?;
+    let runtime = runtime(config.threads)?;
+    let cluster = match &config.cluster {
+        Some(url) => Some(
+            runtime
+                .block_on(verger_cluster::connect(url, &config.featurize))
+                .map_err(|e| Error::Cluster(format!("connecting to the cluster at {url}: {e}")))?,
+        ),
+        None => None,
+    };
+    match runtime.block_on(verger_engine::run_job(config, progress, cluster)) {
+        Ok(outcome) => Ok(RunOutcome::Done(Box::new(outcome.report))),
+        Err(JobError::AlreadyComplete(output)) => Ok(RunOutcome::AlreadyComplete(output)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What to list.
+#[derive(Debug, Clone)]
+pub struct ListConfig {
+    /// A folder or `s3://bucket/prefix`, searched recursively.
+    pub input: String,
+    pub globs: Vec<String>,
+    /// Folders of a bucket listed at once.
+    pub concurrency: usize,
+    pub store: StoreOptions,
+    /// Region patterns every bucket must match (empty: no restriction).
+    pub allowed_regions: Vec<String>,
+}
+
+impl ListConfig {
+    pub fn new(input: impl Into<String>) -> Self {
+        ListConfig {
+            input: input.into(),
+            globs: vec![DEFAULT_GLOB.to_string()],
+            concurrency: LIST_CONCURRENCY,
+            store: StoreOptions::default(),
+            allowed_regions: Vec::new(),
+        }
+    }
+}
+
+/// The images a run would process.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// In URI order.
+    pub entries: Vec<ImageEntry>,
+    pub per_label: BTreeMap<String, usize>,
+    pub seconds: f64,
+}
+
+/// Lists the images `config` selects; writes nothing.
+pub fn list(config: &ListConfig) -> Result<Listing, Error> {
+    config.store.check_transport()?;
+    let started = std::time::Instant::now();
+    let entries = runtime(default_threads())?.block_on(async {
+        verger_engine::bucket_regions(&[config.input.as_str()], &config.store, &config.allowed_regions).await?;
+        verger_engine::list_images(&config.input, &config.globs, &config.store, config.concurrency).await
+    })?;
+    let mut per_label = BTreeMap::new();
+    for entry in &entries {
+        *per_label.entry(entry.label.clone()).or_default() += 1;
+    }
+    Ok(Listing {
+        entries,
+        per_label,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The 224×224 RGB pixels (row-major, 3 bytes a pixel) the model sees for the encoded image `bytes`,
+/// bit-identical to Pillow's `Image.open(..).convert("RGB").resize((224, 224))`.
+pub fn preprocess(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, verger_image::ImageError> {
+    verger_image::load_rgb224(bytes, limits)
+}
+
+/// Writes [`preprocess`]'s pixels of `image` as `out/<file stem>.png`; returns the file written.
+pub fn preprocess_file(image: &Path, out: &Path, limits: &Limits) -> Result<PathBuf, Error> {
+    let bytes = std::fs::read(image).map_err(|e| Error::io(image.display(), e))?;
+    let failed = |e: verger_image::ImageError| Error::Config(format!("{}: {e}", image.display()));
+    let rgb = preprocess(&bytes, limits).map_err(failed)?;
+    let stem = image
+        .file_stem()
+        .ok_or_else(|| Error::Config(format!("{}: no file name", image.display())))?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out.display(), e))?;
+    let target = out.join(stem).with_extension("png");
+    let side = verger_image::MODEL_SIDE;
+    let png = verger_image::encode_png(&rgb, side, side).map_err(failed)?;
+    std::fs::write(&target, png).map_err(|e| Error::io(target.display(), e))?;
+    Ok(target)
+}
+
+/// Writes the features of `images` (paths or `s3://` URIs) to the Parquet file `out` (a path or `s3://`).
+pub fn embed(images: &[String], settings: &FeaturizeSettings, out: &str) -> Result<EmbedOutcome, Error> {
+    settings.store.check_transport()?;
+    verger_model::runtime::ensure_loaded()?;
+    let out = absolute(out)?;
+    let outcome = runtime(default_threads())?.block_on(verger_engine::embed::embed(images, settings, &out))?;
+    Ok(outcome)
+}
+
+pub use verger_cluster::ExecutorOptions;
+
+/// Runs a cluster scheduler on `address` until the process ends.
+pub fn scheduler(address: std::net::SocketAddr) -> Result<(), Error> {
+    runtime(default_threads())?
+        .block_on(verger_cluster::run_scheduler(address))
+        .map_err(|e| Error::Cluster(e.to_string()))
+}
+
+/// Runs a cluster executor until the process ends or the scheduler stops it.
+pub fn executor(options: ExecutorOptions) -> Result<(), Error> {
+    runtime(default_threads())?
+        .block_on(verger_cluster::run_executor(options))
+        .map_err(|e| Error::Cluster(e.to_string()))
+}
