@@ -57,6 +57,9 @@ pub struct JobConfig {
     pub cluster_jobs: usize,
     /// Seconds an S3 output's lease lasts unless renewed.
     pub lease_ttl_s: u64,
+    /// Project with this saved PCA model (a path or `s3://`) instead of fitting one: new images projected into
+    /// an existing basis, so classifiers trained on it stay valid.
+    pub pca_model: Option<String>,
 }
 
 impl JobConfig {
@@ -81,6 +84,7 @@ impl JobConfig {
             cluster: None,
             cluster_jobs: DEFAULT_CLUSTER_JOBS,
             lease_ttl_s: DEFAULT_LEASE_TTL_S,
+            pca_model: None,
         }
     }
 }

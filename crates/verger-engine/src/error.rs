@@ -25,6 +25,9 @@ pub enum JobError {
     /// The commit check found the output not accounting for every listed image; nothing was committed.
     #[error("commit check failed, _SUCCESS not written: {0}; --resume redoes what is missing")]
     Incomplete(String),
+    /// A PCA model that cannot be used for this run (`--pca-model`).
+    #[error("{0}")]
+    PcaModel(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]

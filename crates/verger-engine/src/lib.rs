@@ -11,6 +11,7 @@
 //! It does not parse command lines, draw progress bars or know about clusters' processes: front ends (the
 //! `verger` binary and library) and `verger-cluster` do.
 
+pub mod classify;
 pub mod codec;
 pub mod config;
 pub mod context;
@@ -25,6 +26,7 @@ pub mod pca;
 pub mod progress;
 pub mod pseudonym;
 pub mod report;
+pub mod saved_pca;
 
 pub use config::{ErrorBudget, JobConfig};
 pub use context::{register_functions, register_model};

@@ -44,6 +44,22 @@ pub enum Command {
     },
     /// Run a cluster executor that serves the scheduler at HOST:PORT; it uses PORT and PORT+1.
     Executor(ExecutorArgs),
+    /// Train a classifier (softmax regression, L2) on a finished run: RUN -> --out CLASSIFIER.
+    Train(TrainArgs),
+    /// Score a classifier on a finished, labelled run (projected with the classifier's PCA model):
+    /// top-1/top-5 accuracy, macro F1, per-class scores, confusion matrix; saved beside the classifier.
+    Evaluate {
+        /// The classifier folder (made by verger train).
+        #[arg(long)]
+        model: String,
+        /// A finished verger run, e.g. the Test split made with --pca-model TRAINING/pca/model.json.
+        run: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Identify photos (files or s3:// objects): the most probable labels and the nearest training images.
+    #[command(after_help = ExitStatus::HELP)]
+    Identify(IdentifyArgs),
     /// Write the exact 224x224 RGB pixels the model sees, as DIR/<file stem>.png.
     Preprocess {
         #[arg(required = true)]
@@ -199,7 +215,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn options(&self) -> Result<StoreOptions, Failure> {
+    pub fn options(&self) -> Result<StoreOptions, Failure> {
         let usage = |m: &str| Err(Failure::Usage(m.into()));
         let encryption = match (self.sse.as_deref(), &self.sse_kms_key_id) {
             (None, _) => None,
@@ -239,6 +255,10 @@ pub struct RunArgs {
     /// Keep the fewest components whose cumulative explained variance reaches this fraction (0 < F <= 1).
     #[arg(long)]
     variance: Option<f64>,
+    /// Project with the PCA model of an earlier run (OUT/pca/model.json, a path or s3://) instead of fitting
+    /// one, e.g. the Test split with the Training basis; it must come from the same featurizer model.
+    #[arg(long, value_name = "MODEL_JSON", conflicts_with_all = ["k", "variance", "center"])]
+    pca_model: Option<String>,
     /// Project centred vectors (x - mean); the default projects raw vectors, as Spark ML does.
     #[arg(long)]
     center: bool,
@@ -302,6 +322,7 @@ impl RunArgs {
             (None, None) => {}
         }
         config.center = self.center;
+        config.pca_model = self.pca_model.as_deref().map(verger::absolute).transpose()?;
         if let Some(threads) = self.threads {
             if threads == 0 {
                 return Err(Failure::Usage("--threads must be at least 1".into()));
@@ -327,5 +348,99 @@ impl RunArgs {
             config.lease_ttl_s = ttl;
         }
         Ok(config)
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum On {
+    /// The run's pca_features.
+    PcaFeatures,
+    /// The run's 1280-d features.
+    Features,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// A finished verger run (folder or s3://).
+    run: String,
+    /// The classifier folder to write (folder or s3://).
+    #[arg(long)]
+    out: String,
+    /// What to train on.
+    #[arg(long, value_enum, default_value = "pca-features")]
+    on: On,
+    /// L2 penalty on the weights (scikit-learn's 1/C). Default: 1.
+    #[arg(long)]
+    l2: Option<f64>,
+    /// Replace an existing classifier folder.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+impl TrainArgs {
+    pub fn config(self) -> Result<verger::TrainConfig, Failure> {
+        let mut config = verger::TrainConfig::new(self.run, self.out);
+        config.input = match self.on {
+            On::PcaFeatures => verger::Input::PcaFeatures,
+            On::Features => verger::Input::Features,
+        };
+        if let Some(l2) = self.l2 {
+            if l2.is_nan() || l2 <= 0.0 {
+                return Err(Failure::Usage("--l2 must be positive".into()));
+            }
+            config.options.l2 = l2;
+        }
+        config.overwrite = self.overwrite;
+        config.store = self.store.options()?;
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+pub struct IdentifyArgs {
+    /// The classifier folder (made by verger train).
+    #[arg(long)]
+    pub model: String,
+    /// Print JSON (one array, one object a photo) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Labels shown per photo.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Nearest training images shown per photo.
+    #[arg(long, default_value_t = 5)]
+    pub neighbours: usize,
+    /// The featurizer (ONNX) the classifier's features came from. Default: $VERGER_MODEL, else the shared
+    /// MobileNetV2 beside this checkout; its sha256 must be the classifier's.
+    #[arg(long)]
+    featurizer: Option<String>,
+    /// Refuse photos with more pixels than this, before decoding.
+    #[arg(long, default_value_t = Limits::default().max_pixels)]
+    max_pixels: u64,
+    #[arg(required = true)]
+    pub photos: Vec<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+impl IdentifyArgs {
+    pub fn store(&self) -> Result<StoreOptions, Failure> {
+        self.store.options()
+    }
+
+    /// The featurizer settings, expecting the classifier's featurizer checksum.
+    pub fn settings(&self, featurizer_sha256: &str) -> Result<FeaturizeSettings, Failure> {
+        let location = match &self.featurizer {
+            Some(location) => location.clone(),
+            None => verger::default_model()
+                .ok_or_else(|| Failure::Usage("no featurizer: pass --featurizer PATH or set VERGER_MODEL".into()))?,
+        };
+        let mut settings = FeaturizeSettings::new(verger::absolute(&location)?);
+        settings.model.sha256 = featurizer_sha256.to_string();
+        settings.max_pixels = self.max_pixels;
+        settings.store = self.store.options()?;
+        Ok(settings)
     }
 }

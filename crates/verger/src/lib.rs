@@ -7,6 +7,8 @@
 //! - [`list`]: what a run would process, per label;
 //! - [`preprocess`]: the exact 224×224 RGB pixels the model sees;
 //! - [`embed`]: the 1280-d features of a few images into one Parquet file;
+//! - [`train`], [`evaluate`] and [`identify`]: a classifier on a run's features, scored on another run, and
+//!   applied to new photos;
 //! - [`scheduler`] and [`executor`]: the cluster's processes.
 //!
 //! Calls that need an async runtime make their own, so they can be called from plain threads.
@@ -17,6 +19,10 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+pub use verger_classify::TrainOptions;
+pub use verger_engine::classify::{
+    Classifier, ClassifyError, Evaluation, Identification, Identified, Input, TrainConfig, TrainReport,
+};
 pub use verger_engine::config::{
     default_threads, DEFAULT_CLUSTER_JOBS, DEFAULT_K, DEFAULT_LEASE_TTL_S, DEFAULT_PARTITION_ROWS,
     DEFAULT_PRICE_PER_HOUR_USD,
@@ -38,6 +44,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Model(#[from] verger_model::ModelError),
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     /// The cluster could not be reached or its processes could not start.
@@ -239,6 +247,37 @@ pub fn embed(images: &[String], settings: &FeaturizeSettings, out: &str) -> Resu
     let out = absolute(out)?;
     let outcome = runtime(default_threads())?.block_on(verger_engine::embed::embed(images, settings, &out))?;
     Ok(outcome)
+}
+
+/// Trains a classifier on a finished run and writes its folder; returns how training went.
+pub fn train(config: &TrainConfig) -> Result<TrainReport, Error> {
+    let (_, report) = runtime(default_threads())?.block_on(verger_engine::classify::train(config))?;
+    Ok(report)
+}
+
+/// Scores the classifier in folder `classifier` on the finished, labelled run `run`; the scores are also
+/// saved in the classifier folder (`evaluation.json`, `confusion.parquet`).
+pub fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Result<Evaluation, Error> {
+    Ok(runtime(default_threads())?.block_on(verger_engine::classify::evaluate(classifier, run, store))?)
+}
+
+/// Loads and checks a classifier folder, once, for [`identify`].
+pub fn load_classifier(folder: &str, store: &StoreOptions) -> Result<Classifier, Error> {
+    Ok(runtime(1)?.block_on(Classifier::load(folder, store))?)
+}
+
+/// Identifies `photos` (paths or `s3://` URIs): the `top` most probable labels and the `neighbours` nearest
+/// training images of each, or the reason a photo could not be read or decoded.
+pub fn identify(
+    classifier: &Classifier,
+    photos: &[String],
+    settings: &FeaturizeSettings,
+    top: usize,
+    neighbours: usize,
+) -> Result<Vec<Identification>, Error> {
+    verger_model::runtime::ensure_loaded()?;
+    let identifying = verger_engine::classify::identify(classifier, photos, settings, top, neighbours);
+    Ok(runtime(default_threads())?.block_on(identifying)?)
 }
 
 pub use verger_cluster::ExecutorOptions;

@@ -95,6 +95,37 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             verger::executor(args.options()?)?;
             Ok(ExitStatus::Success)
         }
+        Command::Train(args) => {
+            let config = args.config()?;
+            let report = verger::train(&config)?;
+            println!(
+                "{} classes from {} rows of {} -> {}; training accuracy {:.4} after {} iterations ({:.1} s)",
+                report.classes,
+                report.rows,
+                config.run,
+                config.out,
+                report.train_accuracy,
+                report.iterations,
+                report.seconds
+            );
+            Ok(ExitStatus::Success)
+        }
+        Command::Evaluate { model, run, store } => {
+            let e = verger::evaluate(&model, &run, &store.options()?)?;
+            println!(
+                "{} rows of {run}: top-1 {:.4}, top-5 {:.4}, macro F1 {:.4}",
+                e.rows, e.top1, e.top5, e.macro_f1
+            );
+            for (label, rows) in &e.unseen_labels {
+                println!("  {rows} rows labelled {label:?}, a label the classifier never saw");
+            }
+            for pair in e.most_confused.iter().take(5) {
+                println!("  {} x {} taken for {}", pair.count, pair.true_label, pair.predicted);
+            }
+            println!("saved in {model}/evaluation.json and {model}/confusion.parquet");
+            Ok(ExitStatus::Success)
+        }
+        Command::Identify(args) => identify(&args),
         Command::Preprocess { images, out } => {
             let mut failed = 0;
             for image in &images {
@@ -119,4 +150,31 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             Ok(ExitStatus::from_failures(outcome.failures.len() as u64))
         }
     }
+}
+
+fn identify(args: &args::IdentifyArgs) -> Result<ExitStatus, args::Failure> {
+    let classifier = verger::load_classifier(&args.model, &args.store()?)?;
+    let settings = args.settings(&classifier.featurizer_sha256)?;
+    let answers = verger::identify(&classifier, &args.photos, &settings, args.top, args.neighbours)?;
+    let failed = answers.iter().filter(|a| a.error.is_some()).count() as u64;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answers).expect("answers serialize"));
+    } else {
+        for answer in &answers {
+            match (&answer.identified, &answer.error) {
+                (Some(found), _) => {
+                    println!("{}", answer.photo);
+                    for label in &found.labels {
+                        println!("  {:>7.2} %  {}", 100.0 * label.probability, label.label);
+                    }
+                    for n in &found.neighbours {
+                        println!("  nearest {:8.3}  {}  ({})", n.distance, n.path, n.label);
+                    }
+                }
+                (None, Some(e)) => eprintln!("{}: {} failed: {}", answer.photo, e.stage, e.message),
+                (None, None) => unreachable!("an answer is identified or failed"),
+            }
+        }
+    }
+    Ok(ExitStatus::from_failures(failed))
 }

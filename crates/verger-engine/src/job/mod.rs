@@ -36,6 +36,7 @@ use crate::layout;
 use crate::progress::Progress;
 use crate::pseudonym::Pseudonymizer;
 use crate::report::{Counts, Report, Stopwatch};
+use crate::saved_pca::SavedPca;
 
 /// What a finished run produced.
 #[derive(Debug, Clone)]
@@ -63,14 +64,22 @@ pub async fn run_job(
         )
         .into());
     }
-    // The model is fetched and verified before anything is written or any image is read.
+    // The models are fetched and verified before anything is written or any image is read.
+    let given_pca = match &config.pca_model {
+        Some(location) => Some(pca_fit::load_given(
+            location,
+            &config.featurize.store,
+            &config.featurize.model.sha256,
+        )?),
+        None => None,
+    };
     let settings = config.featurize.clone();
     tokio::task::spawn_blocking(move || settings.featurizers().map(drop))
         .await
         .map_err(JobError::task)??;
     let out = OutputStore::open(&config.output, &config.featurize.store)?;
     let claim = OutputClaim::take(&out, config.lease_ttl_s).await?;
-    let outcome = run_claimed(config, &out, &claim, progress, cluster.as_ref(), residency).await;
+    let outcome = run_claimed(config, &out, &claim, progress, cluster.as_ref(), residency, given_pca).await;
     claim.release().await;
     outcome
 }
@@ -82,6 +91,7 @@ async fn run_claimed(
     progress: Arc<dyn Progress>,
     cluster: Option<&SessionContext>,
     residency: Vec<BucketRegion>,
+    given_pca: Option<(SavedPca, Vec<u8>)>,
 ) -> Result<JobOutcome, JobError> {
     prepare_output(out, config.resume, config.overwrite).await?;
     let ctx = crate::context::local(config.threads, &config.featurize);
@@ -139,8 +149,18 @@ async fn run_claimed(
     clock.stage("errors", None, write::errors(&ctx, out, &parts)).await?;
     fault::checkpoint("errors");
 
-    let fitting = pca_fit::fit_and_save(out, &stats, config.components, config.center);
-    let model = clock.stage("pca_fit", None, fitting).await?;
+    let model = match given_pca {
+        // Projected into an existing basis: the statistics are not needed, and the model is saved as given.
+        Some((saved, bytes)) => {
+            pca_fit::save_given(out, bytes).await?;
+            Arc::new(saved.model)
+        }
+        None => {
+            let sha256 = &config.featurize.model.sha256;
+            let fitting = pca_fit::fit_and_save(out, &stats, config.components, config.center, sha256);
+            clock.stage("pca_fit", None, fitting).await?
+        }
+    };
     drop(stats);
     fault::checkpoint("pca");
 

@@ -12,8 +12,10 @@ use super::staging::{self, featurized};
 use crate::error::JobError;
 use crate::featurize::field;
 use crate::io::output::OutputStore;
+use crate::io::store::StoreOptions;
 use crate::layout;
 use crate::pca::PcaStatsUdaf;
+use crate::saved_pca::SavedPca;
 
 /// Consecutive partitions aggregated together into one partial of the PCA statistics: fewer, larger partials
 /// save moving 13 MB states around; fixed groups keep the model independent of scheduling and `--threads`.
@@ -72,23 +74,46 @@ fn partial_stats(batches: &[RecordBatch]) -> Result<PcaStats, JobError> {
     PcaStats::from_bytes(bytes).ok_or_else(|| JobError::Task("corrupt pca_stats result".into()))
 }
 
-/// Fits the model from the merged statistics and saves it.
+/// Fits the model from the merged statistics and saves it, with the featurizer's sha256.
 pub async fn fit_and_save(
     out: &OutputStore,
     stats: &PcaStats,
     components: Components,
     center: bool,
+    featurizer_sha256: &str,
 ) -> Result<Arc<PcaModel>, JobError> {
     if stats.count() == 0 {
         return Err(JobError::NothingFeaturized);
     }
-    let model = fit(stats, components, center)?;
-    out.put(layout::PCA_MODEL, serde_json::to_vec(&model).expect("model serializes"))
-        .await?;
+    let saved = SavedPca {
+        model: fit(stats, components, center)?,
+        model_sha256: Some(featurizer_sha256.to_string()),
+    };
+    out.put(layout::PCA_MODEL, saved.to_json()).await?;
     tracing::info!(
-        k = model.k,
-        explained_variance = model.explained_variance(),
+        k = saved.model.k,
+        explained_variance = saved.model.explained_variance(),
         "pca fitted"
     );
-    Ok(Arc::new(model))
+    Ok(Arc::new(saved.model))
+}
+
+/// A model fitted before (`--pca-model`), read and checked against the run's featurizer before any image is
+/// read; returns it with its bytes as read, which the run saves unchanged.
+pub fn load_given(
+    location: &str,
+    store: &StoreOptions,
+    featurizer_sha256: &str,
+) -> Result<(SavedPca, Vec<u8>), JobError> {
+    let bytes = crate::io::source::read_location(location, store)?;
+    let saved = SavedPca::from_json(&bytes, location).map_err(JobError::PcaModel)?;
+    saved
+        .check_fits(featurizer_sha256, location)
+        .map_err(JobError::PcaModel)?;
+    Ok((saved, bytes))
+}
+
+/// Saves the given model's bytes unchanged, so that runs projected with it share its exact text.
+pub async fn save_given(out: &OutputStore, bytes: Vec<u8>) -> Result<(), JobError> {
+    Ok(out.put(layout::PCA_MODEL, bytes).await?)
 }

@@ -1,0 +1,226 @@
+//! The classifier folder: what `train` writes and `evaluate`, `identify` (and later `serve`, `export`) load,
+//! checked whole on loading.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, ListBuilder, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use serde::{Deserialize, Serialize};
+use verger_classify::{Softmax, TrainOptions};
+
+use super::ClassifyError;
+use crate::io::output::OutputStore;
+use crate::io::store::StoreOptions;
+use crate::saved_pca::{sha256_hex, SavedPca};
+
+const CLASSIFIER: &str = "classifier.json";
+const PCA: &str = "pca_model.json";
+const NEIGHBOURS: &str = "neighbours.parquet";
+pub const TRAINING: &str = "training.json";
+pub const EVALUATION: &str = "evaluation.json";
+pub const CONFUSION: &str = "confusion.parquet";
+const FORMAT: &str = "verger-classifier-1";
+
+/// What a classifier reads from a run's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    /// The run's `pca_features` (k values).
+    PcaFeatures,
+    /// The run's 1280-d `features`.
+    Features,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    format: String,
+    input: Input,
+    classes: Vec<String>,
+    model: Softmax,
+    featurizer_sha256: String,
+    pca_sha256: String,
+    options: TrainOptions,
+}
+
+/// The training images, for nearest neighbours in PCA space.
+#[derive(Debug, Clone)]
+pub struct Neighbours {
+    pub paths: Vec<String>,
+    pub labels: Vec<String>,
+    /// `k` values a row, row-major.
+    pub pca: Vec<f64>,
+}
+
+/// A trained classifier with everything it needs to classify new features.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    pub input: Input,
+    pub classes: Vec<String>,
+    pub model: Softmax,
+    pub options: TrainOptions,
+    /// The featurizer model whose features it classifies.
+    pub featurizer_sha256: String,
+    /// The PCA model of its training run, and that model's saved bytes.
+    pub pca: SavedPca,
+    pub pca_bytes: Vec<u8>,
+    pub neighbours: Neighbours,
+}
+
+impl Classifier {
+    /// The row the softmax model reads, from an image's features and PCA projection.
+    pub fn input_row(&self, features: &[f32], pca: &[f64]) -> Vec<f64> {
+        match self.input {
+            Input::PcaFeatures => pca.to_vec(),
+            Input::Features => features.iter().map(|&v| f64::from(v)).collect(),
+        }
+    }
+
+    /// Writes the folder (every file atomically; `training.json` last).
+    pub async fn save(&self, out: &OutputStore, training: &impl Serialize) -> Result<(), ClassifyError> {
+        let stored = Stored {
+            format: FORMAT.into(),
+            input: self.input,
+            classes: self.classes.clone(),
+            model: self.model.clone(),
+            featurizer_sha256: self.featurizer_sha256.clone(),
+            pca_sha256: sha256_hex(&self.pca_bytes),
+            options: self.options,
+        };
+        out.put(PCA, self.pca_bytes.clone()).await?;
+        let n = &self.neighbours;
+        let k = self.pca.model.k;
+        let mut pca = ListBuilder::new(Float64Builder::new())
+            .with_field(Arc::new(Field::new_list_field(DataType::Float64, true)));
+        for row in n.pca.chunks_exact(k.max(1)) {
+            pca.values().append_slice(row);
+            pca.append(true);
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("path", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, false),
+            Field::new("pca_features", crate::pca::pca_features_type(), true),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(n.paths.clone())),
+            Arc::new(StringArray::from(n.labels.clone())),
+            Arc::new(pca.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        out.write_batches(NEIGHBOURS, schema, &[batch]).await?;
+        let json = serde_json::to_vec(&stored).expect("a classifier serializes");
+        out.put(CLASSIFIER, json).await?;
+        out.put(
+            TRAINING,
+            serde_json::to_vec_pretty(training).expect("a report serializes"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Loads and checks the classifier folder `folder` (a path or `s3://`).
+    pub async fn load(folder: &str, store: &StoreOptions) -> Result<Classifier, ClassifyError> {
+        let bad = |reason: String| ClassifyError::Folder {
+            folder: folder.to_string(),
+            reason,
+        };
+        let out = OutputStore::open(folder, store)?;
+        if !out.exists(CLASSIFIER).await? {
+            return Err(bad(format!(
+                "{CLASSIFIER} is missing: not a classifier folder (made by verger train)"
+            )));
+        }
+        let stored: Stored = serde_json::from_slice(&out.get(CLASSIFIER).await?)
+            .map_err(|e| bad(format!("{CLASSIFIER} is truncated or corrupt: {e}")))?;
+        if stored.format != FORMAT {
+            return Err(bad(format!("format {:?}, this verger reads {FORMAT:?}", stored.format)));
+        }
+        if !out.exists(PCA).await? {
+            return Err(bad(format!("{PCA} is missing")));
+        }
+        let pca_bytes = out.get(PCA).await?.to_vec();
+        if sha256_hex(&pca_bytes) != stored.pca_sha256 {
+            return Err(bad(format!(
+                "{PCA} is not the PCA model the classifier was trained with"
+            )));
+        }
+        let pca = SavedPca::from_json(&pca_bytes, PCA).map_err(bad)?;
+        let m = &stored.model;
+        let want_dim = match stored.input {
+            Input::PcaFeatures => pca.model.k,
+            Input::Features => verger_model::FEATURE_DIM,
+        };
+        if m.dim != want_dim
+            || m.classes != stored.classes.len()
+            || m.weights.len() != m.classes * m.dim
+            || m.bias.len() != m.classes
+        {
+            return Err(bad(format!(
+                "inconsistent model: {} classes of {}-d weights for {} names and {want_dim}-d inputs",
+                m.classes,
+                m.dim,
+                stored.classes.len()
+            )));
+        }
+        let neighbours = read_neighbours(&out, pca.model.k)
+            .await
+            .map_err(|e| bad(format!("{NEIGHBOURS}: {e}")))?;
+        Ok(Classifier {
+            input: stored.input,
+            classes: stored.classes,
+            model: stored.model,
+            options: stored.options,
+            featurizer_sha256: stored.featurizer_sha256,
+            pca,
+            pca_bytes,
+            neighbours,
+        })
+    }
+}
+
+async fn read_neighbours(out: &OutputStore, k: usize) -> Result<Neighbours, String> {
+    if !out.exists(NEIGHBOURS).await.map_err(|e| e.to_string())? {
+        return Err("missing".into());
+    }
+    let ctx = SessionContext::new();
+    out.register(&ctx);
+    let batches = ctx
+        .read_parquet(out.url(NEIGHBOURS), ParquetReadOptions::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut n = Neighbours {
+        paths: Vec::new(),
+        labels: Vec::new(),
+        pca: Vec::new(),
+    };
+    for batch in &batches {
+        let text =
+            |i: usize| datafusion::arrow::compute::cast(batch.column(i), &DataType::Utf8).map_err(|e| e.to_string());
+        let (paths, labels) = (text(0)?, text(1)?);
+        n.paths.extend(
+            paths
+                .as_string::<i32>()
+                .iter()
+                .map(|p| p.unwrap_or_default().to_string()),
+        );
+        n.labels.extend(
+            labels
+                .as_string::<i32>()
+                .iter()
+                .map(|p| p.unwrap_or_default().to_string()),
+        );
+        let pca = batch.column(2).as_list::<i32>();
+        for i in 0..pca.len() {
+            let row = pca.value(i);
+            let row = row.as_primitive::<Float64Type>();
+            if row.len() != k {
+                return Err(format!("a row has {} values, the PCA model {k}", row.len()));
+            }
+            n.pca.extend(row.values().iter());
+        }
+    }
+    Ok(n)
+}

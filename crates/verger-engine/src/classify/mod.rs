@@ -1,0 +1,55 @@
+//! What comes after the features: a classifier trained on a finished run ([`train`]), evaluated on another
+//! ([`evaluate`]), and used to identify new photos ([`identify`]). The numbers are `verger-classify`'s; this
+//! module reads runs and writes classifier folders through the I/O layer.
+//!
+//! A classifier folder holds `classifier.json` (classes, weights, what it is trained on and the sha256s of the
+//! featurizer and PCA model it expects), `pca_model.json` (the PCA model, as the run saved it),
+//! `neighbours.parquet` (each training image's path, label and PCA features, for nearest neighbours) and
+//! `training.json`; evaluation adds `evaluation.json` and `confusion.parquet`.
+
+mod evaluate;
+mod folder;
+mod identify;
+mod run_rows;
+mod train;
+
+pub use evaluate::{evaluate, Evaluation};
+pub use folder::{Classifier, Input};
+pub use identify::{identify, Identification, Identified, Label, Neighbour};
+pub use train::{train, TrainConfig, TrainReport};
+
+use thiserror::Error;
+
+use crate::error::JobError;
+use crate::io::StoreError;
+
+#[derive(Debug, Error)]
+pub enum ClassifyError {
+    /// A run that is not a finished verger output, or lacks what is asked of it.
+    #[error("{run}: {reason}")]
+    Run { run: String, reason: String },
+    /// A classifier folder that is missing, truncated or inconsistent.
+    #[error("classifier {folder}: {reason}")]
+    Folder { folder: String, reason: String },
+    /// A classifier and a run (or featurizer) that do not belong together.
+    #[error("{0}")]
+    Mismatch(String),
+    #[error(transparent)]
+    Train(#[from] verger_classify::ClassifyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+impl From<datafusion::error::DataFusionError> for ClassifyError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        ClassifyError::Job(e.into())
+    }
+}
+
+impl From<datafusion::arrow::error::ArrowError> for ClassifyError {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        ClassifyError::Job(e.into())
+    }
+}

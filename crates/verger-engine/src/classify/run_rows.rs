@@ -1,0 +1,120 @@
+//! The rows of a finished run, read for training, evaluation and neighbours.
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{Float32Type, Float64Type};
+use datafusion::prelude::{col, ParquetReadOptions, SessionConfig, SessionContext};
+
+use super::ClassifyError;
+use crate::io::output::OutputStore;
+use crate::io::store::StoreOptions;
+use crate::layout;
+use crate::saved_pca::SavedPca;
+
+/// A finished run's result rows, sorted by path.
+pub struct RunRows {
+    pub paths: Vec<String>,
+    pub labels: Vec<String>,
+    /// `k` values a row, row-major.
+    pub pca: Vec<f64>,
+    pub k: usize,
+    /// 1280 values a row, when asked for.
+    pub features: Option<Vec<f64>>,
+    pub pca_model: SavedPca,
+    /// `pca/model.json` as the run saved it.
+    pub pca_bytes: Vec<u8>,
+}
+
+impl RunRows {
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+}
+
+/// Reads the result of the finished run `run` (a folder or `s3://`), with the 1280-d features if `features`.
+pub async fn read(run: &str, store: &StoreOptions, features: bool) -> Result<RunRows, ClassifyError> {
+    let failed = |reason: String| ClassifyError::Run {
+        run: run.to_string(),
+        reason,
+    };
+    let out = OutputStore::open(run, store)?;
+    if !out.exists(layout::SUCCESS).await? {
+        return Err(failed("not a finished verger run (no _SUCCESS)".into()));
+    }
+    let pca_bytes = out.get(layout::PCA_MODEL).await?.to_vec();
+    let pca_model = SavedPca::from_json(&pca_bytes, layout::PCA_MODEL).map_err(failed)?;
+    let files: Vec<String> = out
+        .files(layout::RESULT)
+        .await?
+        .into_iter()
+        .filter(|f| f.ends_with(".parquet"))
+        .map(|f| out.url(&f))
+        .collect();
+    if files.is_empty() {
+        return Err(failed("no result files".into()));
+    }
+    let ctx = SessionContext::new_with_config(crate::context::configure(SessionConfig::new(), 1));
+    out.register(&ctx);
+    let mut columns = vec![col("path"), col("label"), col("pca_features")];
+    if features {
+        columns.push(col("features"));
+    }
+    let batches = ctx
+        .read_parquet(files, ParquetReadOptions::default())
+        .await?
+        .select(columns)?
+        .sort(vec![col("path").sort(true, false)])?
+        .collect()
+        .await?;
+    let mut rows = RunRows {
+        paths: Vec::new(),
+        labels: Vec::new(),
+        pca: Vec::new(),
+        k: pca_model.model.k,
+        features: features.then(Vec::new),
+        pca_model,
+        pca_bytes,
+    };
+    for batch in &batches {
+        let text =
+            |i: usize| datafusion::arrow::compute::cast(batch.column(i), &datafusion::arrow::datatypes::DataType::Utf8);
+        let (paths, labels) = (text(0)?, text(1)?);
+        rows.paths.extend(
+            paths
+                .as_string::<i32>()
+                .iter()
+                .map(|p| p.unwrap_or_default().to_string()),
+        );
+        rows.labels.extend(
+            labels
+                .as_string::<i32>()
+                .iter()
+                .map(|l| l.unwrap_or_default().to_string()),
+        );
+        let pca = batch.column(2).as_list::<i32>();
+        for i in 0..pca.len() {
+            let values = pca.value(i);
+            let values = values.as_primitive::<Float64Type>();
+            if values.len() != rows.k {
+                return Err(failed(format!(
+                    "a row has {} PCA values, the model {}",
+                    values.len(),
+                    rows.k
+                )));
+            }
+            rows.pca.extend(values.values().iter());
+        }
+        if let Some(all) = rows.features.as_mut() {
+            let list = batch.column(3).as_list::<i32>();
+            for i in 0..list.len() {
+                let values = list.value(i);
+                let values = values.as_primitive::<Float32Type>();
+                all.extend(values.values().iter().map(|&v| f64::from(v)));
+            }
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,268 @@
+//! The app's use case end to end on the shared Fruits-360 sample: featurize Training, project Test with the
+//! Training PCA (`--pca-model`), train on both feature sets, evaluate on Test against the scikit-learn
+//! reference accuracies, identify photos (good and bad), and refuse what does not belong together.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_success, python, run_args, small_input, verger};
+use verger_testdata::fruits360_dir;
+
+/// scikit-learn `LogisticRegression` on the original pipeline's features, Training → Test, 88 classes.
+const REFERENCE_PCA50_TOP1: f64 = 0.9598;
+const REFERENCE_FULL_TOP1: f64 = 0.9797;
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn train_evaluate_identify_on_the_shared_splits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_run, test_run) = (tmp.path().join("training"), tmp.path().join("test"));
+    let training = fruits360_dir().join("Training");
+    let test = fruits360_dir().join("Test");
+    assert_success(&verger(&run_args(&training, &train_run, &[])), "training run");
+    let model_json = train_run.join("pca/model.json");
+    let pca_model = model_json.to_str().unwrap();
+    assert_success(
+        &verger(&run_args(&test, &test_run, &["--pca-model", pca_model])),
+        "test run with the training PCA",
+    );
+    assert_eq!(
+        std::fs::read(test_run.join("pca/model.json")).unwrap(),
+        std::fs::read(&model_json).unwrap(),
+        "the test run saves the model it was projected with, unchanged"
+    );
+
+    for (on, reference) in [
+        ("pca-features", REFERENCE_PCA50_TOP1),
+        ("features", REFERENCE_FULL_TOP1),
+    ] {
+        let classifier = tmp.path().join(format!("classifier-{on}"));
+        let trained = verger(&[
+            "train",
+            train_run.to_str().unwrap(),
+            "--out",
+            classifier.to_str().unwrap(),
+            "--on",
+            on,
+        ]);
+        assert_success(&trained, &format!("train on {on}"));
+        let evaluated = verger(&[
+            "evaluate",
+            "--model",
+            classifier.to_str().unwrap(),
+            test_run.to_str().unwrap(),
+        ]);
+        assert_success(&evaluated, &format!("evaluate on {on}"));
+        let evaluation = json(&classifier.join("evaluation.json"));
+        let top1 = evaluation["top1"].as_f64().unwrap();
+        println!("{on}: top-1 {top1:.4} (reference {reference}), {}", text(&evaluated));
+        assert!(top1 >= reference, "{on}: top-1 {top1} below the reference {reference}");
+        assert!(evaluation["top5"].as_f64().unwrap() >= top1);
+        assert_eq!(evaluation["rows"], 2464);
+        assert_eq!(evaluation["per_class"].as_array().unwrap().len(), 88);
+        assert!(evaluation["unseen_labels"].as_object().unwrap().is_empty());
+        assert_success(
+            &python("check_classifier.py", &[classifier.to_str().unwrap(), "88", "2464"]),
+            "pyarrow reads the classifier's Parquet",
+        );
+    }
+
+    // Deterministic: the same run gives the same bytes.
+    let again = tmp.path().join("classifier-again");
+    assert_success(
+        &verger(&["train", train_run.to_str().unwrap(), "--out", again.to_str().unwrap()]),
+        "train again",
+    );
+    let pca_classifier = tmp.path().join("classifier-pca-features");
+    for file in ["classifier.json", "pca_model.json", "neighbours.parquet"] {
+        assert!(
+            std::fs::read(again.join(file)).unwrap() == std::fs::read(pca_classifier.join(file)).unwrap(),
+            "{file} differs between two trainings"
+        );
+    }
+
+    // Identify: three Test photos, an empty file and a text file; the bad ones are errors, never a crash.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("empty.jpg"), b"").unwrap();
+    std::fs::write(bad.join("notes.jpg"), b"not an image").unwrap();
+    let photos: Vec<std::path::PathBuf> = ["Kiwi", "Lemon", "Pomegranate"]
+        .iter()
+        .map(|label| {
+            let mut files: Vec<_> = std::fs::read_dir(test.join(label))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            files[0].clone()
+        })
+        .collect();
+    let mut args = vec![
+        "identify",
+        "--model",
+        pca_classifier.to_str().unwrap(),
+        "--json",
+        "--top",
+        "3",
+    ];
+    args.extend(photos.iter().map(|p| p.to_str().unwrap()));
+    let (empty, notes) = (bad.join("empty.jpg"), bad.join("notes.jpg"));
+    args.extend([empty.to_str().unwrap(), notes.to_str().unwrap()]);
+    let identified = verger(&args);
+    assert_eq!(identified.status.code(), Some(3), "{}", text(&identified));
+    let answers: serde_json::Value = serde_json::from_slice(&identified.stdout).unwrap();
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 5);
+    for (answer, label) in answers.iter().zip(["Kiwi", "Lemon", "Pomegranate"]) {
+        let labels = answer["identified"]["labels"].as_array().unwrap();
+        assert_eq!(labels.len(), 3);
+        assert_eq!(labels[0]["label"], label, "{answer}");
+        let p: Vec<f64> = labels.iter().map(|l| l["probability"].as_f64().unwrap()).collect();
+        assert!(p[0] >= p[1] && p[1] >= p[2] && p[0] <= 1.0);
+        let nearest = answer["identified"]["neighbours"].as_array().unwrap();
+        assert_eq!(nearest.len(), 5);
+        assert_eq!(nearest[0]["label"], label, "nearest training image of a {label}");
+    }
+    for answer in &answers[3..] {
+        assert_eq!(answer["error"]["stage"], "decode", "{answer}");
+        assert!(answer.get("identified").is_none());
+    }
+    // The table for people.
+    let table = verger(&[
+        "identify",
+        "--model",
+        pca_classifier.to_str().unwrap(),
+        photos[0].to_str().unwrap(),
+    ]);
+    assert_success(&table, "identify as a table");
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("Kiwi"),
+        "{}",
+        text(&table)
+    );
+}
+
+#[test]
+fn what_does_not_belong_together_is_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    small_input(&input);
+    let run = tmp.path().join("small");
+    assert_eq!(verger(&run_args(&input, &run, &["--k", "5"])).status.code(), Some(3));
+    let classifier = tmp.path().join("classifier");
+    assert_success(
+        &verger(&["train", run.to_str().unwrap(), "--out", classifier.to_str().unwrap()]),
+        "train on the small run",
+    );
+
+    // A run projected with another PCA model.
+    let other = tmp.path().join("other");
+    assert_eq!(verger(&run_args(&input, &other, &["--k", "4"])).status.code(), Some(3));
+    let refused = verger(&[
+        "evaluate",
+        "--model",
+        classifier.to_str().unwrap(),
+        other.to_str().unwrap(),
+    ]);
+    let message = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{message}");
+    assert!(message.contains("projected with another PCA model"), "{message}");
+
+    // --pca-model from another featurizer, and a file that is no model: refused before any image is read.
+    let mut foreign = json(&run.join("pca/model.json"));
+    foreign["model_sha256"] = serde_json::json!("0".repeat(64));
+    let foreign_path = tmp.path().join("foreign.json");
+    std::fs::write(&foreign_path, foreign.to_string()).unwrap();
+    let refused = verger(&run_args(
+        &input,
+        &tmp.path().join("x"),
+        &["--pca-model", foreign_path.to_str().unwrap()],
+    ));
+    let message = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("fitted on the features of model sha256 0000"),
+        "{message}"
+    );
+    assert!(!tmp.path().join("x").exists(), "nothing written for a refused model");
+    let not_a_model = tmp.path().join("notes.json");
+    std::fs::write(&not_a_model, b"{\"hello\": 1}").unwrap();
+    let refused = verger(&run_args(
+        &input,
+        &tmp.path().join("y"),
+        &["--pca-model", not_a_model.to_str().unwrap()],
+    ));
+    assert!(
+        text(&refused).contains("is not a verger PCA model"),
+        "{}",
+        text(&refused)
+    );
+
+    // Classifier folders that are missing or truncated.
+    let missing = verger(&[
+        "evaluate",
+        "--model",
+        tmp.path().join("nope").to_str().unwrap(),
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&missing).contains("classifier.json is missing"),
+        "{}",
+        text(&missing)
+    );
+    let truncated = tmp.path().join("truncated");
+    std::fs::create_dir_all(&truncated).unwrap();
+    for file in ["pca_model.json", "neighbours.parquet", "training.json"] {
+        std::fs::copy(classifier.join(file), truncated.join(file)).unwrap();
+    }
+    let whole = std::fs::read(classifier.join("classifier.json")).unwrap();
+    std::fs::write(truncated.join("classifier.json"), &whole[..whole.len() / 2]).unwrap();
+    let refused = verger(&[
+        "identify",
+        "--model",
+        truncated.to_str().unwrap(),
+        input.join("Kiwi").to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused).contains("truncated or corrupt"), "{}", text(&refused));
+
+    // Training on a run of one class, and on something that is not a finished run.
+    let one = tmp.path().join("one-class");
+    std::fs::create_dir_all(one.join("Kiwi")).unwrap();
+    for entry in std::fs::read_dir(input.join("Kiwi")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, one.join("Kiwi").join(path.file_name().unwrap())).unwrap();
+    }
+    let one_run = tmp.path().join("one-run");
+    assert_success(&verger(&run_args(&one, &one_run, &["--k", "2"])), "one-class run");
+    let refused = verger(&[
+        "train",
+        one_run.to_str().unwrap(),
+        "--out",
+        tmp.path().join("c1").to_str().unwrap(),
+    ]);
+    assert!(text(&refused).contains("one class only (Kiwi)"), "{}", text(&refused));
+    let refused = verger(&[
+        "train",
+        input.to_str().unwrap(),
+        "--out",
+        tmp.path().join("c2").to_str().unwrap(),
+    ]);
+    assert!(
+        text(&refused).contains("not a finished verger run"),
+        "{}",
+        text(&refused)
+    );
+}
