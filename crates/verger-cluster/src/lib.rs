@@ -5,6 +5,8 @@
 //! (`featurize`'s settings, `pca_project`'s model) travel with the plan instead of resolving to whatever the
 //! receiving process registered ([`verger_engine::codec`]). Executors register `featurize` with settings
 //! that name no model, so a plan that arrives without the client's state fails loudly instead of running.
+//!
+//! It does not hold the job's logic (the client's `verger-engine` plans every cluster job) nor any secret.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
