@@ -83,7 +83,8 @@ pub async fn run(
     }
     let sequential = crate::context::local(1, settings);
     parts.out.register(&sequential);
-    let aggregator = tokio::spawn(pca_fit::aggregate_staged(sequential, parts.all_staged(), staged_rx));
+    let aggregating = pca_fit::aggregate_staged(sequential, parts.all_staged(), staged_rx);
+    let aggregator = tokio::spawn(tracing::Instrument::in_current_span(aggregating));
 
     let featurized = match todo.is_empty() {
         true => Ok(()),
