@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use verger_listing::Location;
 
 use crate::error::JobError;
 use crate::featurize::{features_type, featurize_files, FeaturizeSettings};
 use crate::io::output::OutputStore;
+use crate::io::source;
 
 /// A file that could not be featurized.
 #[derive(Debug, Clone)]
@@ -30,15 +30,7 @@ pub struct EmbedOutcome {
 /// Writes `path`, `features` for each image that could be featurized to the Parquet file `out`; returns the
 /// rows written and the failures. Must run inside a multi-threaded Tokio runtime (for `s3://` images).
 pub async fn embed(images: &[String], settings: &FeaturizeSettings, out: &str) -> Result<EmbedOutcome, JobError> {
-    let uris: Vec<String> = images
-        .iter()
-        .map(|image| match Location::parse(image) {
-            Location::S3 { .. } => Ok(image.clone()),
-            Location::Local(path) => std::path::absolute(&path)
-                .map(|a| format!("file://{}", a.display()))
-                .map_err(|e| JobError::io(&path, e)),
-        })
-        .collect::<Result<_, _>>()?;
+    let uris: Vec<String> = images.iter().map(|l| source::uri(l)).collect::<Result<_, _>>()?;
     let featurize = {
         let settings = settings.clone();
         let uris = uris.clone();

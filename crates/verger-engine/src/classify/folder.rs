@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, ListBuilder, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, Float64Builder, ListBuilder, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use serde::{Deserialize, Serialize};
 use verger_classify::{Softmax, TrainOptions};
 
+use super::run_rows::{extend_rows, strings};
 use super::ClassifyError;
 use crate::io::output::OutputStore;
 use crate::io::store::StoreOptions;
@@ -197,30 +198,9 @@ async fn read_neighbours(out: &OutputStore, k: usize) -> Result<Neighbours, Stri
         pca: Vec::new(),
     };
     for batch in &batches {
-        let text =
-            |i: usize| datafusion::arrow::compute::cast(batch.column(i), &DataType::Utf8).map_err(|e| e.to_string());
-        let (paths, labels) = (text(0)?, text(1)?);
-        n.paths.extend(
-            paths
-                .as_string::<i32>()
-                .iter()
-                .map(|p| p.unwrap_or_default().to_string()),
-        );
-        n.labels.extend(
-            labels
-                .as_string::<i32>()
-                .iter()
-                .map(|p| p.unwrap_or_default().to_string()),
-        );
-        let pca = batch.column(2).as_list::<i32>();
-        for i in 0..pca.len() {
-            let row = pca.value(i);
-            let row = row.as_primitive::<Float64Type>();
-            if row.len() != k {
-                return Err(format!("a row has {} values, the PCA model {k}", row.len()));
-            }
-            n.pca.extend(row.values().iter());
-        }
+        n.paths.extend(strings(batch, 0).map_err(|e| e.to_string())?);
+        n.labels.extend(strings(batch, 1).map_err(|e| e.to_string())?);
+        extend_rows::<Float64Type>(batch, 2, k, &mut n.pca)?;
     }
     Ok(n)
 }

@@ -3,12 +3,12 @@
 
 use serde::Serialize;
 use verger_classify::metrics::top_k;
-use verger_listing::Location;
 
 use super::folder::Classifier;
 use super::ClassifyError;
 use crate::error::JobError;
 use crate::featurize::{featurize_files, FeaturizeSettings};
+use crate::io::source;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Label {
@@ -94,15 +94,7 @@ pub async fn identify(
     neighbours: usize,
 ) -> Result<Vec<Identification>, ClassifyError> {
     classifier.check_featurizer(settings)?;
-    let uris: Vec<String> = photos
-        .iter()
-        .map(|photo| match Location::parse(photo) {
-            Location::S3 { .. } => Ok(photo.clone()),
-            Location::Local(path) => std::path::absolute(&path)
-                .map(|a| format!("file://{}", a.display()))
-                .map_err(|e| JobError::io(&path, e)),
-        })
-        .collect::<Result<_, _>>()?;
+    let uris: Vec<String> = photos.iter().map(|l| source::uri(l)).collect::<Result<_, _>>()?;
     let settings = settings.clone();
     let outcomes = tokio::task::spawn_blocking(move || featurize_files(&uris, &settings))
         .await

@@ -1,7 +1,9 @@
 //! The rows of a finished run, read for training, evaluation and neighbours.
 
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{Float32Type, Float64Type};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Float32Type, Float64Type};
+use datafusion::arrow::error::ArrowError;
 use datafusion::prelude::{col, ParquetReadOptions, SessionConfig, SessionContext};
 
 use super::ClassifyError;
@@ -79,42 +81,42 @@ pub async fn read(run: &str, store: &StoreOptions, features: bool) -> Result<Run
         pca_bytes,
     };
     for batch in &batches {
-        let text =
-            |i: usize| datafusion::arrow::compute::cast(batch.column(i), &datafusion::arrow::datatypes::DataType::Utf8);
-        let (paths, labels) = (text(0)?, text(1)?);
-        rows.paths.extend(
-            paths
-                .as_string::<i32>()
-                .iter()
-                .map(|p| p.unwrap_or_default().to_string()),
-        );
-        rows.labels.extend(
-            labels
-                .as_string::<i32>()
-                .iter()
-                .map(|l| l.unwrap_or_default().to_string()),
-        );
-        let pca = batch.column(2).as_list::<i32>();
-        for i in 0..pca.len() {
-            let values = pca.value(i);
-            let values = values.as_primitive::<Float64Type>();
-            if values.len() != rows.k {
-                return Err(failed(format!(
-                    "a row has {} PCA values, the model {}",
-                    values.len(),
-                    rows.k
-                )));
-            }
-            rows.pca.extend(values.values().iter());
-        }
+        rows.paths.extend(strings(batch, 0)?);
+        rows.labels.extend(strings(batch, 1)?);
+        extend_rows::<Float64Type>(batch, 2, rows.k, &mut rows.pca)
+            .map_err(|e| failed(format!("pca_features: {e}")))?;
         if let Some(all) = rows.features.as_mut() {
-            let list = batch.column(3).as_list::<i32>();
-            for i in 0..list.len() {
-                let values = list.value(i);
-                let values = values.as_primitive::<Float32Type>();
-                all.extend(values.values().iter().map(|&v| f64::from(v)));
-            }
+            extend_rows::<Float32Type>(batch, 3, verger_model::FEATURE_DIM, all)
+                .map_err(|e| failed(format!("features: {e}")))?;
         }
     }
     Ok(rows)
+}
+
+/// Column `i` of `batch` (any string type) as strings, nulls as empty.
+pub(super) fn strings(batch: &RecordBatch, i: usize) -> Result<Vec<String>, ArrowError> {
+    let column = cast(batch.column(i), &DataType::Utf8)?;
+    Ok(column
+        .as_string::<i32>()
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect())
+}
+
+/// Appends list column `i` of `batch` to `out` as float64, row after row, each row exactly `len` values.
+pub(super) fn extend_rows<T>(batch: &RecordBatch, i: usize, len: usize, out: &mut Vec<f64>) -> Result<(), String>
+where
+    T: ArrowPrimitiveType,
+    T::Native: Into<f64>,
+{
+    let list = batch.column(i).as_list::<i32>();
+    for row in 0..list.len() {
+        let values = list.value(row);
+        let values = values.as_primitive::<T>();
+        if values.len() != len {
+            return Err(format!("a row has {} values where {len} are expected", values.len()));
+        }
+        out.extend(values.values().iter().map(|&v| v.into()));
+    }
+    Ok(())
 }

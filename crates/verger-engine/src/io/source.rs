@@ -19,6 +19,17 @@ pub fn read(uri: &str, store: &StoreOptions) -> Result<Vec<u8>, StoreError> {
     }
 }
 
+/// The URI featurization reads a file named by the user by: `s3://` as given, a local path as an absolute
+/// `file://` URI.
+pub fn uri(location: &str) -> Result<String, StoreError> {
+    match Location::parse(location) {
+        Location::S3 { .. } => Ok(location.to_string()),
+        Location::Local(path) => std::path::absolute(&path)
+            .map(|a| format!("file://{}", a.display()))
+            .map_err(|e| StoreError::io(path, e)),
+    }
+}
+
 /// Reads a file named by the user: a local path or `s3://bucket/key`.
 pub fn read_location(location: &str, store: &StoreOptions) -> Result<Vec<u8>, StoreError> {
     match Location::parse(location) {
