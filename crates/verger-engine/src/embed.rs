@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 use crate::error::JobError;
 use crate::featurize::{features_type, featurize_files, FeaturizeSettings};
-use crate::io::output::OutputStore;
+use crate::io::output::{split_file, OutputStore};
 use crate::io::source;
 
 /// A file that could not be featurized.
@@ -63,32 +63,4 @@ pub async fn embed(images: &[String], settings: &FeaturizeSettings, out: &str) -
     let store = OutputStore::open(&folder, &settings.store)?;
     let rows = store.write_batches(&name, schema, &[batch]).await?;
     Ok(EmbedOutcome { rows, failures })
-}
-
-/// `folder/name` → (`folder`, `name`), for a local path or an `s3://bucket/key`.
-fn split_file(file: &str) -> (String, String) {
-    match file.rsplit_once('/') {
-        Some((folder, name)) if !folder.is_empty() && !folder.ends_with(':') && !folder.ends_with("//") => {
-            (folder.to_string(), name.to_string())
-        }
-        Some((_, name)) if file.starts_with('/') => ("/".to_string(), name.to_string()),
-        _ => (".".to_string(), file.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_file;
-
-    #[test]
-    fn output_files_split_into_folder_and_name() {
-        let split = |f: &str| {
-            let (a, b) = split_file(f);
-            (a, b)
-        };
-        assert_eq!(split("out/f.parquet"), ("out".into(), "f.parquet".into()));
-        assert_eq!(split("/f.parquet"), ("/".into(), "f.parquet".into()));
-        assert_eq!(split("f.parquet"), (".".into(), "f.parquet".into()));
-        assert_eq!(split("s3://b/k/f.parquet"), ("s3://b/k".into(), "f.parquet".into()));
-    }
 }

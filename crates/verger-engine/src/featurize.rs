@@ -169,11 +169,7 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
             tracing::debug_span!("read")
                 .in_scope(|| source::read(uris.value(i), &settings.store))
                 .map_err(|e| (stage::READ, e.to_string()))
-                .and_then(|bytes| {
-                    tracing::debug_span!("decode", bytes = bytes.len())
-                        .in_scope(|| verger_image::load_rgb224(&bytes, &limits))
-                        .map_err(|e| (stage::DECODE, e.to_string()))
-                })
+                .and_then(|bytes| decode(&bytes, &limits).map_err(|e| (stage::DECODE, e.to_string())))
         };
         match outcome {
             Ok(rgb) => {
@@ -190,6 +186,42 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
     }
     flush(&mut pending, &inputs, &mut outcomes)?;
     Ok(outcomes)
+}
+
+/// The model's 224×224 RGB pixels of one encoded image.
+fn decode(bytes: &[u8], limits: &Limits) -> std::result::Result<Vec<u8>, verger_image::ImageError> {
+    tracing::debug_span!("decode", bytes = bytes.len()).in_scope(|| verger_image::load_rgb224(bytes, limits))
+}
+
+/// Why an image held in memory was not featurized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageFailure {
+    pub stage: &'static str,
+    pub message: String,
+    /// Its size exceeds `max_pixels` (a service answers 413, not 400).
+    pub too_large: bool,
+}
+
+/// Features of one encoded image held in memory (an upload), on a session of this process's pool.
+pub fn featurize_bytes(bytes: &[u8], settings: &FeaturizeSettings) -> std::result::Result<Vec<f32>, ImageFailure> {
+    let limits = Limits {
+        max_pixels: settings.max_pixels,
+    };
+    let rgb = decode(bytes, &limits).map_err(|e| ImageFailure {
+        stage: stage::DECODE,
+        too_large: matches!(e, verger_image::ImageError::TooLarge { .. }),
+        message: e.to_string(),
+    })?;
+    let mut input = vec![0f32; INPUT_LEN];
+    scale_into(&rgb, &mut input);
+    let infer_failed = |e: ModelError| ImageFailure {
+        stage: stage::INFER,
+        message: e.to_string(),
+        too_large: false,
+    };
+    let pool = settings.featurizers().map_err(infer_failed)?;
+    let mut featurizer = pool.get().map_err(infer_failed)?;
+    tracing::debug_span!("infer", images = 1).in_scope(|| featurizer.embed(&input).map_err(infer_failed))
 }
 
 fn outcomes_to_array(outcomes: Vec<Outcome>) -> ArrayRef {

@@ -22,6 +22,9 @@ pub enum ModelError {
     },
     #[error("ONNX Runtime: {0}")]
     Ort(String),
+    /// The app model could not be built from the featurizer and head given.
+    #[error("app model: {0}")]
+    AppModel(String),
     #[error("input holds {len} floats, not a whole number of 224x224x3 images")]
     InputShape { len: usize },
 }

@@ -6,8 +6,10 @@
 //! images costs less CPU than parallelism inside one image. The runtime library is loaded dynamically from the
 //! `onnxruntime` Python wheel the setup step installs ([`runtime`]).
 //!
-//! Scope: float32 NHWC batches in, 1280-d features out. No image decoding, no files other than the model.
+//! Scope: float32 NHWC batches in, 1280-d features out; and [`app_model`], the featurizer spliced with a
+//! linear head into the one ONNX file an app runs. No image decoding, no files other than the model.
 
+pub mod app_model;
 mod error;
 mod featurizer;
 mod model;

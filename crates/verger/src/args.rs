@@ -60,6 +60,18 @@ pub enum Command {
     /// Identify photos (files or s3:// objects): the most probable labels and the nearest training images.
     #[command(after_help = ExitStatus::HELP)]
     Identify(IdentifyArgs),
+    /// Serve a classifier over HTTP: POST /identify (the photo as the body or a multipart file) answers
+    /// identify's JSON; GET /healthz; GET /metrics (Prometheus). Stops on SIGTERM after requests in flight.
+    Serve(ServeArgs),
+    /// Write a classifier and its featurizer as one ONNX file for apps: uint8 [N, 224, 224, 3] RGB in
+    /// (resized with Pillow's BICUBIC), class probabilities out, class names in the metadata ("labels").
+    Export {
+        #[command(flatten)]
+        classifier: ClassifierArgs,
+        /// The ONNX file to write (a path or s3://bucket/key).
+        #[arg(long)]
+        onnx: String,
+    },
     /// Write the exact 224x224 RGB pixels the model sees, as DIR/<file stem>.png.
     Preprocess {
         #[arg(required = true)]
@@ -398,11 +410,45 @@ impl TrainArgs {
     }
 }
 
+/// A classifier folder and the featurizer its features came from: what identify, serve and export load.
 #[derive(Args)]
-pub struct IdentifyArgs {
+pub struct ClassifierArgs {
     /// The classifier folder (made by verger train).
     #[arg(long)]
     pub model: String,
+    /// The featurizer (ONNX) the classifier's features came from. Default: $VERGER_MODEL, else the shared
+    /// MobileNetV2 beside this checkout; its sha256 must be the classifier's.
+    #[arg(long)]
+    featurizer: Option<String>,
+    /// Refuse photos with more pixels than this, before decoding.
+    #[arg(long, default_value_t = Limits::default().max_pixels)]
+    max_pixels: u64,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+impl ClassifierArgs {
+    /// The classifier, loaded and checked, and the featurizer settings expecting its checksum.
+    pub fn load(&self) -> Result<(verger::Classifier, FeaturizeSettings), Failure> {
+        let store = self.store.options()?;
+        let classifier = verger::load_classifier(&self.model, &store)?;
+        let location = match &self.featurizer {
+            Some(location) => location.clone(),
+            None => verger::default_model()
+                .ok_or_else(|| Failure::Usage("no featurizer: pass --featurizer PATH or set VERGER_MODEL".into()))?,
+        };
+        let mut settings = FeaturizeSettings::new(verger::absolute(&location)?);
+        settings.model.sha256 = classifier.featurizer_sha256.clone();
+        settings.max_pixels = self.max_pixels;
+        settings.store = store;
+        Ok((classifier, settings))
+    }
+}
+
+#[derive(Args)]
+pub struct IdentifyArgs {
+    #[command(flatten)]
+    pub classifier: ClassifierArgs,
     /// Print JSON (one array, one object a photo) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -412,35 +458,61 @@ pub struct IdentifyArgs {
     /// Nearest training images shown per photo.
     #[arg(long, default_value_t = 5)]
     pub neighbours: usize,
-    /// The featurizer (ONNX) the classifier's features came from. Default: $VERGER_MODEL, else the shared
-    /// MobileNetV2 beside this checkout; its sha256 must be the classifier's.
-    #[arg(long)]
-    featurizer: Option<String>,
-    /// Refuse photos with more pixels than this, before decoding.
-    #[arg(long, default_value_t = Limits::default().max_pixels)]
-    max_pixels: u64,
     #[arg(required = true)]
     pub photos: Vec<String>,
-    #[command(flatten)]
-    store: StoreArgs,
 }
 
-impl IdentifyArgs {
-    pub fn store(&self) -> Result<StoreOptions, Failure> {
-        self.store.options()
-    }
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub classifier: ClassifierArgs,
+    /// Address to listen on. Anything but loopback needs --token-file.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = verger::serve::DEFAULT_PORT)]
+    port: u16,
+    /// A file holding the bearer token every route but /healthz requires (or $VERGER_SERVE_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Inference workers: photos identified at once (default: all cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Requests that may wait for a worker (default: 32 per worker); more get 503 at once.
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Seconds a request waits for a worker before it gets 503.
+    #[arg(long, default_value_t = verger::serve::DEFAULT_QUEUE_TIMEOUT.as_secs_f64())]
+    queue_timeout: f64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = verger::serve::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+}
 
-    /// The featurizer settings, expecting the classifier's featurizer checksum.
-    pub fn settings(&self, featurizer_sha256: &str) -> Result<FeaturizeSettings, Failure> {
-        let location = match &self.featurizer {
-            Some(location) => location.clone(),
-            None => verger::default_model()
-                .ok_or_else(|| Failure::Usage("no featurizer: pass --featurizer PATH or set VERGER_MODEL".into()))?,
+impl ServeArgs {
+    pub fn config(&self) -> Result<verger::ServeConfig, Failure> {
+        let address = format!("{}:{}", self.bind, self.port)
+            .parse()
+            .map_err(|e| Failure::Usage(format!("--bind/--port: {e}")))?;
+        let mut config = verger::ServeConfig::new(address, self.workers.unwrap_or_else(verger::default_threads));
+        if let Some(queue) = self.queue {
+            config.queue = queue;
+        }
+        if !(self.queue_timeout.is_finite() && self.queue_timeout >= 0.0) {
+            return Err(Failure::Usage("--queue-timeout must be a number of seconds".into()));
+        }
+        config.queue_timeout = std::time::Duration::from_secs_f64(self.queue_timeout);
+        config.max_body_bytes = self.max_body_bytes;
+        config.token = match (&self.token_file, std::env::var("VERGER_SERVE_TOKEN")) {
+            (Some(file), _) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| Failure::Usage(format!("--token-file {}: {e}", file.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, Ok(token)) => Some(token.trim().to_string()),
+            (None, Err(_)) => None,
         };
-        let mut settings = FeaturizeSettings::new(verger::absolute(&location)?);
-        settings.model.sha256 = featurizer_sha256.to_string();
-        settings.max_pixels = self.max_pixels;
-        settings.store = self.store.options()?;
-        Ok(settings)
+        Ok(config)
     }
 }

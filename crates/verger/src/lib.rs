@@ -9,6 +9,8 @@
 //! - [`embed`]: the 1280-d features of a few images into one Parquet file;
 //! - [`train`], [`evaluate`] and [`identify`]: a classifier on a run's features, scored on another run, and
 //!   applied to new photos;
+//! - [`serve`]: [`identify`] over HTTP, with limits and metrics;
+//! - [`export`]: the classifier and its featurizer as one ONNX file for apps;
 //! - [`scheduler`] and [`executor`]: the cluster's processes.
 //!
 //! Calls that need an async runtime make their own, so they can be called from plain threads.
@@ -21,8 +23,14 @@ use thiserror::Error;
 
 pub use verger_classify::TrainOptions;
 pub use verger_engine::classify::{
-    Classifier, ClassifyError, Evaluation, Identification, Identified, Input, TrainConfig, TrainReport,
+    Classifier, ClassifyError, Evaluation, Exported, Identification, Identified, Input, TrainConfig, TrainReport,
 };
+pub use verger_serve::{ServeConfig, ServeError};
+
+/// The HTTP service's defaults.
+pub mod serve {
+    pub use verger_serve::{DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, DEFAULT_QUEUE_PER_WORKER, DEFAULT_QUEUE_TIMEOUT};
+}
 pub use verger_engine::config::{
     default_threads, DEFAULT_CLUSTER_JOBS, DEFAULT_K, DEFAULT_LEASE_TTL_S, DEFAULT_PARTITION_ROWS,
     DEFAULT_PRICE_PER_HOUR_USD,
@@ -46,6 +54,8 @@ pub enum Error {
     Model(#[from] verger_model::ModelError),
     #[error(transparent)]
     Classify(#[from] ClassifyError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     /// The cluster could not be reached or its processes could not start.
@@ -278,6 +288,30 @@ pub fn identify(
     verger_model::runtime::ensure_loaded()?;
     let identifying = verger_engine::classify::identify(classifier, photos, settings, top, neighbours);
     Ok(runtime(default_threads())?.block_on(identifying)?)
+}
+
+/// Serves `classifier` over HTTP until SIGTERM or Ctrl-C (requests in flight finish first); `ready` gets the
+/// address once connections are accepted.
+pub fn serve(
+    classifier: Classifier,
+    settings: FeaturizeSettings,
+    config: ServeConfig,
+    ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), Error> {
+    settings.store.check_transport()?;
+    verger_model::runtime::ensure_loaded()?;
+    let serving = verger_serve::serve(classifier, settings, config, ready, std::future::pending());
+    Ok(runtime(default_threads())?.block_on(serving)?)
+}
+
+/// Writes `classifier` and the featurizer of `settings` as one ONNX file at `onnx` (a path or `s3://`), after
+/// checking it against verger's own pipeline; returns its size, checksum and single-photo latency.
+pub fn export(classifier: &Classifier, settings: &FeaturizeSettings, onnx: &str) -> Result<Exported, Error> {
+    settings.store.check_transport()?;
+    verger_model::runtime::ensure_loaded()?;
+    let onnx = absolute(onnx)?;
+    let exporting = verger_engine::classify::export(classifier, settings, &onnx);
+    Ok(runtime(default_threads())?.block_on(exporting)?)
 }
 
 pub use verger_cluster::ExecutorOptions;

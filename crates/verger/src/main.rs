@@ -126,6 +126,29 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             Ok(ExitStatus::Success)
         }
         Command::Identify(args) => identify(&args),
+        Command::Serve(args) => {
+            let config = args.config()?;
+            let (classifier, settings) = args.classifier.load()?;
+            verger::serve(classifier, settings, config, |address| {
+                // The one line scripts wait for (the port may have been chosen by the system).
+                println!("serving on http://{address}");
+            })?;
+            Ok(ExitStatus::Success)
+        }
+        Command::Export { classifier, onnx } => {
+            let (loaded, settings) = classifier.load()?;
+            let e = verger::export(&loaded, &settings, &onnx)?;
+            println!(
+                "{} ({:.1} MB, sha256 {}): {} classes, probabilities within {:.1e} of verger's; one photo in {:.2} ms (median, 1 thread)",
+                e.onnx,
+                e.bytes as f64 / 1e6,
+                e.sha256,
+                e.classes,
+                e.check_max_abs_diff,
+                e.latency_ms_median
+            );
+            Ok(ExitStatus::Success)
+        }
         Command::Preprocess { images, out } => {
             let mut failed = 0;
             for image in &images {
@@ -153,8 +176,7 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
 }
 
 fn identify(args: &args::IdentifyArgs) -> Result<ExitStatus, args::Failure> {
-    let classifier = verger::load_classifier(&args.model, &args.store()?)?;
-    let settings = args.settings(&classifier.featurizer_sha256)?;
+    let (classifier, settings) = args.classifier.load()?;
     let answers = verger::identify(&classifier, &args.photos, &settings, args.top, args.neighbours)?;
     let failed = answers.iter().filter(|a| a.error.is_some()).count() as u64;
     if args.json {

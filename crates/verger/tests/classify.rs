@@ -1,6 +1,7 @@
 //! The app's use case end to end on the shared Fruits-360 sample: featurize Training, project Test with the
 //! Training PCA (`--pca-model`), train on both feature sets, evaluate on Test against the scikit-learn
-//! reference accuracies, identify photos (good and bad), and refuse what does not belong together.
+//! reference accuracies, identify photos (good and bad), export the app's ONNX file and run it with plain
+//! onnxruntime, and refuse what does not belong together.
 
 mod common;
 
@@ -23,6 +24,24 @@ fn text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                files.push(path.to_string_lossy().into_owned());
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 #[test]
@@ -77,6 +96,59 @@ fn train_evaluate_identify_on_the_shared_splits() {
             &python("check_classifier.py", &[classifier.to_str().unwrap(), "88", "2464"]),
             "pyarrow reads the classifier's Parquet",
         );
+    }
+
+    // The evaluated run's report summarises each classifier's evaluation (re-evaluating replaces its entry).
+    let evaluations = json(&test_run.join("report.json"))["evaluations"].clone();
+    let evaluations = evaluations.as_array().unwrap();
+    assert_eq!(evaluations.len(), 2, "{evaluations:?}");
+    for (entry, on) in evaluations.iter().zip(["pca-features", "features"]) {
+        let saved = json(&tmp.path().join(format!("classifier-{on}/evaluation.json")));
+        assert_eq!(entry["top1"], saved["top1"]);
+        assert!(entry["classifier"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("classifier-{on}")));
+    }
+    assert!(!test_run.join("_CLAIM").exists(), "the claim is released");
+
+    // Export: one ONNX file per classifier; plain onnxruntime on Pillow-resized Test photos agrees with
+    // verger identify on every photo's top-1 and on every probability within 1e-4.
+    let test_photos: Vec<String> = walk(&test);
+    assert_eq!(test_photos.len(), 2464);
+    for on in ["pca-features", "features"] {
+        let classifier = tmp.path().join(format!("classifier-{on}"));
+        let onnx = tmp.path().join(format!("app-{on}.onnx"));
+        let exported = verger(&[
+            "export",
+            "--model",
+            classifier.to_str().unwrap(),
+            "--onnx",
+            onnx.to_str().unwrap(),
+        ]);
+        assert_success(&exported, &format!("export {on}"));
+        println!("export {on}: {}", text(&exported));
+        let mut args = vec![
+            "identify",
+            "--model",
+            classifier.to_str().unwrap(),
+            "--json",
+            "--top",
+            "88",
+            "--neighbours",
+            "0",
+        ];
+        args.extend(test_photos.iter().map(String::as_str));
+        let identified = verger(&args);
+        assert_success(&identified, "identify every Test photo");
+        let answers = tmp.path().join(format!("identify-{on}.json"));
+        std::fs::write(&answers, &identified.stdout).unwrap();
+        let checked = python(
+            "check_app_model.py",
+            &[onnx.to_str().unwrap(), answers.to_str().unwrap()],
+        );
+        println!("{on}: {}", text(&checked));
+        assert_success(&checked, &format!("onnxruntime runs the app model of {on}"));
     }
 
     // Deterministic: the same run gives the same bytes.
@@ -209,6 +281,21 @@ fn what_does_not_belong_together_is_refused_with_a_clear_error() {
         "{}",
         text(&refused)
     );
+
+    // Export with a featurizer other than the classifier's: refused, nothing written.
+    let onnx = tmp.path().join("app.onnx");
+    let refused = verger(&[
+        "export",
+        "--model",
+        classifier.to_str().unwrap(),
+        "--featurizer",
+        not_a_model.to_str().unwrap(),
+        "--onnx",
+        onnx.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("refusing to use it"), "{}", text(&refused));
+    assert!(!onnx.exists());
 
     // Classifier folders that are missing or truncated.
     let missing = verger(&[

@@ -1,6 +1,6 @@
 //! `verger evaluate`: a classifier scored on a labelled run (for example the Test split projected with the
 //! Training PCA): top-1, top-5, macro F1, per-class precision and recall, the confusion matrix and the most
-//! confused pairs, saved next to the classifier.
+//! confused pairs, saved next to the classifier and summarised in the evaluated run's `report.json`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +12,10 @@ use verger_classify::metrics;
 
 use super::folder::{Classifier, Input, CONFUSION, EVALUATION};
 use super::{run_rows, ClassifyError};
+use crate::io::claim::OutputClaim;
 use crate::io::output::OutputStore;
 use crate::io::store::StoreOptions;
+use crate::layout;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassReport {
@@ -153,5 +155,48 @@ pub async fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Resu
         serde_json::to_vec_pretty(&evaluation).expect("an evaluation serializes"),
     )
     .await?;
+    record_in_run_report(&evaluation, store).await?;
     Ok(evaluation)
+}
+
+/// Adds the evaluation's summary to the evaluated run's `report.json`, under `evaluations` (one entry per
+/// classifier folder, replaced when it is evaluated again), holding the run's output claim meanwhile so that
+/// no run rewrites the output at the same moment.
+async fn record_in_run_report(evaluation: &Evaluation, store: &StoreOptions) -> Result<(), ClassifyError> {
+    let run = OutputStore::open(&evaluation.run, store)?;
+    let claim = OutputClaim::take(&run, crate::config::DEFAULT_LEASE_TTL_S).await?;
+    let recorded = async {
+        let mut report: serde_json::Value =
+            serde_json::from_slice(&run.get(layout::REPORT).await?).map_err(|e| ClassifyError::Run {
+                run: evaluation.run.clone(),
+                reason: format!("{} is not a run report: {e}", layout::REPORT),
+            })?;
+        let entry = serde_json::json!({
+            "classifier": evaluation.classifier,
+            "rows": evaluation.rows,
+            "top1": evaluation.top1,
+            "top5": evaluation.top5,
+            "macro_f1": evaluation.macro_f1,
+            "unseen_labels": evaluation.unseen_labels,
+            "details": format!("{}/{EVALUATION}", evaluation.classifier.trim_end_matches('/')),
+        });
+        let Some(fields) = report.as_object_mut() else {
+            return Err(ClassifyError::Run {
+                run: evaluation.run.clone(),
+                reason: format!("{} is not a run report", layout::REPORT),
+            });
+        };
+        let evaluations = fields.entry("evaluations").or_insert_with(|| serde_json::json!([]));
+        if let Some(list) = evaluations.as_array_mut() {
+            list.retain(|e| e["classifier"] != entry["classifier"]);
+            list.push(entry);
+        }
+        claim.check()?;
+        let bytes = serde_json::to_vec_pretty(&report).expect("a report serializes");
+        run.put(layout::REPORT, bytes).await?;
+        Ok(())
+    }
+    .await;
+    claim.release().await;
+    recorded
 }

@@ -7,7 +7,7 @@ use verger_classify::metrics::top_k;
 use super::folder::Classifier;
 use super::ClassifyError;
 use crate::error::JobError;
-use crate::featurize::{featurize_files, FeaturizeSettings};
+use crate::featurize::{featurize_bytes, featurize_files, FeaturizeSettings};
 use crate::io::source;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -46,6 +46,9 @@ pub struct Identification {
 pub struct PhotoError {
     pub stage: String,
     pub message: String,
+    /// The photo exceeds the pixel limit (for services: 413 rather than 400).
+    #[serde(skip)]
+    pub too_large: bool,
 }
 
 impl Classifier {
@@ -114,8 +117,27 @@ pub async fn identify(
                 error: Some(PhotoError {
                     stage: stage.to_string(),
                     message,
+                    too_large: false,
                 }),
             },
         })
         .collect())
+}
+
+/// Identifies one photo held in memory (an upload to `verger serve`): synchronous CPU work, to be run on a
+/// worker thread. The classifier's featurizer is checked by the caller once ([`Classifier::check_featurizer`]).
+pub fn identify_bytes(
+    classifier: &Classifier,
+    photo: &[u8],
+    settings: &FeaturizeSettings,
+    top: usize,
+    neighbours: usize,
+) -> Result<Identified, PhotoError> {
+    featurize_bytes(photo, settings)
+        .map(|features| classifier.identify_features(&features, top, neighbours))
+        .map_err(|f| PhotoError {
+            stage: f.stage.to_string(),
+            message: f.message,
+            too_large: f.too_large,
+        })
 }

@@ -1,5 +1,6 @@
 //! What comes after the features: a classifier trained on a finished run ([`train`]), evaluated on another
-//! ([`evaluate`]), and used to identify new photos ([`identify`]). The numbers are `verger-classify`'s; this
+//! ([`evaluate`]), used to identify new photos ([`identify`], [`identify_bytes`] for uploads), and exported
+//! with the featurizer as one ONNX file for apps ([`export`]). The numbers are `verger-classify`'s; this
 //! module reads runs and writes classifier folders through the I/O layer.
 //!
 //! A classifier folder holds `classifier.json` (classes, weights, what it is trained on and the sha256s of the
@@ -8,14 +9,16 @@
 //! `training.json`; evaluation adds `evaluation.json` and `confusion.parquet`.
 
 mod evaluate;
+mod export;
 mod folder;
 mod identify;
 mod run_rows;
 mod train;
 
 pub use evaluate::{evaluate, Evaluation};
+pub use export::{export, Exported};
 pub use folder::{Classifier, Input};
-pub use identify::{identify, Identification, Identified, Label, Neighbour};
+pub use identify::{identify, identify_bytes, Identification, Identified, Label, Neighbour, PhotoError};
 pub use train::{train, TrainConfig, TrainReport};
 
 use thiserror::Error;

@@ -386,6 +386,17 @@ fn is_staging_file(path: &Path) -> bool {
         .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// `folder/name` → (`folder`, `name`), for a local path or an `s3://bucket/key`.
+pub fn split_file(file: &str) -> (String, String) {
+    match file.rsplit_once('/') {
+        Some((folder, name)) if !folder.is_empty() && !folder.ends_with(':') && !folder.ends_with("//") => {
+            (folder.to_string(), name.to_string())
+        }
+        Some((_, name)) if file.starts_with('/') => ("/".to_string(), name.to_string()),
+        _ => (".".to_string(), file.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,5 +446,14 @@ mod tests {
         assert!(!is_staging_file(Path::new("/o/result/part-00001.parquet")));
         assert!(!is_staging_file(Path::new("/o/photos/#1 favourite.jpg")));
         assert!(!is_staging_file(Path::new("/o/x#")));
+    }
+
+    #[test]
+    fn output_files_split_into_folder_and_name() {
+        let split = split_file;
+        assert_eq!(split("out/f.parquet"), ("out".into(), "f.parquet".into()));
+        assert_eq!(split("/f.parquet"), ("/".into(), "f.parquet".into()));
+        assert_eq!(split("f.parquet"), (".".into(), "f.parquet".into()));
+        assert_eq!(split("s3://b/k/f.parquet"), ("s3://b/k".into(), "f.parquet".into()));
     }
 }

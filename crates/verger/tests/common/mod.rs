@@ -75,6 +75,15 @@ pub fn small_input(dir: &Path) {
 pub struct Process(Child);
 
 impl Process {
+    pub fn new(child: Child) -> Process {
+        Process(child)
+    }
+
+    /// The exit status of an ended process (None: still running, or ended by a signal).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.0.try_wait().ok().flatten().and_then(|s| s.code())
+    }
+
     /// Whether the process has ended.
     pub fn has_exited(&mut self) -> bool {
         self.0.try_wait().ok().flatten().is_some()

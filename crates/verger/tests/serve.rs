@@ -1,0 +1,381 @@
+//! `verger serve` over real HTTP on 127.0.0.1 (the `ureq` client): answers equal `verger identify --json`'s,
+//! every class of bad upload gets its status and a JSON error while the service keeps serving, a bounded load
+//! test (2,000 requests at concurrency 16) sees no 5xx and no dropped connection, metrics count them, a token
+//! is required where configured, and SIGTERM lets requests in flight finish.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{assert_success, run_args, verger, Process};
+use verger_testdata::fruits360_dir;
+
+const CLASSES: [&str; 6] = ["Orange", "Kiwi", "Lemon", "Pomegranate", "Strawberry", "Apple Braeburn"];
+
+/// A classifier on 40 Training images of each of [`CLASSES`].
+fn classifier(tmp: &Path) -> PathBuf {
+    let input = tmp.join("training");
+    for class in CLASSES {
+        let to = input.join(class);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in sorted_files(&fruits360_dir().join("Training").join(class))
+            .iter()
+            .take(40)
+        {
+            std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let run = tmp.join("run");
+    assert_success(&verger(&run_args(&input, &run, &["--k", "20"])), "training run");
+    let classifier = tmp.join("classifier");
+    assert_success(
+        &verger(&["train", run.to_str().unwrap(), "--out", classifier.to_str().unwrap()]),
+        "train",
+    );
+    classifier
+}
+
+fn sorted_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+/// `verger serve --port 0 ARGS` and the base URL it printed.
+fn serve(classifier: &Path, args: &[&str], log: &Path) -> (Process, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(["serve", "--model", classifier.to_str().unwrap(), "--port", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("verger serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let process = Process::new(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("serving on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}; log: {}",
+                std::fs::read_to_string(log).unwrap()
+            )
+        })
+        .to_string();
+    (process, url)
+}
+
+fn new_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// POST `body` as `content_type` to `url`: (status, JSON body).
+fn post(agent: &ureq::Agent, url: &str, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let mut response = agent
+        .post(url)
+        .header("Content-Type", content_type)
+        .send(body)
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}"));
+    (status, json)
+}
+
+fn get(agent: &ureq::Agent, url: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = agent.get(url);
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (
+        response.status().as_u16(),
+        response.body_mut().read_to_string().unwrap(),
+    )
+}
+
+/// Test photos, two of each class, with their labels.
+fn test_photos() -> Vec<(PathBuf, &'static str)> {
+    CLASSES
+        .iter()
+        .flat_map(|class| {
+            sorted_files(&fruits360_dir().join("Test").join(class))
+                .into_iter()
+                .take(2)
+                .map(move |p| (p, *class))
+        })
+        .collect()
+}
+
+#[test]
+fn serves_identify_with_limits_metrics_and_graceful_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classifier = classifier(tmp.path());
+    let (_server, url) = serve(
+        &classifier,
+        &["--workers", "2", "--max-body-bytes", "150000", "--max-pixels", "20000"],
+        &tmp.path().join("serve.log"),
+    );
+    let agent = new_agent();
+    let (status, health) = get(&agent, &format!("{url}/healthz"), None);
+    assert_eq!(status, 200, "{health}");
+    assert!(health.contains("\"classes\":6"), "{health}");
+
+    // Answers equal verger identify's, and name the right fruit.
+    let photos = test_photos();
+    let mut args = vec!["identify", "--model", classifier.to_str().unwrap(), "--json"];
+    args.extend(photos.iter().map(|(p, _)| p.to_str().unwrap()));
+    let identified = verger(&args);
+    assert_success(&identified, "identify");
+    let expected: serde_json::Value = serde_json::from_slice(&identified.stdout).unwrap();
+    let mut right = 0;
+    for ((photo, label), expected) in photos.iter().zip(expected.as_array().unwrap()) {
+        let (status, answer) = post(
+            &agent,
+            &format!("{url}/identify"),
+            "image/jpeg",
+            &std::fs::read(photo).unwrap(),
+        );
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["photo"], "upload");
+        assert_eq!(answer["identified"], expected["identified"], "{}", photo.display());
+        right += usize::from(answer["identified"]["labels"][0]["label"] == *label);
+    }
+    assert!(right >= photos.len() - 1, "{right} of {} right", photos.len());
+
+    // A multipart form with the photo as a file, and fewer labels asked for.
+    let (photo, label) = &photos[0];
+    let mut form = b"--BOUNDARY\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n--BOUNDARY\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"kiwi.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".to_vec();
+    form.extend(std::fs::read(photo).unwrap());
+    form.extend(b"\r\n--BOUNDARY--\r\n");
+    let (status, answer) = post(
+        &agent,
+        &format!("{url}/identify?top=2&neighbours=1"),
+        "multipart/form-data; boundary=BOUNDARY",
+        &form,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["photo"], "kiwi.jpg");
+    assert_eq!(answer["identified"]["labels"].as_array().unwrap().len(), 2);
+    assert_eq!(answer["identified"]["neighbours"].as_array().unwrap().len(), 1);
+    assert_eq!(answer["identified"]["labels"][0]["label"], *label);
+
+    // Bad uploads: each its status and a JSON error; the service keeps serving.
+    let jpeg = std::fs::read(photo).unwrap();
+    let big_pixels = tmp.path().join("pixels");
+    assert_success(
+        &verger(&[
+            "preprocess",
+            photo.to_str().unwrap(),
+            "--out",
+            big_pixels.to_str().unwrap(),
+        ]),
+        "a 224x224 PNG",
+    );
+    let png = std::fs::read(sorted_files(&big_pixels)[0].clone()).unwrap();
+    let identify = format!("{url}/identify");
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("empty body", "image/jpeg", Vec::new(), 400, "decode"),
+        ("not an image", "image/jpeg", b"hello, world".to_vec(), 400, "decode"),
+        (
+            "truncated JPEG",
+            "image/jpeg",
+            jpeg[..jpeg.len() / 2].to_vec(),
+            400,
+            "decode",
+        ),
+        ("too many pixels", "image/png", png, 413, "decode"),
+        ("body too large", "image/jpeg", vec![0xff; 200_000], 413, "request"),
+        ("wrong content type", "application/json", b"{}".to_vec(), 415, "request"),
+        (
+            "form without a file",
+            "multipart/form-data; boundary=B",
+            b"--B--\r\n".to_vec(),
+            400,
+            "request",
+        ),
+    ];
+    for (what, content_type, body, want, stage) in cases {
+        let (status, answer) = post(&agent, &identify, content_type, &body);
+        assert_eq!(status, want, "{what}: {answer}");
+        assert_eq!(answer["error"]["stage"], stage, "{what}: {answer}");
+        assert!(!answer["error"]["message"].as_str().unwrap().is_empty(), "{what}");
+    }
+    let (status, answer) = post(&agent, &format!("{url}/identify?top=many"), "image/jpeg", &jpeg);
+    assert_eq!(status, 400, "{answer}");
+    let (status, _) = get(&agent, &format!("{url}/nope"), None);
+    assert_eq!(status, 404);
+    assert_eq!(post(&agent, &identify, "image/jpeg", &jpeg).0, 200, "still serving");
+
+    // Load: 2,000 requests at concurrency 16, no 5xx, no dropped connection.
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(photos.iter().map(|(p, _)| std::fs::read(p).unwrap()).collect());
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let (bodies, ok, failed, identify) = (bodies.clone(), ok.clone(), failed.clone(), identify.clone());
+            std::thread::spawn(move || {
+                let agent = new_agent();
+                for i in 0..125 {
+                    let body = &bodies[(t * 125 + i) % bodies.len()];
+                    let sent = agent
+                        .post(&identify)
+                        .header("Content-Type", "image/jpeg")
+                        .send(&body[..]);
+                    match sent.map(|mut r| (r.status().as_u16(), r.body_mut().read_to_string())) {
+                        Ok((200, Ok(_))) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((status, body)) => {
+                            eprintln!("status {status}: {body:?}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("request failed: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "2000 requests at concurrency 16 in {seconds:.1} s ({:.0} requests/s)",
+        2000.0 / seconds
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed or non-200 requests under load"
+    );
+    assert_eq!(ok.load(Ordering::Relaxed), 2000);
+
+    let (status, metrics) = get(&agent, &format!("{url}/metrics"), None);
+    assert_eq!(status, 200);
+    let served = metric(
+        &metrics,
+        "verger_serve_requests_total{route=\"/identify\",status=\"200\"}",
+    );
+    assert_eq!(served, (photos.len() + 1 + 1 + 2000) as f64, "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "verger_serve_requests_total{route=\"/identify\",status=\"413\"}"
+        ),
+        2.0
+    );
+    assert!(
+        metrics.contains("verger_serve_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+/// The value of the sample `name{labels}` in Prometheus text.
+fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+}
+
+#[test]
+fn tokens_guard_the_service_and_sigterm_lets_requests_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classifier = classifier(tmp.path());
+
+    // Beyond loopback without a token: refused before listening.
+    let refused = verger(&[
+        "serve",
+        "--model",
+        classifier.to_str().unwrap(),
+        "--bind",
+        "0.0.0.0",
+        "--port",
+        "0",
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("without authentication"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let (server, url) = serve(
+        &classifier,
+        &[
+            "--workers",
+            "1",
+            "--queue",
+            "100",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &tmp.path().join("serve.log"),
+    );
+    let agent = new_agent();
+    assert_eq!(
+        get(&agent, &format!("{url}/healthz"), None).0,
+        200,
+        "health needs no token"
+    );
+    assert_eq!(get(&agent, &format!("{url}/metrics"), None).0, 401);
+    assert_eq!(get(&agent, &format!("{url}/metrics"), Some("wrong")).0, 401);
+    assert_eq!(get(&agent, &format!("{url}/metrics"), Some("s3cret-token")).0, 200);
+    let photo = std::fs::read(&test_photos()[0].0).unwrap();
+    let (status, answer) = post(&agent, &format!("{url}/identify"), "image/jpeg", &photo);
+    assert_eq!(status, 401, "{answer}");
+
+    // 64 requests queued on one worker, then SIGTERM: every one is answered, some after the signal, and then
+    // the process ends by itself.
+    let identify = format!("{url}/identify");
+    let threads: Vec<_> = (0..64)
+        .map(|_| {
+            let (identify, photo) = (identify.clone(), photo.clone());
+            std::thread::spawn(move || {
+                let status = new_agent()
+                    .post(&identify)
+                    .header("Content-Type", "image/jpeg")
+                    .header("Authorization", "Bearer s3cret-token")
+                    .send(&photo[..])
+                    .map(|r| r.status().as_u16())
+                    .map_err(|e| e.to_string());
+                (status, Instant::now())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    server.signal("TERM");
+    let signalled = Instant::now();
+    let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(answers.iter().all(|(s, _)| s == &Ok(200)), "{answers:?}");
+    let after = answers.iter().filter(|(_, at)| *at > signalled).count();
+    assert!(
+        after > 0,
+        "no request was still in flight at SIGTERM: the test proves nothing"
+    );
+    println!("{after} of 64 requests answered after SIGTERM");
+    let mut server = server;
+    let started = Instant::now();
+    while !server.has_exited() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(server.exit_code(), Some(0));
+}
