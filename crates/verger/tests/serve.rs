@@ -379,3 +379,58 @@ fn tokens_guard_the_service_and_sigterm_lets_requests_finish() {
     }
     assert_eq!(server.exit_code(), Some(0));
 }
+
+#[test]
+fn requests_beyond_the_workers_and_queue_get_503_and_the_service_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classifier = classifier(tmp.path());
+    let (_server, url) = serve(
+        &classifier,
+        &["--workers", "1", "--queue", "2", "--queue-timeout", "0.02"],
+        &tmp.path().join("serve.log"),
+    );
+    let photo = std::fs::read(&test_photos()[0].0).unwrap();
+    let identify = format!("{url}/identify");
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let (identify, photo) = (identify.clone(), photo.clone());
+            std::thread::spawn(move || {
+                let mut r = new_agent()
+                    .post(&identify)
+                    .header("Content-Type", "image/jpeg")
+                    .send(&photo[..])
+                    .expect("answered, not dropped");
+                let retry = r.headers().get("retry-after").is_some();
+                let body: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                (r.status().as_u16(), retry, body)
+            })
+        })
+        .collect();
+    let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let busy: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 503).collect();
+    assert!(answers.iter().all(|(s, _, _)| *s == 200 || *s == 503), "{answers:?}");
+    assert!(
+        !busy.is_empty(),
+        "24 requests at once on 1 worker with a queue of 2 all got through"
+    );
+    assert!(
+        busy.iter()
+            .all(|(_, retry, body)| *retry && body["error"]["stage"] == "busy"),
+        "{busy:?}"
+    );
+    assert!(answers.iter().any(|(s, _, _)| *s == 200));
+    let (status, answer) = post(&new_agent(), &identify, "image/jpeg", &photo);
+    assert_eq!(status, 200, "serving again once the burst is over: {answer}");
+    let (_, metrics) = get(&new_agent(), &format!("{url}/metrics"), None);
+    let rejected: f64 = ["queue_full", "queue_timeout"]
+        .iter()
+        .filter_map(|reason| {
+            let sample = format!("verger_serve_rejected_total{{reason=\"{reason}\"}}");
+            metrics.lines().find_map(|l| {
+                l.strip_prefix(sample.as_str())
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
+        })
+        .sum();
+    assert_eq!(rejected, busy.len() as f64, "{metrics}");
+}
