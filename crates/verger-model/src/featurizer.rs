@@ -64,6 +64,11 @@ impl FeaturizerPool {
         })
     }
 
+    /// The model the sessions run (its verified bytes).
+    pub fn model(&self) -> &VerifiedModel {
+        &self.model
+    }
+
     /// A session for the caller's exclusive use; it returns to the pool when dropped.
     pub fn get(self: &Arc<Self>) -> Result<PooledFeaturizer, ModelError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();

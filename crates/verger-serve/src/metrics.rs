@@ -1,8 +1,6 @@
 //! The service's metrics in Prometheus' text format (`prometheus-client`): requests by route and status,
 //! their latency, requests refused for want of a worker, and requests admitted (working or queued).
 
-use std::sync::Mutex;
-
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,7 +26,7 @@ struct Reason {
 }
 
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     requests: Family<Request, Counter>,
     latency: Family<Route, Histogram>,
     rejected: Family<Reason, Counter>,
@@ -61,7 +59,7 @@ impl Metrics {
             admitted.clone(),
         );
         Metrics {
-            registry: Mutex::new(registry),
+            registry,
             requests,
             latency,
             rejected,
@@ -97,8 +95,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        encode(&mut text, &registry).expect("writing to a String cannot fail");
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
 }

@@ -123,6 +123,9 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
                 println!("  {} x {} taken for {}", pair.count, pair.true_label, pair.predicted);
             }
             println!("saved in {model}/evaluation.json and {model}/confusion.parquet");
+            if e.recorded_in_run_report {
+                println!("summarised in {run}/report.json");
+            }
             Ok(ExitStatus::Success)
         }
         Command::Identify(args) => identify(&args),

@@ -84,6 +84,7 @@ fn train_evaluate_identify_on_the_shared_splits() {
             test_run.to_str().unwrap(),
         ]);
         assert_success(&evaluated, &format!("evaluate on {on}"));
+        assert!(text(&evaluated).contains("summarised in"), "{}", text(&evaluated));
         let evaluation = json(&classifier.join("evaluation.json"));
         let top1 = evaluation["top1"].as_f64().unwrap();
         println!("{on}: top-1 {top1:.4} (reference {reference}), {}", text(&evaluated));

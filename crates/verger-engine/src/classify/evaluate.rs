@@ -48,6 +48,10 @@ pub struct Evaluation {
     pub per_class: Vec<ClassReport>,
     /// The 20 largest off-diagonal cells of the confusion matrix.
     pub most_confused: Vec<ConfusedPair>,
+    /// Whether the summary was added to the run's `report.json` (not when the run cannot be written, or
+    /// another run holds it: a warning says why).
+    #[serde(skip)]
+    pub recorded_in_run_report: bool,
 }
 
 /// Scores the classifier in folder `classifier` on the finished run `run`, and saves the scores beside it.
@@ -100,7 +104,7 @@ pub async fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Resu
         .map(|row| metrics::top_k(&model.model.logits(row), 5))
         .collect();
     let scores = metrics::score(&truth, &ranked, names.len());
-    let evaluation = Evaluation {
+    let mut evaluation = Evaluation {
         run: run.to_string(),
         classifier: classifier.to_string(),
         rows: scores.rows,
@@ -130,6 +134,7 @@ pub async fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Resu
                 count: c.count,
             })
             .collect(),
+        recorded_in_run_report: false,
     };
 
     let out = OutputStore::open(classifier, store)?;
@@ -155,7 +160,10 @@ pub async fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Resu
         serde_json::to_vec_pretty(&evaluation).expect("an evaluation serializes"),
     )
     .await?;
-    record_in_run_report(&evaluation, store).await?;
+    match record_in_run_report(&evaluation, store).await {
+        Ok(()) => evaluation.recorded_in_run_report = true,
+        Err(e) => tracing::warn!(run, "evaluation not summarised in the run's {}: {e}", layout::REPORT),
+    }
     Ok(evaluation)
 }
 
@@ -186,11 +194,13 @@ async fn record_in_run_report(evaluation: &Evaluation, store: &StoreOptions) -> 
                 reason: format!("{} is not a run report", layout::REPORT),
             });
         };
-        let evaluations = fields.entry("evaluations").or_insert_with(|| serde_json::json!([]));
-        if let Some(list) = evaluations.as_array_mut() {
-            list.retain(|e| e["classifier"] != entry["classifier"]);
-            list.push(entry);
-        }
+        let mut list = match fields.remove("evaluations") {
+            Some(serde_json::Value::Array(list)) => list,
+            _ => Vec::new(),
+        };
+        list.retain(|e| e["classifier"] != entry["classifier"]);
+        list.push(entry);
+        fields.insert("evaluations".into(), list.into());
         claim.check()?;
         let bytes = serde_json::to_vec_pretty(&report).expect("a report serializes");
         run.put(layout::REPORT, bytes).await?;

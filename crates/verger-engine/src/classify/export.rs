@@ -8,14 +8,13 @@ use std::time::Instant;
 use serde::Serialize;
 use verger_image::preprocess::scale_into;
 use verger_model::app_model::{self, AppSession, Head};
-use verger_model::{Featurizer, VerifiedModel, INPUT_LEN};
+use verger_model::INPUT_LEN;
 
 use super::folder::{Classifier, Input};
 use super::ClassifyError;
 use crate::error::JobError;
 use crate::featurize::FeaturizeSettings;
 use crate::io::output::{split_file, OutputStore};
-use crate::io::source;
 use crate::saved_pca::sha256_hex;
 
 /// Largest difference allowed between the file's probabilities and verger's (float32 against float64 head).
@@ -97,19 +96,16 @@ fn build_and_check(
     settings: &FeaturizeSettings,
     head: &Head,
 ) -> Result<(Vec<u8>, Exported), ClassifyError> {
-    let store = settings.store.clone();
-    let featurizer = VerifiedModel::load(&settings.model, &move |location| {
-        source::read_location(location, &store).map_err(|e| e.to_string())
-    })
-    .map_err(JobError::from)?;
-    let built = app_model::build(&featurizer.bytes, head).map_err(JobError::from)?;
+    let featurizers = settings.featurizers().map_err(JobError::from)?;
+    let built = app_model::build(&featurizers.model().bytes, head).map_err(JobError::from)?;
     let mut app = AppSession::new(&built, classifier.classes.len()).map_err(JobError::from)?;
 
     let photo = check_photo();
     let from_file = app.probabilities(&photo).map_err(JobError::from)?;
     let mut input = vec![0f32; INPUT_LEN];
     scale_into(&photo, &mut input);
-    let features = Featurizer::new(&featurizer)
+    let features = featurizers
+        .get()
         .and_then(|mut f| f.embed(&input))
         .map_err(JobError::from)?;
     let pca = classifier.pca.model.project(&features);
