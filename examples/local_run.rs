@@ -20,7 +20,7 @@ fn main() -> Result<(), verger::Error> {
             "{} images featurized, {} failed; 20 components keep {:.1} % of the variance; {:.1} images/s",
             report.counts.featurized,
             report.counts.failed,
-            100.0 * report.pca.explained_variance,
+            100.0 * report.pca.as_ref().map_or(0.0, |p| p.explained_variance),
             report.images_per_s
         ),
         verger::RunOutcome::AlreadyComplete(output) => println!("{output} is already complete"),

@@ -9,6 +9,7 @@ use verger_pca::Components;
 
 use crate::featurize::FeaturizeSettings;
 use crate::io::store::StoreOptions;
+use crate::report::CostConfig;
 
 /// Principal components kept when the user names neither a count nor a variance fraction.
 pub const DEFAULT_K: usize = 50;
@@ -16,8 +17,6 @@ pub const DEFAULT_K: usize = 50;
 pub const DEFAULT_PARTITION_ROWS: usize = 256;
 /// Cluster jobs kept in flight.
 pub const DEFAULT_CLUSTER_JOBS: usize = 16;
-/// On-demand hourly price of an m5.xlarge in eu-west-1 (the original EMR node type), in USD.
-pub const DEFAULT_PRICE_PER_HOUR_USD: f64 = 0.214;
 /// Seconds an S3 output's lease lasts without renewal (see [`crate::io::claim`]).
 pub const DEFAULT_LEASE_TTL_S: u64 = 60;
 
@@ -49,8 +48,8 @@ pub struct JobConfig {
     /// Key file for pseudonymized paths in the shared outputs (result, errors, manifest).
     pub pseudonymize_key: Option<PathBuf>,
     pub featurize: FeaturizeSettings,
-    /// Hourly price of the machine, for the report's cost estimate.
-    pub price_per_hour_usd: f64,
+    /// What the run runs on, for the report's cost.
+    pub cost: CostConfig,
     /// The cluster (`df://host:port`) that featurizes and writes, if any.
     pub cluster: Option<String>,
     /// Cluster jobs kept in flight.
@@ -80,7 +79,7 @@ impl JobConfig {
             allowed_regions: Vec::new(),
             pseudonymize_key: None,
             featurize: FeaturizeSettings::new(model),
-            price_per_hour_usd: DEFAULT_PRICE_PER_HOUR_USD,
+            cost: CostConfig::default(),
             cluster: None,
             cluster_jobs: DEFAULT_CLUSTER_JOBS,
             lease_ttl_s: DEFAULT_LEASE_TTL_S,

@@ -20,8 +20,10 @@ pub enum JobError {
     TooManyErrors { failed: u64, limit: u64 },
     #[error("no file under {input} matches {globs:?}")]
     NoImages { input: String, globs: Vec<String> },
-    #[error("no image could be featurized; see the errors output")]
-    NothingFeaturized,
+    #[error("no image could be featurized; {0}/report.html and errors/ say why")]
+    NothingFeaturized(String),
+    #[error(transparent)]
+    Prices(#[from] crate::report::PriceError),
     /// The commit check found the output not accounting for every listed image; nothing was committed.
     #[error("commit check failed, _SUCCESS not written: {0}; --resume redoes what is missing")]
     Incomplete(String),
@@ -46,6 +48,12 @@ pub enum JobError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("{0}")]
     Pseudonymize(String),
+    /// A report that cannot be read or rendered.
+    #[error("{0}")]
+    Report(String),
+    /// Settings that cannot work, found before anything ran.
+    #[error("{0}")]
+    Config(String),
     #[error("worker task failed: {0}")]
     Task(String),
 }

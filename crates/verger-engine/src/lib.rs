@@ -6,7 +6,8 @@
 //! scalar function ([`featurize`]) reads, decodes, resizes and runs the model per row; the `pca_stats`
 //! aggregate and the `pca_project` function ([`pca`]) reduce the features; [`io`] is the one layer every byte
 //! into or out of a store goes through; [`codec`] carries verger's functions and plan nodes in serialized
-//! plans; [`report`] times the stages and writes the run report; [`context`] makes every DataFusion session;
+//! plans; [`report`] times the stages and writes the run report and its page, priced from a table;
+//! [`estimate`] predicts a run's time and cost from a sample; [`context`] makes every DataFusion session;
 //! [`classify`] trains, evaluates and applies classifiers on finished runs.
 //!
 //! It does not parse command lines, draw progress bars or know about clusters' processes: front ends (the
@@ -18,6 +19,7 @@ pub mod config;
 pub mod context;
 pub mod embed;
 pub mod error;
+pub mod estimate;
 pub mod fault;
 pub mod featurize;
 pub mod io;

@@ -34,6 +34,16 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// List the images a run would process and count them per label; writes nothing.
     List(ListArgs),
+    /// Predict a run's wall time, CPU hours and cost before running it: lists the input, featurizes a random
+    /// sample here, and extrapolates to this machine and to clusters of 2/4/8/16 executors.
+    Estimate(Box<EstimateArgs>),
+    /// Write OUTPUT/report.html again from a run's report.json (runs write it themselves).
+    Report {
+        /// A verger run's output (folder or s3://).
+        output: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Run a cluster scheduler (Apache DataFusion Ballista) with verger's functions; its REST API
     /// (/api/jobs, /api/job/{id}/stages, /api/executors) listens on the same port.
     Scheduler {
@@ -89,6 +99,89 @@ pub enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+}
+
+/// What a run runs on, for its cost.
+#[derive(Args)]
+pub struct CostArgs {
+    /// The instance type the run runs on (each node, with --nodes), priced from the price table.
+    #[arg(long, default_value = verger::cost::ORIGINAL_INSTANCE_TYPE)]
+    instance_type: String,
+    /// The region whose prices apply (default: --region if given, else eu-west-1, the original set-up's).
+    #[arg(long)]
+    price_region: Option<String>,
+    /// Nodes the run runs on (a cluster's executors plus its scheduler/client node).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// A price table (CSV: instance_type,region,vcpus,ec2_usd_per_hour,emr_uplift_usd_per_hour,as_of,source)
+    /// instead of the built-in one (crates/verger-engine/data/prices.csv).
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
+}
+
+impl CostArgs {
+    /// The cost settings, with `region` (the buckets' `--region`) for prices when no --price-region is given.
+    pub fn config(&self, region: Option<&str>) -> verger::CostConfig {
+        verger::CostConfig {
+            instance_type: self.instance_type.clone(),
+            region: (self.price_region.as_deref().or(region))
+                .unwrap_or(verger::cost::ORIGINAL_REGION)
+                .to_string(),
+            nodes: self.nodes,
+            prices: self.prices.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EstimateArgs {
+    /// Images, searched recursively: a folder or s3://bucket/prefix.
+    #[arg(long)]
+    input: String,
+    /// File-name pattern to include (repeatable). Default: *.jpg
+    #[arg(long = "glob")]
+    globs: Vec<String>,
+    /// Images featurized here to measure the rate.
+    #[arg(long, default_value_t = verger::estimate::DEFAULT_SAMPLE)]
+    sample: usize,
+    /// Which random sample (the same seed picks the same images).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads, as the run would use (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the estimate as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    cost: CostArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+impl EstimateArgs {
+    pub fn config(self) -> Result<verger::EstimateConfig, Failure> {
+        let store = self.store.options()?;
+        let mut config = verger::EstimateConfig::new(self.input, self.model.settings(store)?);
+        if !self.globs.is_empty() {
+            config.globs = self.globs;
+        }
+        if self.sample == 0 {
+            return Err(Failure::Usage("--sample must be at least 1".into()));
+        }
+        config.sample = self.sample;
+        config.seed = self.seed;
+        match self.threads {
+            Some(0) => return Err(Failure::Usage("--threads must be at least 1".into())),
+            Some(threads) => config.threads = threads,
+            None => {}
+        }
+        config.cost = self.cost.config(self.store.region.as_deref());
+        config.allowed_regions = self.store.allowed_regions;
+        Ok(config)
+    }
 }
 
 #[derive(Args)]
@@ -254,7 +347,8 @@ pub struct RunArgs {
     /// folder's name.
     #[arg(long)]
     input: String,
-    /// Output folder or s3://bucket/prefix: result/, errors/, pca/, manifest/, report.json, and _SUCCESS last.
+    /// Output folder or s3://bucket/prefix: result/, errors/, pca/, manifest/, report.json, report.html, and
+    /// _SUCCESS last.
     /// One run writes an output at a time: a second one is refused, naming the first.
     #[arg(long)]
     pub output: String,
@@ -296,10 +390,8 @@ pub struct RunArgs {
     /// images (0.01 or 1%). Default: no limit.
     #[arg(long)]
     max_errors: Option<ErrorBudget>,
-    /// Hourly price of the machine in USD, for the report's cost estimate (default: an m5.xlarge on demand
-    /// in eu-west-1, the original EMR node type: 0.214).
-    #[arg(long)]
-    price_per_hour: Option<f64>,
+    #[command(flatten)]
+    cost: CostArgs,
     /// Run on a cluster (a `verger scheduler` with `verger executor`s): df://HOST:PORT. The executors
     /// featurize and write the output, so the images, the model and the output must be reachable from them
     /// at the same locations (a shared folder or s3://); listing, PCA fitting and commits stay here.
@@ -349,9 +441,7 @@ impl RunArgs {
         config.max_errors = self.max_errors;
         config.allowed_regions = self.store.allowed_regions;
         config.pseudonymize_key = self.pseudonymize_paths;
-        if let Some(price) = self.price_per_hour {
-            config.price_per_hour_usd = price;
-        }
+        config.cost = self.cost.config(self.store.region.as_deref());
         config.cluster = self.cluster;
         if let Some(jobs) = self.cluster_jobs {
             config.cluster_jobs = jobs.max(1);

@@ -5,6 +5,8 @@
 //!
 //! - [`run`]: the whole job (list → featurize → PCA → Parquet), locally or on a cluster;
 //! - [`list`]: what a run would process, per label;
+//! - [`estimate`]: what a run would take and cost, from a sample;
+//! - [`report`]: a run's `report.html`, written again from its `report.json`;
 //! - [`preprocess`]: the exact 224×224 RGB pixels the model sees;
 //! - [`embed`]: the 1280-d features of a few images into one Parquet file;
 //! - [`train`], [`evaluate`] and [`identify`]: a classifier on a run's features, scored on another run, and
@@ -33,8 +35,22 @@ pub mod serve {
 }
 pub use verger_engine::config::{
     default_threads, DEFAULT_CLUSTER_JOBS, DEFAULT_K, DEFAULT_LEASE_TTL_S, DEFAULT_PARTITION_ROWS,
-    DEFAULT_PRICE_PER_HOUR_USD,
 };
+pub use verger_engine::estimate::{Estimate, EstimateConfig, Prediction};
+pub use verger_engine::report::{Cost, CostConfig, PriceError};
+
+/// Prices: the original set-up a run's cost is compared with, and the built-in table.
+pub mod cost {
+    pub use verger_engine::report::cost::original::{
+        INSTANCE_TYPE as ORIGINAL_INSTANCE_TYPE, REGION as ORIGINAL_REGION,
+    };
+    pub use verger_engine::report::cost::{PriceTable, BUILT_IN_PRICES};
+}
+
+/// `verger estimate`'s defaults.
+pub mod estimate {
+    pub use verger_engine::estimate::{CLUSTER_EXECUTORS, DEFAULT_SAMPLE};
+}
 pub use verger_engine::embed::{EmbedOutcome, Failure};
 pub use verger_engine::report::Report;
 pub use verger_engine::store::{Encryption, StoreOptions};
@@ -173,6 +189,22 @@ pub fn run(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<RunOutcome
         Err(JobError::AlreadyComplete(output)) => Ok(RunOutcome::AlreadyComplete(output)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Predicts the wall time, CPU hours and cost of running `config.input`, here and on clusters, from a random
+/// sample featurized here; writes nothing.
+pub fn estimate(config: &EstimateConfig) -> Result<Estimate, Error> {
+    config.featurize.store.check_transport()?;
+    verger_model::runtime::ensure_loaded()?;
+    Ok(runtime(config.threads)?.block_on(verger_engine::estimate::estimate(config))?)
+}
+
+/// Writes `output`'s `report.html` again from its `report.json` (with the run's errors and PCA map); returns
+/// the page's location.
+pub fn report(output: &str, store: &StoreOptions) -> Result<String, Error> {
+    store.check_transport()?;
+    let output = absolute(output)?;
+    Ok(runtime(1)?.block_on(verger_engine::report::page::rewrite(&output, store))?)
 }
 
 /// What to list.

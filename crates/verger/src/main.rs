@@ -46,19 +46,24 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             let outcome = verger::run(&config, Arc::new(progress::CliProgress::new()))?;
             match &outcome {
                 RunOutcome::AlreadyComplete(output) => println!("{output} is already complete; nothing to do"),
-                RunOutcome::Done(r) => println!(
-                    "{} images -> {}/result ({} failed); PCA k = {}, explained variance {:.4}; {:.1} s, {:.1} images/s, {:.2} ms CPU/image, peak {:.0} MiB, ~${:.4}",
-                    r.counts.featurized,
-                    config.output.trim_end_matches('/'),
-                    r.counts.failed,
-                    r.pca.k,
-                    r.pca.explained_variance,
-                    r.wall_s,
-                    r.images_per_s,
-                    r.cpu_ms_per_image,
-                    r.peak_rss_mib,
-                    r.cost.estimated_usd,
-                ),
+                RunOutcome::Done(r) => {
+                    let output = config.output.trim_end_matches('/');
+                    let pca = r.pca.as_ref().map_or(String::new(), |p| {
+                        format!("; PCA k = {}, explained variance {:.4}", p.k, p.explained_variance)
+                    });
+                    println!(
+                        "{} images -> {output}/result ({} failed){pca}; {:.1} s, {:.1} images/s, {:.2} ms CPU/image, peak {:.0} MiB",
+                        r.counts.featurized, r.counts.failed, r.wall_s, r.images_per_s, r.cpu_ms_per_image, r.peak_rss_mib,
+                    );
+                    let c = &r.cost;
+                    let saving = c.saving.map_or(String::new(), |s| {
+                        format!(", {s:.1}x cheaper per image than the original EMR set-up")
+                    });
+                    println!(
+                        "cost ~${:.4} on {} x {} in {}{saving}; report: {output}/report.html",
+                        c.usd, c.nodes, c.instance_type, c.region
+                    );
+                }
             }
             Ok(outcome.exit_status())
         }
@@ -82,6 +87,64 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
                 config.input,
                 listing.seconds
             );
+            Ok(ExitStatus::Success)
+        }
+        Command::Estimate(args) => {
+            let json = args.json;
+            let e = verger::estimate(&args.config()?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e).expect("an estimate serializes"));
+                return Ok(ExitStatus::Success);
+            }
+            println!(
+                "{} images ({:.1} MB) in {} labels under {}, listed in {:.2} s",
+                e.images,
+                e.bytes as f64 / 1e6,
+                e.labels,
+                e.input,
+                e.list_s
+            );
+            println!(
+                "sample: {} images ({} failed) on {} workers here: {:.1} images/s, {:.2} ms CPU/image",
+                e.sampled, e.sample_failed, e.threads, e.images_per_s, e.cpu_ms_per_image
+            );
+            println!(
+                "\n{:<56} {:>12} {:>10} {:>12}",
+                format!(
+                    "{} in {} at ${:.3}/h a node",
+                    e.instance_type, e.region, e.usd_per_node_hour
+                ),
+                "wall",
+                "CPU hours",
+                "cost"
+            );
+            for p in std::iter::once(&e.here).chain(&e.clusters) {
+                println!(
+                    "{:<56} {:>12} {:>10.2} {:>12}",
+                    p.setup,
+                    duration(p.wall_s),
+                    p.cpu_hours,
+                    format!("${:.4}", p.usd)
+                );
+            }
+            let o = &e.original;
+            println!(
+                "{:<56} {:>12} {:>10} {:>12}",
+                o.description,
+                duration(o.wall_s),
+                "",
+                format!("${:.4}", o.usd)
+            );
+            println!("\nassumptions:");
+            for a in &e.assumptions {
+                println!("  - {a}");
+            }
+            println!("  - prices: {}", e.price_source);
+            Ok(ExitStatus::Success)
+        }
+        Command::Report { output, store } => {
+            let page = verger::report(&output, &store.options()?)?;
+            println!("{page}");
             Ok(ExitStatus::Success)
         }
         Command::Scheduler { bind, port } => {
@@ -124,7 +187,7 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             }
             println!("saved in {model}/evaluation.json and {model}/confusion.parquet");
             if e.recorded_in_run_report {
-                println!("summarised in {run}/report.json");
+                println!("summarised in {run}/report.json and {run}/report.html");
             }
             Ok(ExitStatus::Success)
         }
@@ -202,4 +265,13 @@ fn identify(args: &args::IdentifyArgs) -> Result<ExitStatus, args::Failure> {
         }
     }
     Ok(ExitStatus::from_failures(failed))
+}
+
+/// Seconds as the estimate prints them.
+fn duration(s: f64) -> String {
+    match s {
+        s if s < 120.0 => format!("{s:.1} s"),
+        s if s < 7200.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
 }

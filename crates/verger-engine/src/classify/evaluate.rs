@@ -1,6 +1,6 @@
 //! `verger evaluate`: a classifier scored on a labelled run (for example the Test split projected with the
 //! Training PCA): top-1, top-5, macro F1, per-class precision and recall, the confusion matrix and the most
-//! confused pairs, saved next to the classifier and summarised in the evaluated run's `report.json`.
+//! confused pairs, saved next to the classifier and summarised in the evaluated run's `report.json` and `report.html`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use crate::io::claim::OutputClaim;
 use crate::io::output::OutputStore;
 use crate::io::store::StoreOptions;
 use crate::layout;
+use crate::report::{page, Confusion, EvaluationSummary, Report};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassReport {
@@ -160,7 +161,11 @@ pub async fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Resu
         serde_json::to_vec_pretty(&evaluation).expect("an evaluation serializes"),
     )
     .await?;
-    match record_in_run_report(&evaluation, store).await {
+    let confusion = Confusion {
+        labels: names.clone(),
+        cells: cells.clone(),
+    };
+    match record_in_run_report(&evaluation, confusion, store).await {
         Ok(()) => evaluation.recorded_in_run_report = true,
         Err(e) => tracing::warn!(run, "evaluation not summarised in the run's {}: {e}", layout::REPORT),
     }
@@ -168,42 +173,37 @@ pub async fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Resu
 }
 
 /// Adds the evaluation's summary to the evaluated run's `report.json`, under `evaluations` (one entry per
-/// classifier folder, replaced when it is evaluated again), holding the run's output claim meanwhile so that
-/// no run rewrites the output at the same moment.
-async fn record_in_run_report(evaluation: &Evaluation, store: &StoreOptions) -> Result<(), ClassifyError> {
+/// classifier folder, replaced when it is evaluated again), and renders its `report.html` again, holding the
+/// run's output claim meanwhile so that no run rewrites the output at the same moment.
+async fn record_in_run_report(
+    evaluation: &Evaluation,
+    confusion: Confusion,
+    store: &StoreOptions,
+) -> Result<(), ClassifyError> {
     let run = OutputStore::open(&evaluation.run, store)?;
     let claim = OutputClaim::take(&run, crate::config::DEFAULT_LEASE_TTL_S).await?;
     let recorded = async {
-        let mut report: serde_json::Value =
-            serde_json::from_slice(&run.get(layout::REPORT).await?).map_err(|e| ClassifyError::Run {
+        let mut report = Report::from_json(&run.get(layout::REPORT).await?, layout::REPORT).map_err(|reason| {
+            ClassifyError::Run {
                 run: evaluation.run.clone(),
-                reason: format!("{} is not a run report: {e}", layout::REPORT),
-            })?;
-        let entry = serde_json::json!({
-            "classifier": evaluation.classifier,
-            "rows": evaluation.rows,
-            "top1": evaluation.top1,
-            "top5": evaluation.top5,
-            "macro_f1": evaluation.macro_f1,
-            "unseen_labels": evaluation.unseen_labels,
-            "details": format!("{}/{EVALUATION}", evaluation.classifier.trim_end_matches('/')),
-        });
-        let Some(fields) = report.as_object_mut() else {
-            return Err(ClassifyError::Run {
-                run: evaluation.run.clone(),
-                reason: format!("{} is not a run report", layout::REPORT),
-            });
+                reason,
+            }
+        })?;
+        let entry = EvaluationSummary {
+            classifier: evaluation.classifier.clone(),
+            rows: evaluation.rows,
+            top1: evaluation.top1,
+            top5: evaluation.top5,
+            macro_f1: evaluation.macro_f1,
+            unseen_labels: evaluation.unseen_labels.clone(),
+            details: format!("{}/{EVALUATION}", evaluation.classifier.trim_end_matches('/')),
+            confusion: Some(confusion),
         };
-        let mut list = match fields.remove("evaluations") {
-            Some(serde_json::Value::Array(list)) => list,
-            _ => Vec::new(),
-        };
-        list.retain(|e| e["classifier"] != entry["classifier"]);
-        list.push(entry);
-        fields.insert("evaluations".into(), list.into());
+        report.evaluations.retain(|e| e.classifier != entry.classifier);
+        report.evaluations.push(entry);
         claim.check()?;
-        let bytes = serde_json::to_vec_pretty(&report).expect("a report serializes");
-        run.put(layout::REPORT, bytes).await?;
+        run.put(layout::REPORT, report.to_json()).await?;
+        page::write(&run, &report).await?;
         Ok(())
     }
     .await;

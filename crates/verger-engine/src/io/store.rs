@@ -226,12 +226,12 @@ impl SharedProfile {
 }
 
 /// Where a bucket is, and how verger knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct BucketRegion {
     pub bucket: String,
     pub region: String,
     /// `reported` by the store (`x-amz-bucket-region`), or `configured` (`--region`) for stores that report none.
-    pub source: &'static str,
+    pub source: String,
 }
 
 impl StoreOptions {
@@ -257,12 +257,12 @@ impl StoreOptions {
             (Some(region), _) => Ok(BucketRegion {
                 bucket: bucket.into(),
                 region: region.into(),
-                source: "reported",
+                source: "reported".into(),
             }),
             (None, Some(region)) => Ok(BucketRegion {
                 bucket: bucket.into(),
                 region: region.clone(),
-                source: "configured",
+                source: "configured".into(),
             }),
             (None, None) => Err(StoreError::Client(format!(
                 "the store does not report the region of bucket {bucket}; pass --region"
@@ -337,7 +337,7 @@ mod tests {
         let bucket = |region: &str| BucketRegion {
             bucket: "b".into(),
             region: region.into(),
-            source: "reported",
+            source: "reported".into(),
         };
         let eu = ["eu-*".to_string()];
         assert!(check_residency(&eu, &[bucket("eu-west-1"), bucket("eu-central-2")]).is_ok());

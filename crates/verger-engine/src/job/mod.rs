@@ -19,6 +19,7 @@ mod write;
 use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
+use sha2::{Digest, Sha256};
 
 pub use manifest::list_images;
 
@@ -35,7 +36,7 @@ use crate::io::StoreError;
 use crate::layout;
 use crate::progress::Progress;
 use crate::pseudonym::Pseudonymizer;
-use crate::report::{Counts, Report, Stopwatch};
+use crate::report::{page, Counts, PcaSummary, Pricing, Report, Stopwatch};
 use crate::saved_pca::SavedPca;
 
 /// What a finished run produced.
@@ -47,8 +48,9 @@ pub struct JobOutcome {
 /// Runs the whole job on an embedded DataFusion context; with `cluster` (a context connected to a cluster),
 /// featurization and writing run there, one cluster job per partition, and the rest here.
 ///
-/// Commit order: manifest, staged partitions, errors, PCA model, result partitions, report, `_SUCCESS`. Every
-/// file is atomic, so a run killed anywhere resumes from what it committed, with the same partitions.
+/// Commit order: manifest, staged partitions, errors, PCA model, result partitions, report (JSON, then page),
+/// `_SUCCESS`. Every file is atomic, so a run killed anywhere resumes from what it committed, with the same
+/// partitions.
 pub async fn run_job(
     config: &JobConfig,
     progress: Arc<dyn Progress>,
@@ -73,15 +75,36 @@ pub async fn run_job(
         )?),
         None => None,
     };
+    // Priced before anything runs: a price table that cannot price the run stops it here.
+    let pricing = Pricing::new(&config.cost)?;
     let settings = config.featurize.clone();
     tokio::task::spawn_blocking(move || settings.featurizers().map(drop))
         .await
         .map_err(JobError::task)??;
     let out = OutputStore::open(&config.output, &config.featurize.store)?;
     let claim = OutputClaim::take(&out, config.lease_ttl_s).await?;
-    let outcome = run_claimed(config, &out, &claim, progress, cluster.as_ref(), residency, given_pca).await;
+    let outcome = run_claimed(
+        config,
+        &out,
+        &claim,
+        progress,
+        cluster.as_ref(),
+        Inputs {
+            residency,
+            given_pca,
+            pricing,
+        },
+    )
+    .await;
     claim.release().await;
     outcome
+}
+
+/// What a run found out before claiming its output.
+struct Inputs {
+    residency: Vec<BucketRegion>,
+    given_pca: Option<(SavedPca, Vec<u8>)>,
+    pricing: Pricing,
 }
 
 async fn run_claimed(
@@ -90,9 +113,13 @@ async fn run_claimed(
     claim: &OutputClaim,
     progress: Arc<dyn Progress>,
     cluster: Option<&SessionContext>,
-    residency: Vec<BucketRegion>,
-    given_pca: Option<(SavedPca, Vec<u8>)>,
+    inputs: Inputs,
 ) -> Result<JobOutcome, JobError> {
+    let Inputs {
+        residency,
+        given_pca,
+        pricing,
+    } = inputs;
     prepare_output(out, config.resume, config.overwrite).await?;
     let ctx = crate::context::local(config.threads, &config.featurize);
     out.register(&ctx);
@@ -149,6 +176,7 @@ async fn run_claimed(
     clock.stage("errors", None, write::errors(&ctx, out, &parts)).await?;
     fault::checkpoint("errors");
 
+    let given = given_pca.is_some();
     let model = match given_pca {
         // Projected into an existing basis: the statistics are not needed, and the model is saved as given.
         Some((saved, bytes)) => {
@@ -158,7 +186,22 @@ async fn run_claimed(
         None => {
             let sha256 = &config.featurize.model.sha256;
             let fitting = pca_fit::fit_and_save(out, &stats, config.components, config.center, sha256);
-            clock.stage("pca_fit", None, fitting).await?
+            match clock.stage("pca_fit", None, fitting).await {
+                Ok(model) => model,
+                Err(e @ JobError::NothingFeaturized(_)) => {
+                    // Nothing to fit or write: the report still says what happened, and the run fails.
+                    let counts = Counts {
+                        listed,
+                        featurized: 0,
+                        failed,
+                    };
+                    let mut report = Report::new(config, &clock, counts, None, &pricing);
+                    report.buckets = residency;
+                    write_report(out, &report).await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
     };
     drop(stats);
@@ -178,18 +221,21 @@ async fn run_claimed(
     clock
         .stage("commit_check", None, verify::committed(&ctx, &parts, &counts))
         .await?;
-    let mut report = Report::new(config, &clock, counts, &model);
+    let mut report = Report::new(config, &clock, counts, Some(PcaSummary::of(&model, given)), &pricing);
     report.buckets = residency;
-    out.put(
-        layout::REPORT,
-        serde_json::to_vec_pretty(&report).expect("report serializes"),
-    )
-    .await?;
+    report.versions.pca_model_sha256 = Some(hex::encode(Sha256::digest(out.get(layout::PCA_MODEL).await?)));
+    write_report(out, &report).await?;
     fault::checkpoint("report");
     claim.check()?;
     out.put(layout::SUCCESS, Vec::new()).await?;
     out.remove_all(layout::STAGING).await?;
     Ok(JobOutcome { report })
+}
+
+/// Writes `report.json`, then the page from it.
+async fn write_report(out: &OutputStore, report: &Report) -> Result<(), JobError> {
+    out.put(layout::REPORT, report.to_json()).await?;
+    page::write(out, report).await
 }
 
 /// Refuses an output that holds something, unless resuming an unfinished run there or replacing it.

@@ -83,7 +83,7 @@ pub async fn fit_and_save(
     featurizer_sha256: &str,
 ) -> Result<Arc<PcaModel>, JobError> {
     if stats.count() == 0 {
-        return Err(JobError::NothingFeaturized);
+        return Err(JobError::NothingFeaturized(out.display().to_string()));
     }
     let saved = SavedPca {
         model: fit(stats, components, center)?,
