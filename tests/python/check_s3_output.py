@@ -15,7 +15,7 @@ s3 = client()
 objects = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
            for o in page.get("Contents", [])]
 names = {o["Key"][len(prefix) + 1:]: o for o in objects}
-for required in ["_SUCCESS", "report.json", "pca/model.json", "manifest/part-00000.parquet",
+for required in ["_SUCCESS", "report.json", "report.html", "pca/model.json", "manifest/part-00000.parquet",
                  "errors/part-00000.parquet", "result/part-00000.parquet"]:
     assert required in names, (required, sorted(names))
 assert not [n for n in names if n.startswith("_staging")], "staging left behind"

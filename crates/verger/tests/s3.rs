@@ -256,6 +256,33 @@ fn a_job_from_bucket_to_bucket_gives_the_rows_of_the_same_job_on_disk() {
         );
     }
 
+    // The report page is in the bucket too, encrypted like every object (check_s3_output), and the estimate
+    // of a run reads the bucket as the run does.
+    let estimate = server
+        .verger(&[
+            "estimate",
+            "--input",
+            "s3://images/fruits",
+            "--model",
+            &model,
+            "--sample",
+            "10",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&estimate), Some(0), "{}", stderr(&estimate));
+    let estimate: serde_json::Value = serde_json::from_slice(&estimate.stdout).unwrap();
+    let jpgs: Vec<PathBuf> = walk(&local)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    assert_eq!(estimate["images"], jpgs.len());
+    let bytes: u64 = jpgs.iter().map(|p| p.metadata().unwrap().len()).sum();
+    assert_eq!(estimate["bytes"], bytes);
+    assert_eq!(estimate["sampled"], 10);
+    assert!(estimate["images_per_s"].as_f64().unwrap() > 0.0);
+
     // The secret the run authenticated with appears in no log line (nor in any object: check_s3_output).
     let logs = [s3_run.stdout.as_slice(), s3_run.stderr.as_slice()].concat();
     assert!(!contains(&logs, SECRET), "secret in the logs");

@@ -150,7 +150,10 @@ impl PriceTable {
                 };
                 PriceError {
                     table: self.name.clone(),
-                    reason: format!("no price for {instance_type} in {region} ({have}); add it or pass --prices FILE"),
+                    reason: format!(
+                        "no price for {instance_type} in {region} ({have}); add it, pass --prices FILE, or price \
+                         another region with --price-region"
+                    ),
                 }
             })
     }

@@ -1,0 +1,133 @@
+"""verger at scale on one machine: listing and planning a million files, and full runs whose peak memory must
+not grow with the number of images beyond the manifest's own size.
+
+usage: .venv/bin/python bench/scale.py [--dir DIR] [--files N] [--runs 10000,30000,100000] [--threads N]
+
+Builds a synthetic collection by hard-linking the shared Fruits-360 images (9,856) under many folders, labels
+preserved (`DIR/list/sNNN/<label>/<i>.jpg`): --files of them for listing and planning, and one tree per full
+run size (`DIR/run-N`). Then, each as its own process, measured with wait4 (wall, CPU, peak RSS):
+- `verger list` of the --files tree;
+- listing + manifest + partition planning: `verger run` stopped by its test hook right after the manifest is
+  committed (VERGER_ABORT_AT=manifest);
+- a full `verger run` at each size: wall, CPU per image, peak RSS, time to the first committed (staged)
+  partition, and the PCA fit alone (the report's pca_fit stage);
+then the peak-RSS slope per million images between the smallest and largest run. Hard links cost no disk;
+the trees are kept in DIR for the next run. Run it on a quiet machine.
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+FRUITS = os.path.join(SHARED, "datasets/fruits360")
+VERGER = os.path.join(ROOT, "scripts/verger")
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def sources():
+    files = sorted(glob.glob(os.path.join(FRUITS, "*", "*", "*.jpg")))
+    assert files, f"no images under {FRUITS}"
+    return [(f, os.path.basename(os.path.dirname(f))) for f in files]
+
+
+def build(tree, n, per_folder=10_000):
+    """`n` hard links under `tree`, `per_folder` to a shard folder, each in its label's folder."""
+    marker = os.path.join(tree, f".complete-{n}")
+    if os.path.exists(marker):
+        return 0.0
+    shutil.rmtree(tree, ignore_errors=True)
+    started = time.perf_counter()
+    images = sources()
+    made = set()
+    for i in range(n):
+        src, label = images[i % len(images)]
+        folder = os.path.join(tree, f"s{i // per_folder:03d}", label)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        os.link(src, os.path.join(folder, f"{i}.jpg"))
+    open(marker, "w").close()
+    return time.perf_counter() - started
+
+
+def measure(args, env=None, watch=None):
+    """Runs `args`; returns (exit code, wall s, CPU s, peak RSS MiB, first time `watch()` was true)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    first = None
+    if watch:
+        while process.poll() is None and first is None:
+            if watch():
+                first = time.perf_counter() - started
+            time.sleep(0.02)
+    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the maximum over every child so far).
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    return code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, first
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "verger-scale"))
+    parser.add_argument("--files", type=int, default=1_000_000)
+    parser.add_argument("--runs", default="10000,30000,100000")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.runs.split(",") if s]
+    print(f"machine: {os.cpu_count()} cores, {cpu_model()}, {platform.platform()}; "
+          f"{time.strftime('%Y-%m-%d')}")
+
+    listing = os.path.join(args.dir, "list")
+    print(f"built {args.files} links in {build(listing, args.files):.1f} s")
+    code, wall, cpu, rss, _ = measure([VERGER, "list", "--input", listing])
+    assert code == 0, code
+    print(f"list {args.files:>9} files:               wall {wall:7.2f} s  CPU {cpu:7.2f} s  peak RSS {rss:7.1f} MiB")
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        out = os.path.join(tmp, "out")
+        code, wall, cpu, rss, _ = measure([VERGER, "run", "--input", listing, "--output", out],
+                                          env={"VERGER_ABORT_AT": "manifest"})
+        assert code != 0 and os.path.exists(os.path.join(out, "manifest")), code
+        manifest_mb = sum(os.path.getsize(f) for f in glob.glob(os.path.join(out, "manifest", "*"))) / 1e6
+    print(f"list + manifest + plan {args.files:>9}: wall {wall:7.2f} s  CPU {cpu:7.2f} s  peak RSS {rss:7.1f} MiB"
+          f"  (manifest {manifest_mb:.1f} MB)")
+
+    runs = []
+    for n in sizes:
+        tree = os.path.join(args.dir, f"run-{n}")
+        build(tree, n)
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            out = os.path.join(tmp, "out")
+            staged = lambda: bool(glob.glob(os.path.join(out, "_staging", "*.parquet")))
+            code, wall, cpu, rss, first = measure(
+                [VERGER, "run", "--input", tree, "--output", out, "--threads", str(args.threads)], watch=staged)
+            assert code == 0, code
+            report = json.load(open(os.path.join(out, "report.json")))
+        pca_fit = next(s["wall_s"] for s in report["stages"] if s["stage"] == "pca_fit")
+        runs.append((n, rss))
+        print(f"run {n:>7} images: wall {wall:7.1f} s  {n / wall:6.1f} images/s  CPU {cpu / n * 1000:5.2f} ms/image  "
+              f"peak RSS {rss:6.1f} MiB  first partition {first if first is not None else float('nan'):5.2f} s  "
+              f"PCA fit {pca_fit:.3f} s")
+    if len(runs) >= 2:
+        (n0, r0), (n1, r1) = runs[0], runs[-1]
+        print(f"peak RSS slope: {(r1 - r0) / (n1 - n0) * 1e6:.1f} MiB per million images "
+              f"({n0} -> {n1} images: {r0:.1f} -> {r1:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
