@@ -123,6 +123,8 @@ def main():
         print(f"run {n:>7} images: wall {wall:7.1f} s  {n / wall:6.1f} images/s  CPU {cpu / n * 1000:5.2f} ms/image  "
               f"peak RSS {rss:6.1f} MiB  first partition {first if first is not None else float('nan'):5.2f} s  "
               f"PCA fit {pca_fit:.3f} s")
+        print("    peak RSS when each stage ended (MiB): " +
+              ", ".join(f"{st['stage']} {st.get('peak_rss_mib', float('nan')):.0f}" for st in report["stages"]))
     if len(runs) >= 2:
         (n0, r0), (n1, r1) = runs[0], runs[-1]
         print(f"peak RSS slope: {(r1 - r0) / (n1 - n0) * 1e6:.1f} MiB per million images "

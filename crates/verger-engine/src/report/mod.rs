@@ -50,6 +50,9 @@ pub struct StageTiming {
     pub stage: String,
     pub wall_s: f64,
     pub cpu_s: f64,
+    /// The process's peak memory when the stage ended: the stage where it rises is the one that needed it.
+    #[serde(default)]
+    pub peak_rss_mib: f64,
 }
 
 /// The stage guard of a run: times stages one after another for the report, opens each one's tracing span
@@ -83,10 +86,12 @@ impl Stopwatch {
         self.progress.begin(name, total);
         let out = f.instrument(tracing::info_span!("stage", name)).await;
         self.progress.end(name);
+        let usage = Usage::now();
         let timing = StageTiming {
             stage: name.to_string(),
             wall_s: wall.elapsed().as_secs_f64(),
-            cpu_s: Usage::now().cpu_s - cpu,
+            cpu_s: usage.cpu_s - cpu,
+            peak_rss_mib: usage.peak_rss_mib,
         };
         tracing::info!(stage = name, wall_s = timing.wall_s, cpu_s = timing.cpu_s, "stage done");
         self.stages.push(timing);

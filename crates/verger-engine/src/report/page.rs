@@ -429,6 +429,7 @@ struct StageRow {
     cpu_pct: f64,
     /// CPU seconds per wall second: how many cores the stage kept busy.
     cores: String,
+    peak: String,
 }
 
 #[derive(Serialize)]
@@ -719,6 +720,7 @@ impl Page {
                 wall_pct: round1(s.wall_s / total_wall * 100.0),
                 cpu_pct: round1(s.cpu_s / max_cpu * 100.0),
                 cores: format!("{:.2}", s.cpu_s / s.wall_s.max(1e-9)),
+                peak: format!("{:.0} MiB", s.peak_rss_mib),
             })
             .collect();
         let mut reasons: BTreeMap<(String, String), u64> = BTreeMap::new();
