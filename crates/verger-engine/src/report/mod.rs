@@ -343,9 +343,20 @@ impl Report {
 
     /// A report as `report.json` holds it; `from` names the file in the message when it is not one.
     pub fn from_json(bytes: &[u8], from: &str) -> Result<Report, String> {
-        serde_json::from_slice(bytes).map_err(|e| {
+        let report: Report = serde_json::from_slice(bytes).map_err(|e| {
             format!("{from} is not a run report of this verger version ({e}); rerun, or use the verger that wrote it")
-        })
+        })?;
+        for e in &report.evaluations {
+            let labels = e.confusion.as_ref().map_or(0, |c| c.labels.len());
+            let cells = e.confusion.as_ref().map_or(&[][..], |c| &c.cells[..]);
+            if cells.iter().any(|&(t, p, _)| t >= labels || p >= labels) {
+                return Err(format!(
+                    "{from}: the evaluation of {} has confusion cells beyond its {labels} labels",
+                    e.classifier
+                ));
+            }
+        }
+        Ok(report)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -356,6 +367,28 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_whose_confusion_cells_name_no_label_is_refused() {
+        let pricing = Pricing::new(&CostConfig::default()).unwrap();
+        let mut report: serde_json::Value = serde_json::json!({
+            "counts": {"listed": 1, "featurized": 1, "failed": 0}, "stages": [], "wall_s": 1.0, "cpu_s": 1.0,
+            "images_per_s": 1.0, "cpu_ms_per_image": 1.0, "peak_rss_mib": 1.0, "pca": null,
+            "cost": pricing.cost(1.0, 1),
+            "versions": {"verger": "0", "datafusion": "55", "onnxruntime_library": "x", "model_sha256": "ab"},
+            "finished_at": "2026-12-02T12:00:00Z", "buckets": [], "encryption": null, "config": {},
+            "evaluations": [{"classifier": "c", "rows": 1, "top1": 1.0, "top5": 1.0, "macro_f1": 1.0,
+                             "details": "c/e", "confusion": {"labels": ["a"], "cells": [[0, 0, 1]]}}],
+        });
+        let bytes = |r: &serde_json::Value| serde_json::to_vec(r).unwrap();
+        assert!(Report::from_json(&bytes(&report), "r.json").is_ok());
+        report["evaluations"][0]["confusion"]["cells"][0][1] = 3.into();
+        let e = Report::from_json(&bytes(&report), "r.json").unwrap_err();
+        assert!(e.contains("confusion cells beyond its 1 labels"), "{e}");
+        assert!(Report::from_json(b"{}", "r.json")
+            .unwrap_err()
+            .contains("not a run report"));
+    }
 
     #[test]
     fn throughput_intervals_double_to_stay_few() {
