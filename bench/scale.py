@@ -25,17 +25,12 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 FRUITS = os.path.join(SHARED, "datasets/fruits360")
 VERGER = os.path.join(ROOT, "scripts/verger")
-
-
-def cpu_model():
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def sources():

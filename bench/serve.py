@@ -13,7 +13,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+
+from machine import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -115,9 +116,7 @@ def main():
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "--workspace", "--all-targets"], cwd=ROOT, check=True)
     verger = os.path.join(target_dir(), "release", "verger")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    print(f"{os.cpu_count()} cores, {cpu}; {args.workers} serve workers")
+    print(f"{os.cpu_count()} cores, {cpu_model()}; {args.workers} serve workers")
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier = args.classifier

@@ -154,16 +154,16 @@ pub async fn estimate(config: &EstimateConfig) -> Result<Estimate, JobError> {
         let (settings, first) = (settings.clone(), first.clone());
         workers.push(tokio::task::spawn_blocking(move || {
             featurize_files(&[first], &settings)?;
-            let warmed = (Instant::now(), Usage::now().cpu_s);
+            let warmed = Instant::now();
             let outcomes = featurize_files(&chunk, &settings)?;
             let failed = outcomes.iter().filter(|(_, o)| o.is_err()).count();
-            Ok::<_, JobError>((failed, warmed.0.elapsed().as_secs_f64(), Usage::now().cpu_s - warmed.1))
+            Ok::<_, JobError>((failed, warmed.elapsed().as_secs_f64()))
         }));
     }
     let mut sample_failed = 0;
     let mut slowest = 0f64;
     for worker in workers {
-        let (failed, seconds, _) = worker.await.map_err(JobError::task)??;
+        let (failed, seconds) = worker.await.map_err(JobError::task)??;
         sample_failed += failed;
         slowest = slowest.max(seconds);
     }

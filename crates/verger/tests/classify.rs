@@ -7,24 +7,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_success, python, run_args, small_input, verger};
+use common::{assert_success, json, python, run_args, small_input, text, verger};
 use verger_testdata::fruits360_dir;
 
 /// scikit-learn `LogisticRegression` on the original pipeline's features, Training → Test, 88 classes.
 const REFERENCE_PCA50_TOP1: f64 = 0.9598;
 const REFERENCE_FULL_TOP1: f64 = 0.9797;
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Every file under `dir`, sorted.
 fn walk(dir: &Path) -> Vec<String> {

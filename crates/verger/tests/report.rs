@@ -5,23 +5,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_success, python, run_args, small_input, verger};
+use common::{assert_success, copy_images, json, python, run_args, small_input, text, verger};
 use verger_testdata::fruits360_dir;
 
 /// A label with every character HTML gives a meaning to.
 const ODD_LABEL: &str = r#"Papaya <b>&amp; "Co" 'x'"#;
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The test's output folder, kept after the test so that people can look at the screenshots.
 fn kept(name: &str) -> std::path::PathBuf {
@@ -45,17 +33,7 @@ fn every_run_writes_a_page_that_a_real_browser_shows_whole_and_escaped() {
     let tmp = tempfile::tempdir().unwrap();
     let (input, output) = (tmp.path().join("in"), tmp.path().join("out"));
     small_input(&input);
-    let odd = input.join(ODD_LABEL);
-    std::fs::create_dir_all(&odd).unwrap();
-    let papayas = fruits360_dir().join("Training/Papaya");
-    let mut files: Vec<_> = std::fs::read_dir(&papayas)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    for f in files.iter().take(8) {
-        std::fs::copy(f, odd.join(f.file_name().unwrap())).unwrap();
-    }
+    copy_images("Papaya", &input.join(ODD_LABEL), 8);
     let run = verger(&run_args(
         &input,
         &output,

@@ -12,7 +12,7 @@ mod evaluate;
 mod export;
 mod folder;
 mod identify;
-mod run_rows;
+pub(crate) mod run_rows;
 mod train;
 
 pub use evaluate::{evaluate, Evaluation};

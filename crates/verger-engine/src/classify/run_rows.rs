@@ -48,13 +48,7 @@ pub async fn read(run: &str, store: &StoreOptions, features: bool) -> Result<Run
     }
     let pca_bytes = out.get(layout::PCA_MODEL).await?.to_vec();
     let pca_model = SavedPca::from_json(&pca_bytes, layout::PCA_MODEL).map_err(failed)?;
-    let files: Vec<String> = out
-        .files(layout::RESULT)
-        .await?
-        .into_iter()
-        .filter(|f| f.ends_with(".parquet"))
-        .map(|f| out.url(&f))
-        .collect();
+    let files = out.parquet_urls(layout::RESULT).await?;
     if files.is_empty() {
         return Err(failed("no result files".into()));
     }
@@ -94,7 +88,7 @@ pub async fn read(run: &str, store: &StoreOptions, features: bool) -> Result<Run
 }
 
 /// Column `i` of `batch` (any string type) as strings, nulls as empty.
-pub(super) fn strings(batch: &RecordBatch, i: usize) -> Result<Vec<String>, ArrowError> {
+pub(crate) fn strings(batch: &RecordBatch, i: usize) -> Result<Vec<String>, ArrowError> {
     let column = cast(batch.column(i), &DataType::Utf8)?;
     Ok(column
         .as_string::<i32>()

@@ -279,6 +279,18 @@ impl OutputStore {
         Ok(names)
     }
 
+    /// The URLs (for DataFusion, see [`OutputStore::register`]) of the Parquet files under folder `name`,
+    /// sorted.
+    pub async fn parquet_urls(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .files(name)
+            .await?
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .map(|f| self.url(&f))
+            .collect())
+    }
+
     /// Removes what a killed process left half-written. Object stores publish nothing until an upload
     /// completes; the local store leaves `NAME#N` staging files, which readers of the folder would trip on.
     pub fn remove_unfinished_files(&self) -> Result<(), StoreError> {

@@ -15,6 +15,7 @@ use datafusion::prelude::{col, lit, ParquetReadOptions, SessionConfig, SessionCo
 use serde::Serialize;
 
 use super::Report;
+use crate::classify::run_rows::strings;
 use crate::error::JobError;
 use crate::io::claim::OutputClaim;
 use crate::io::output::OutputStore;
@@ -90,13 +91,7 @@ pub async fn read_input(out: &OutputStore, report: &Report) -> Result<PageInput,
         }
     }
     let k = report.pca.as_ref().map_or(0, |p| p.k);
-    let files: Vec<String> = out
-        .files(layout::RESULT)
-        .await?
-        .into_iter()
-        .filter(|f| f.ends_with(".parquet"))
-        .map(|f| out.url(&f))
-        .collect();
+    let files = out.parquet_urls(layout::RESULT).await?;
     if k >= 2 && !files.is_empty() {
         let batches = ctx
             .read_parquet(files, ParquetReadOptions::default())
@@ -127,15 +122,6 @@ pub async fn read_input(out: &OutputStore, report: &Report) -> Result<PageInput,
         }
     }
     Ok(input)
-}
-
-fn strings(batch: &RecordBatch, i: usize) -> Result<Vec<String>, JobError> {
-    let column = cast(batch.column(i), &DataType::Utf8)?;
-    Ok(column
-        .as_string::<i32>()
-        .iter()
-        .map(|v| v.unwrap_or_default().to_string())
-        .collect())
 }
 
 /// The page of `report` for the output at `output`.

@@ -53,17 +53,35 @@ pub fn assert_success(out: &Output, what: &str) {
     );
 }
 
+/// The JSON file at `path`.
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// What a process printed, stdout then stderr.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Copies the first `n` Training images of `class` (by name) into the folder `to`.
+pub fn copy_images(class: &str, to: &Path, n: usize) {
+    let from = fruits360_dir().join("Training").join(class);
+    std::fs::create_dir_all(to).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&from).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files.iter().take(n) {
+        std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
 /// 3 classes x 8 real images, plus an empty file and a text file named .jpg.
 pub fn small_input(dir: &Path) {
     for class in ["Kiwi", "Lemon", "Orange"] {
-        let from = fruits360_dir().join("Training").join(class);
-        let to = dir.join(class);
-        std::fs::create_dir_all(&to).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(&from).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        for f in files.iter().take(8) {
-            std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
-        }
+        copy_images(class, &dir.join(class), 8);
     }
     std::fs::create_dir_all(dir.join("Broken")).unwrap();
     std::fs::write(dir.join("Broken/empty.jpg"), b"").unwrap();
