@@ -1,14 +1,15 @@
-//! `verger embed`: the 1280-d features of a few images (local paths or `s3://` URIs) into one Parquet file
-//! (local or `s3://`), written atomically through the output layer; no listing, no PCA. For debugging and
-//! ad-hoc use.
+//! Features outside a job: `verger embed` writes the 1280-d features of a few images (local paths or `s3://`
+//! URIs) into one Parquet file (local or `s3://`), written atomically through the output layer; [`table`]
+//! returns them as one record batch for library callers (the Python package, Spark executors), for files or
+//! for images already in memory. No listing, no PCA.
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch, StringArray, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 use crate::error::JobError;
-use crate::featurize::{features_type, featurize_files, FeaturizeSettings};
+use crate::featurize::{features_type, featurize_files, featurize_images, FeaturizeSettings, Image};
 use crate::io::output::{split_file, OutputStore};
 use crate::io::source;
 
@@ -63,4 +64,49 @@ pub async fn embed(images: &[String], settings: &FeaturizeSettings, out: &str) -
     let store = OutputStore::open(&folder, &settings.store)?;
     let rows = store.write_batches(&name, schema, &[batch]).await?;
     Ok(EmbedOutcome { rows, failures })
+}
+
+/// The features of `images`, one row each in input order: `path` (null for bytes held in memory), `features`
+/// (null when the image could not be featurized), and then `error_stage` and `error` saying why. One bad image
+/// never fails the others. Synchronous CPU work: call it off async threads (it reads `s3://` images through a
+/// Tokio runtime it expects to find).
+pub fn table(images: &[Image], settings: &FeaturizeSettings) -> Result<RecordBatch, JobError> {
+    let outcomes = featurize_images(images, settings)?;
+    let mut paths = StringBuilder::new();
+    let mut features = ListBuilder::new(Float32Builder::with_capacity(images.len() * verger_model::FEATURE_DIM))
+        .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
+    let mut stages = StringBuilder::new();
+    let mut errors = StringBuilder::new();
+    for (image, outcome) in images.iter().zip(outcomes) {
+        match image {
+            Image::Location(location) => paths.append_value(location),
+            Image::Encoded(_) => paths.append_null(),
+        }
+        match outcome {
+            Ok(f) => {
+                features.values().append_slice(&f);
+                features.append(true);
+                stages.append_null();
+                errors.append_null();
+            }
+            Err((stage, message)) => {
+                features.append_null();
+                stages.append_value(stage);
+                errors.append_value(message);
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, true),
+        Field::new("features", features_type(), true),
+        Field::new("error_stage", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(paths.finish()),
+        Arc::new(features.finish()),
+        Arc::new(stages.finish()),
+        Arc::new(errors.finish()),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
 }

@@ -56,6 +56,9 @@ pub enum JobError {
     Config(String),
     #[error("worker task failed: {0}")]
     Task(String),
+    /// Stopped on request ([`crate::progress::Stop`]); the output's claim was released.
+    #[error("interrupted; what was staged in {0} is kept: resume continues the run")]
+    Interrupted(String),
 }
 
 impl JobError {

@@ -127,14 +127,51 @@ impl ScalarUDFImpl for FeaturizeUdf {
 /// A row's result: features, or (stage, message).
 pub type Outcome = std::result::Result<Vec<f32>, (&'static str, String)>;
 
+/// An image to featurize outside a job: where it is (a path or `s3://` URI), or its encoded bytes.
+#[derive(Debug, Clone)]
+pub enum Image {
+    Location(String),
+    Encoded(Vec<u8>),
+}
+
 /// Reads, decodes and resizes each image, then runs the model in batches of `settings.batch_size`.
 fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Vec<Outcome>> {
+    featurize_each(uris.len(), settings, |i| {
+        if uris.is_null(i) {
+            return Err((stage::READ, "missing path".to_string()));
+        }
+        // Spans at debug level: free unless asked for (`-vv` or RUST_LOG), then they time each image.
+        tracing::debug_span!("read")
+            .in_scope(|| source::read(uris.value(i), &settings.store))
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| (stage::READ, e.to_string()))
+    })
+}
+
+/// [`featurize_uris`] for [`Image`]s: the same decode, resize and batched inference, so features of bytes held
+/// in memory are bit-identical to those of the same file in a run.
+pub fn featurize_images(images: &[Image], settings: &FeaturizeSettings) -> Result<Vec<Outcome>> {
+    featurize_each(images.len(), settings, |i| match &images[i] {
+        Image::Encoded(bytes) => Ok(std::borrow::Cow::Borrowed(bytes.as_slice())),
+        Image::Location(location) => tracing::debug_span!("read")
+            .in_scope(|| source::read_location(location, &settings.store))
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| (stage::READ, e.to_string())),
+    })
+}
+
+/// Featurizes `n` images whose encoded bytes `read` returns (or the stage and reason they are missing).
+fn featurize_each<'a>(
+    n: usize,
+    settings: &FeaturizeSettings,
+    read: impl Fn(usize) -> std::result::Result<std::borrow::Cow<'a, [u8]>, (&'static str, String)>,
+) -> Result<Vec<Outcome>> {
     let pool = settings.featurizers().map_err(|e| exec_datafusion_err!("{e}"))?;
     let limits = Limits {
         max_pixels: settings.max_pixels,
     };
     let batch_size = settings.batch_size.max(1);
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(uris.len());
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(n);
     let mut pending: Vec<usize> = Vec::with_capacity(batch_size);
     let mut inputs = vec![0f32; batch_size * INPUT_LEN];
 
@@ -161,16 +198,8 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
         Ok(())
     };
 
-    for i in 0..uris.len() {
-        let outcome = if uris.is_null(i) {
-            Err((stage::READ, "missing path".to_string()))
-        } else {
-            // Spans at debug level: free unless asked for (`-vv` or RUST_LOG), then they time each image.
-            tracing::debug_span!("read")
-                .in_scope(|| source::read(uris.value(i), &settings.store))
-                .map_err(|e| (stage::READ, e.to_string()))
-                .and_then(|bytes| decode(&bytes, &limits).map_err(|e| (stage::DECODE, e.to_string())))
-        };
+    for i in 0..n {
+        let outcome = read(i).and_then(|bytes| decode(&bytes, &limits).map_err(|e| (stage::DECODE, e.to_string())));
         match outcome {
             Ok(rgb) => {
                 let slot = pending.len();

@@ -38,4 +38,4 @@ pub use featurize::FeaturizeSettings;
 pub use io::store::bucket_regions;
 pub use io::{store, StoreError};
 pub use job::{list_images, run_job, JobOutcome};
-pub use progress::{NoProgress, Progress};
+pub use progress::{NoProgress, Progress, Stop};

@@ -18,3 +18,47 @@ impl Progress for NoProgress {
     fn advance(&self, _n: u64) {}
     fn end(&self, _stage: &str) {}
 }
+
+/// A request to stop a run early (Ctrl-C in a notebook): the run stops at its next await, releases its
+/// output's claim and fails with [`crate::JobError::Interrupted`]; what it staged stays for `--resume`.
+/// Clones share one flag.
+#[derive(Clone, Default)]
+pub struct Stop(std::sync::Arc<StopState>);
+
+#[derive(Default)]
+struct StopState {
+    requested: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    pub fn new() -> Self {
+        Stop::default()
+    }
+
+    pub fn request(&self) {
+        self.0.requested.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.0.requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Stop::request`] was called (at once if it already was).
+    pub async fn requested(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            if self.is_requested() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Stop").field(&self.is_requested()).finish()
+    }
+}

@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+pub mod cli;
+
 pub use verger_classify::TrainOptions;
 pub use verger_engine::classify::{
     Classifier, ClassifyError, Evaluation, Exported, Identification, Identified, Input, TrainConfig, TrainReport,
@@ -52,9 +54,11 @@ pub mod estimate {
     pub use verger_engine::estimate::{CLUSTER_EXECUTORS, DEFAULT_SAMPLE};
 }
 pub use verger_engine::embed::{EmbedOutcome, Failure};
+pub use verger_engine::featurize::Image;
 pub use verger_engine::report::Report;
+pub use verger_engine::saved_pca::SavedPca;
 pub use verger_engine::store::{Encryption, StoreOptions};
-pub use verger_engine::{ErrorBudget, FeaturizeSettings, JobConfig, JobError, NoProgress, Progress, StoreError};
+pub use verger_engine::{ErrorBudget, FeaturizeSettings, JobConfig, JobError, NoProgress, Progress, Stop, StoreError};
 pub use verger_image::Limits;
 pub use verger_listing::{ImageEntry, DEFAULT_GLOB, LIST_CONCURRENCY};
 pub use verger_pca::Components;
@@ -121,6 +125,12 @@ impl ExitStatus {
     }
 }
 
+/// The ONNX Runtime library this process uses, loaded on first call (see `verger_model::runtime` for where
+/// it is looked for).
+pub fn runtime_library() -> Result<&'static Path, Error> {
+    Ok(verger_model::runtime::ensure_loaded()?)
+}
+
 /// `$VERGER_MODEL`, else `shared/models/...` beside the checkout this library was built from.
 pub fn default_model() -> Option<String> {
     if let Ok(location) = std::env::var("VERGER_MODEL") {
@@ -169,6 +179,13 @@ impl RunOutcome {
 
 /// Runs the whole job of `config`, reporting progress to `progress`.
 pub fn run(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<RunOutcome, Error> {
+    run_until(config, progress, &Stop::new())
+}
+
+/// [`run`], stopping early when `stop` is requested (from another thread): the run then fails with
+/// [`JobError::Interrupted`], its output's claim released and its staged work kept, so that a run with
+/// `resume` continues it at once.
+pub fn run_until(config: &JobConfig, progress: Arc<dyn Progress>, stop: &Stop) -> Result<RunOutcome, Error> {
     if config.threads == 0 {
         return Err(Error::Config("threads must be at least 1".into()));
     }
@@ -184,7 +201,7 @@ pub fn run(config: &JobConfig, progress: Arc<dyn Progress>) -> Result<RunOutcome
         ),
         None => None,
     };
-    match runtime.block_on(verger_engine::run_job(config, progress, cluster)) {
+    match runtime.block_on(verger_engine::run_job(config, progress, cluster, stop)) {
         Ok(outcome) => Ok(RunOutcome::Done(Box::new(outcome.report))),
         Err(JobError::AlreadyComplete(output)) => Ok(RunOutcome::AlreadyComplete(output)),
         Err(e) => Err(e.into()),
@@ -289,6 +306,81 @@ pub fn embed(images: &[String], settings: &FeaturizeSettings, out: &str) -> Resu
     let out = absolute(out)?;
     let outcome = runtime(default_threads())?.block_on(verger_engine::embed::embed(images, settings, &out))?;
     Ok(outcome)
+}
+
+/// The features of `images` (paths, `s3://` URIs or encoded bytes) as one record batch, a row each in input
+/// order: `path` (null for bytes), `features` (1280 float32, null when the image failed), `error_stage` and
+/// `error`. Computed exactly as in a run (features bit-identical), on `threads` threads; bad images become
+/// rows with an error, never a failed call.
+pub fn featurize(
+    images: &[Image],
+    settings: &FeaturizeSettings,
+    threads: usize,
+) -> Result<datafusion::arrow::array::RecordBatch, Error> {
+    settings.store.check_transport()?;
+    verger_model::runtime::ensure_loaded()?;
+    // Verified once here, so that a wrong model fails the call instead of every row.
+    settings.featurizers()?;
+    let runtime = runtime(1)?;
+    let chunk = images.len().div_ceil(threads.max(1)).max(1);
+    let batches = std::thread::scope(|scope| {
+        let workers: Vec<_> = images
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(|| {
+                    // For `s3://` images: reads block on this runtime.
+                    let _entered = runtime.enter();
+                    verger_engine::embed::table(part, settings)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| Error::Config("a featurize worker panicked".into()))?
+                    .map_err(Error::from)
+            })
+            .collect::<Result<Vec<_>, Error>>()
+    })?;
+    match batches.first() {
+        Some(first) => {
+            Ok(datafusion::arrow::compute::concat_batches(&first.schema(), &batches).map_err(JobError::from)?)
+        }
+        None => Ok(verger_engine::embed::table(&[], settings)?),
+    }
+}
+
+/// A table as record batches and their schema (which holds even when there are no batches).
+pub type Batches = (
+    datafusion::arrow::datatypes::SchemaRef,
+    Vec<datafusion::arrow::array::RecordBatch>,
+);
+
+/// Every result row of the finished run `output` (path, label, features, pca_features), sorted by path.
+pub fn read(output: &str, store: &StoreOptions) -> Result<Batches, Error> {
+    store.check_transport()?;
+    let output = absolute(output)?;
+    let reading = async {
+        let frame = verger_engine::classify::run_rows::result(&output, store).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let sorted = frame.sort(vec![datafusion::prelude::col("path").sort(true, false)]);
+        let batches = sorted
+            .map_err(ClassifyError::from)?
+            .collect()
+            .await
+            .map_err(ClassifyError::from)?;
+        Ok::<_, ClassifyError>((schema, batches))
+    };
+    Ok(runtime(default_threads())?.block_on(reading)?)
+}
+
+/// The PCA model the finished run `output` fitted (or was given), as saved in `pca/model.json`.
+pub fn read_pca(output: &str, store: &StoreOptions) -> Result<SavedPca, Error> {
+    store.check_transport()?;
+    let output = absolute(output)?;
+    let reading = verger_engine::classify::run_rows::pca_model(&output, store);
+    Ok(runtime(1)?.block_on(reading)?.2)
 }
 
 /// Trains a classifier on a finished run and writes its folder; returns how training went.

@@ -1,7 +1,6 @@
 //! The `verger` command: parses arguments into the library's configurations, calls the library ([`verger`]),
 //! prints, and exits with [`ExitStatus`]. See `verger --help`.
 
-mod args;
 mod progress;
 
 use std::process::ExitCode;
@@ -10,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use verger::{ExitStatus, RunOutcome};
 
-use crate::args::{Cli, Command};
+use verger::cli::{self as args, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -12,7 +12,7 @@ mod evaluate;
 mod export;
 mod folder;
 mod identify;
-pub(crate) mod run_rows;
+pub mod run_rows;
 mod train;
 
 pub use evaluate::{evaluate, Evaluation};

@@ -4,6 +4,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Float32Type, Float64Type};
 use datafusion::arrow::error::ArrowError;
+use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{col, ParquetReadOptions, SessionConfig, SessionContext};
 
 use super::ClassifyError;
@@ -42,24 +43,12 @@ pub async fn read(run: &str, store: &StoreOptions, features: bool) -> Result<Run
         run: run.to_string(),
         reason,
     };
-    let out = OutputStore::open(run, store)?;
-    if !out.exists(layout::SUCCESS).await? {
-        return Err(failed("not a finished verger run (no _SUCCESS)".into()));
-    }
-    let pca_bytes = out.get(layout::PCA_MODEL).await?.to_vec();
-    let pca_model = SavedPca::from_json(&pca_bytes, layout::PCA_MODEL).map_err(failed)?;
-    let files = out.parquet_urls(layout::RESULT).await?;
-    if files.is_empty() {
-        return Err(failed("no result files".into()));
-    }
-    let ctx = SessionContext::new_with_config(crate::context::configure(SessionConfig::new(), 1));
-    out.register(&ctx);
+    let (_, pca_bytes, pca_model) = pca_model(run, store).await?;
     let mut columns = vec![col("path"), col("label"), col("pca_features")];
     if features {
         columns.push(col("features"));
     }
-    let batches = ctx
-        .read_parquet(files, ParquetReadOptions::default())
+    let batches = result(run, store)
         .await?
         .select(columns)?
         .sort(vec![col("path").sort(true, false)])?
@@ -85,6 +74,44 @@ pub async fn read(run: &str, store: &StoreOptions, features: bool) -> Result<Run
         }
     }
     Ok(rows)
+}
+
+/// The finished run `run`'s output, its `pca/model.json` as saved and parsed.
+pub async fn pca_model(run: &str, store: &StoreOptions) -> Result<(OutputStore, Vec<u8>, SavedPca), ClassifyError> {
+    let out = finished(run, store).await?;
+    let bytes = out.get(layout::PCA_MODEL).await?.to_vec();
+    let model = SavedPca::from_json(&bytes, layout::PCA_MODEL).map_err(|reason| ClassifyError::Run {
+        run: run.to_string(),
+        reason,
+    })?;
+    Ok((out, bytes, model))
+}
+
+/// Every result row of the finished run `run` (all columns, in no particular order), to select from.
+pub async fn result(run: &str, store: &StoreOptions) -> Result<DataFrame, ClassifyError> {
+    let out = finished(run, store).await?;
+    let files = out.parquet_urls(layout::RESULT).await?;
+    if files.is_empty() {
+        return Err(ClassifyError::Run {
+            run: run.to_string(),
+            reason: "no result files".into(),
+        });
+    }
+    let ctx = SessionContext::new_with_config(crate::context::configure(SessionConfig::new(), 1));
+    out.register(&ctx);
+    Ok(ctx.read_parquet(files, ParquetReadOptions::default()).await?)
+}
+
+/// `run`'s output, refused unless the run finished (`_SUCCESS`).
+async fn finished(run: &str, store: &StoreOptions) -> Result<OutputStore, ClassifyError> {
+    let out = OutputStore::open(run, store)?;
+    if !out.exists(layout::SUCCESS).await? {
+        return Err(ClassifyError::Run {
+            run: run.to_string(),
+            reason: "not a finished verger run (no _SUCCESS)".into(),
+        });
+    }
+    Ok(out)
 }
 
 /// Column `i` of `batch` (any string type) as strings, nulls as empty.

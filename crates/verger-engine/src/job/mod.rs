@@ -34,7 +34,7 @@ use crate::io::output::OutputStore;
 use crate::io::store::{bucket_regions, BucketRegion};
 use crate::io::StoreError;
 use crate::layout;
-use crate::progress::Progress;
+use crate::progress::{Progress, Stop};
 use crate::pseudonym::Pseudonymizer;
 use crate::report::{page, Counts, PcaSummary, Pricing, Report, Stopwatch};
 use crate::saved_pca::SavedPca;
@@ -55,6 +55,7 @@ pub async fn run_job(
     config: &JobConfig,
     progress: Arc<dyn Progress>,
     cluster: Option<SessionContext>,
+    stop: &Stop,
 ) -> Result<JobOutcome, JobError> {
     // Where every bucket is, before any byte moves.
     let locations = [&config.input, &config.output, &config.featurize.model.location].map(String::as_str);
@@ -83,7 +84,7 @@ pub async fn run_job(
         .map_err(JobError::task)??;
     let out = OutputStore::open(&config.output, &config.featurize.store)?;
     let claim = OutputClaim::take(&out, config.lease_ttl_s).await?;
-    let outcome = run_claimed(
+    let run = run_claimed(
         config,
         &out,
         &claim,
@@ -94,8 +95,13 @@ pub async fn run_job(
             given_pca,
             pricing,
         },
-    )
-    .await;
+    );
+    // Dropping the run on a stop request cancels its tasks; the staged partitions are complete files (each
+    // committed by rename), so a resumed run reuses them, and releasing the claim lets it start at once.
+    let outcome = tokio::select! {
+        outcome = run => outcome,
+        () = stop.requested() => Err(JobError::Interrupted(out.display().to_string())),
+    };
     claim.release().await;
     outcome
 }

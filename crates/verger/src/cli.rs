@@ -1,8 +1,11 @@
 //! The command line: clap's description of each subcommand and its translation into the library's
-//! configurations. Defaults come from the library ([`verger::JobConfig::new`] and its constants).
+//! configurations. Defaults come from the library ([`crate::JobConfig::new`] and its constants). The `verger`
+//! binary parses its arguments with it, and the Python package its keyword arguments (translated to the same
+//! options), so both front ends share every option's meaning, default and message.
 
 use std::path::PathBuf;
 
+use crate as verger;
 use clap::{Args, Parser, Subcommand};
 use verger::{Components, Encryption, ErrorBudget, ExitStatus, FeaturizeSettings, JobConfig, Limits, StoreOptions};
 use verger_model::MOBILENET_V2_SHA256;
@@ -605,4 +608,51 @@ impl ServeArgs {
         };
         Ok(config)
     }
+}
+
+/// Parses `argv` (without the program name) as a verger command line; a bad one is a [`Failure::Usage`] with
+/// clap's message. For front ends that translate their own arguments into options (the Python package).
+pub fn parse(argv: &[String]) -> Result<Command, Failure> {
+    parse_as::<Cli>(&with_program(argv)).map(|cli| cli.command)
+}
+
+/// The options of a library call that is not a subcommand: the model and store options of `featurize`.
+#[derive(Parser)]
+#[command(name = "verger")]
+pub struct FeaturizeOptions {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+impl FeaturizeOptions {
+    pub fn parse(argv: &[String]) -> Result<FeaturizeSettings, Failure> {
+        let options = parse_as::<FeaturizeOptions>(&with_program(argv))?;
+        options.model.settings(options.store.options()?)
+    }
+}
+
+/// The store options alone, for calls that read a run (`read`, `read_pca`).
+#[derive(Parser)]
+#[command(name = "verger")]
+pub struct StoreOptionsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+impl StoreOptionsArgs {
+    pub fn parse(argv: &[String]) -> Result<StoreOptions, Failure> {
+        parse_as::<StoreOptionsArgs>(&with_program(argv))?.store.options()
+    }
+}
+
+fn with_program(argv: &[String]) -> Vec<String> {
+    std::iter::once("verger".to_string())
+        .chain(argv.iter().cloned())
+        .collect()
+}
+
+fn parse_as<T: Parser>(argv: &[String]) -> Result<T, Failure> {
+    T::try_parse_from(argv).map_err(|e| Failure::Usage(e.render().to_string().trim_end().to_string()))
 }
