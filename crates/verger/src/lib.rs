@@ -1,14 +1,18 @@
 //! verger's library API: one call per user-facing operation, each taking a typed configuration and returning
-//! a typed result or [`Error`]. The `verger` command line, the examples and (later) the Python package and the
-//! HTTP service are thin front ends over these calls: they parse, call, print, and map the outcome to an
-//! [`ExitStatus`].
+//! a typed result or [`Error`]. The `verger` command line, the examples, the Python package (`verger-python`)
+//! and the HTTP service are thin front ends over these calls: they parse (the command line and the Python
+//! package with the same parser, [`cli`]), call, print, and map the outcome to an [`ExitStatus`] or an
+//! exception.
 //!
-//! - [`run`]: the whole job (list → featurize → PCA → Parquet), locally or on a cluster;
+//! - [`run`]: the whole job (list → featurize → PCA → Parquet), locally or on a cluster; [`run_until`] the same,
+//!   stoppable from another thread;
 //! - [`list`]: what a run would process, per label;
 //! - [`estimate`]: what a run would take and cost, from a sample;
 //! - [`report`]: a run's `report.html`, written again from its `report.json`;
 //! - [`preprocess`]: the exact 224×224 RGB pixels the model sees;
-//! - [`embed`]: the 1280-d features of a few images into one Parquet file;
+//! - [`featurize`]: the 1280-d features of images (files, `s3://` objects or bytes in memory) as a record batch;
+//!   [`embed`]: those of a few files into one Parquet file;
+//! - [`read`] and [`read_pca`]: a finished run's rows and its PCA model;
 //! - [`train`], [`evaluate`] and [`identify`]: a classifier on a run's features, scored on another run, and
 //!   applied to new photos;
 //! - [`serve`]: [`identify`] over HTTP, with limits and metrics;
