@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float32Builder, ListBuilder, RecordBatch, StringArray, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, AsArray, Float32Builder, ListBuilder, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 use crate::error::JobError;
-use crate::featurize::{features_type, featurize_files, featurize_images, FeaturizeSettings, Image};
+use crate::featurize::{features_type, featurize_files, featurize_images, outcomes_to_array, FeaturizeSettings, Image};
 use crate::io::output::{split_file, OutputStore};
 use crate::io::source;
 
@@ -72,41 +72,23 @@ pub async fn embed(images: &[String], settings: &FeaturizeSettings, out: &str) -
 /// Tokio runtime it expects to find).
 pub fn table(images: &[Image], settings: &FeaturizeSettings) -> Result<RecordBatch, JobError> {
     let outcomes = featurize_images(images, settings)?;
-    let mut paths = StringBuilder::new();
-    let mut features = ListBuilder::new(Float32Builder::with_capacity(images.len() * verger_model::FEATURE_DIM))
-        .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
-    let mut stages = StringBuilder::new();
-    let mut errors = StringBuilder::new();
-    for (image, outcome) in images.iter().zip(outcomes) {
-        match image {
-            Image::Location(location) => paths.append_value(location),
-            Image::Encoded(_) => paths.append_null(),
-        }
-        match outcome {
-            Ok(f) => {
-                features.values().append_slice(&f);
-                features.append(true);
-                stages.append_null();
-                errors.append_null();
-            }
-            Err((stage, message)) => {
-                features.append_null();
-                stages.append_value(stage);
-                errors.append_value(message);
-            }
-        }
-    }
+    let paths: StringArray = images
+        .iter()
+        .map(|image| match image {
+            Image::Location(location) => Some(location.as_str()),
+            Image::Encoded(_) => None,
+        })
+        .collect();
+    // The run's own result column (features, error_stage, error_message), taken apart.
+    let result = outcomes_to_array(outcomes);
+    let result = result.as_struct();
     let schema = Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, true),
         Field::new("features", features_type(), true),
         Field::new("error_stage", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
     ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(paths.finish()),
-        Arc::new(features.finish()),
-        Arc::new(stages.finish()),
-        Arc::new(errors.finish()),
-    ];
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(paths)];
+    columns.extend(result.columns().iter().cloned());
     Ok(RecordBatch::try_new(schema, columns)?)
 }

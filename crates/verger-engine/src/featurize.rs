@@ -253,7 +253,8 @@ pub fn featurize_bytes(bytes: &[u8], settings: &FeaturizeSettings) -> std::resul
     tracing::debug_span!("infer", images = 1).in_scope(|| featurizer.embed(&input).map_err(infer_failed))
 }
 
-fn outcomes_to_array(outcomes: Vec<Outcome>) -> ArrayRef {
+/// `featurize`'s result column for `outcomes`: a struct of [`field`]s, a row each.
+pub(crate) fn outcomes_to_array(outcomes: Vec<Outcome>) -> ArrayRef {
     let n = outcomes.len();
     let mut features = ListBuilder::with_capacity(Float32Builder::with_capacity(n * FEATURE_DIM), n)
         .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));

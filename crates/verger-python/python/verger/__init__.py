@@ -33,15 +33,6 @@ __all__ = [
     "identify",
     "Report",
     "PcaModel",
-    "VergerError",
-    "UsageError",
-    "RunError",
-    "StoreError",
-    "FileError",
-    "ModelError",
-    "ImageError",
-    "ClassifyError",
-    "ClusterError",
     "__version__",
 ]
 
@@ -65,18 +56,10 @@ if not os.environ.get("VERGER_ORT_LIB") and not os.environ.get("ORT_DYLIB_PATH")
     if _library:
         os.environ["VERGER_ORT_LIB"] = _library
 
-from . import _verger  # noqa: E402
-from .errors import (  # noqa: E402
-    ClassifyError,
-    ClusterError,
-    FileError,
-    ImageError,
-    ModelError,
-    RunError,
-    StoreError,
-    UsageError,
-    VergerError,
-)
+from . import _verger, errors  # noqa: E402
+from .errors import *  # noqa: E402,F401,F403 (every exception, also as verger.VergerError etc.)
+
+__all__ += errors.__all__
 
 __version__: str = _verger.__version__
 
@@ -474,9 +457,6 @@ def identify(
 ) -> list[dict[str, Any]]:
     """The ``top`` most probable labels and ``neighbours`` nearest training images of each photo (paths or
     ``s3://`` URIs), as ``verger identify --json`` answers; a photo that cannot be read has ``error``."""
-    photos = [_text(p) for p in photos]
-    if not photos:
-        raise UsageError("identify needs at least one photo")
     argv = ["identify", "--model", _text(classifier)]
     argv += _options(
         top=top,
@@ -485,5 +465,5 @@ def identify(
         max_pixels=max_pixels,
         **_store(region, endpoint, allow_http, max_retries, timeout),
     )
-    argv += ["--", *photos]
+    argv += ["--", *(_text(p) for p in photos)]
     return [_Attributes(answer) for answer in json.loads(_verger.classify(argv))]
