@@ -1,5 +1,6 @@
-//! A cluster in one process, for trying cluster mode: a scheduler and one executor on loopback, then the job
-//! submitted to them. Real deployments run `verger scheduler` and `verger executor` on their own hosts
+//! A cluster in one process, for trying cluster mode: new credentials (`verger cluster init`), a scheduler and
+//! one executor on loopback speaking mTLS with them, then the job submitted with the client's certificate and
+//! token. Real deployments run `verger scheduler` and `verger executor` on their own hosts
 //! (docs/cluster.md).
 //!
 //!     cargo run --release --example cluster -- ../shared/datasets/fruits360/Test out/test-cluster
@@ -16,19 +17,25 @@ fn main() -> Result<(), verger::Error> {
         eprintln!("usage: cluster INPUT OUTPUT");
         std::process::exit(2);
     };
-    std::thread::spawn(|| verger::scheduler(([127, 0, 0, 1], SCHEDULER).into()));
+    let credentials = std::env::temp_dir().join(format!("verger-cluster-example-{}", std::process::id()));
+    verger::cluster_init(&credentials)?;
+    let guard = verger::ClusterGuard::Secured(credentials.clone());
+    let scheduler_guard = guard.clone();
+    std::thread::spawn(move || verger::scheduler(([127, 0, 0, 1], SCHEDULER).into(), &scheduler_guard));
     while TcpStream::connect(("127.0.0.1", SCHEDULER)).is_err() {
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::spawn(|| {
-        verger::executor(verger::ExecutorOptions {
+    std::thread::spawn(move || {
+        let options = verger::ExecutorOptions {
             scheduler_host: "127.0.0.1".into(),
             scheduler_port: SCHEDULER,
             bind_host: "127.0.0.1".into(),
             port: SCHEDULER + 1,
             slots: 2,
             work_dir: None,
-        })
+            security: None,
+        };
+        verger::executor(options, &guard)
     });
     // Give the executor a moment to register; cluster jobs wait for one anyway.
     std::thread::sleep(Duration::from_secs(2));
@@ -36,8 +43,11 @@ fn main() -> Result<(), verger::Error> {
     let model = verger::default_model().expect("set VERGER_MODEL to the MobileNetV2 ONNX file");
     let mut config = verger::JobConfig::new(verger::absolute(&input)?, verger::absolute(&output)?, model);
     config.cluster = Some(format!("df://127.0.0.1:{SCHEDULER}"));
+    config.cluster_security = Some(credentials.clone());
     config.overwrite = true;
-    if let verger::RunOutcome::Done(report) = verger::run(&config, Arc::new(verger::NoProgress))? {
+    let outcome = verger::run(&config, Arc::new(verger::NoProgress));
+    let _ = std::fs::remove_dir_all(&credentials);
+    if let verger::RunOutcome::Done(report) = outcome? {
         println!(
             "{} images featurized on the cluster in {:.1} s",
             report.counts.featurized, report.wall_s

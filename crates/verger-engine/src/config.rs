@@ -52,6 +52,8 @@ pub struct JobConfig {
     pub cost: CostConfig,
     /// The cluster (`df://host:port`) that featurizes and writes, if any.
     pub cluster: Option<String>,
+    /// The cluster's credentials (`verger cluster init`'s folder): mTLS and the API token.
+    pub cluster_security: Option<PathBuf>,
     /// Cluster jobs kept in flight.
     pub cluster_jobs: usize,
     /// Seconds an S3 output's lease lasts unless renewed.
@@ -81,6 +83,7 @@ impl JobConfig {
             featurize: FeaturizeSettings::new(model),
             cost: CostConfig::default(),
             cluster: None,
+            cluster_security: None,
             cluster_jobs: DEFAULT_CLUSTER_JOBS,
             lease_ttl_s: DEFAULT_LEASE_TTL_S,
             pca_model: None,

@@ -47,13 +47,19 @@ pub enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Make a cluster's credentials: `verger cluster init DIR`.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Run a cluster scheduler (Apache DataFusion Ballista) with verger's functions; its REST API
-    /// (/api/jobs, /api/job/{id}/stages, /api/executors) listens on the same port.
+    /// (/api/jobs, /api/job/{id}/stages, /api/executors) listens on the same port and, with --security,
+    /// answers only clients with the cluster's certificate and token.
     Scheduler {
         #[arg(long, default_value = "127.0.0.1")]
         bind: String,
         #[arg(long, default_value_t = 50050)]
         port: u16,
+        #[command(flatten)]
+        guard: GuardArgs,
     },
     /// Run a cluster executor that serves the scheduler at HOST:PORT; it uses PORT and PORT+1.
     Executor(ExecutorArgs),
@@ -218,6 +224,45 @@ impl ListArgs {
     }
 }
 
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Create DIR with a CA, a certificate and key for the scheduler, the executors and clients, and an API
+    /// token (files 0600). Give each process only its own role's files (docs/cluster.md).
+    Init { dir: PathBuf },
+}
+
+/// How a scheduler or executor protects itself.
+#[derive(Args)]
+pub struct GuardArgs {
+    /// The cluster's credentials (a `verger cluster init` folder): mTLS on every connection, the API token.
+    /// Default: $VERGER_SECURITY. Without it, only a loopback --bind is accepted.
+    #[arg(long, value_name = "DIR")]
+    security: Option<PathBuf>,
+    /// Accept unauthenticated, unencrypted connections even on a non-loopback --bind (warns at each start).
+    #[arg(long, conflicts_with = "security")]
+    insecure: bool,
+}
+
+/// `$VERGER_SECURITY`, when set.
+fn security_from_env() -> Option<PathBuf> {
+    std::env::var_os(verger::SECURITY_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+impl GuardArgs {
+    pub fn guard(self) -> Result<verger::ClusterGuard, Failure> {
+        match (self.security.or_else(security_from_env), self.insecure) {
+            (Some(_), true) => Err(Failure::Usage(format!(
+                "--insecure while {} names credentials: unset it to run insecure",
+                verger::SECURITY_ENV
+            ))),
+            (Some(dir), false) => Ok(verger::ClusterGuard::Secured(dir)),
+            (None, network) => Ok(verger::ClusterGuard::Insecure { network }),
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct ExecutorArgs {
     #[arg(long, default_value = "127.0.0.1:50050")]
@@ -232,15 +277,18 @@ pub struct ExecutorArgs {
     /// Where intermediate (shuffle) data goes (default: a temporary folder).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub guard: GuardArgs,
 }
 
 impl ExecutorArgs {
-    pub fn options(self) -> Result<verger::ExecutorOptions, Failure> {
+    pub fn options(self) -> Result<(verger::ExecutorOptions, verger::ClusterGuard), Failure> {
+        let guard = self.guard.guard()?;
         let (host, port) = self
             .scheduler
             .rsplit_once(':')
             .ok_or_else(|| Failure::Usage("--scheduler is HOST:PORT".into()))?;
-        Ok(verger::ExecutorOptions {
+        let options = verger::ExecutorOptions {
             scheduler_host: host.to_string(),
             scheduler_port: port
                 .parse()
@@ -249,7 +297,9 @@ impl ExecutorArgs {
             port: self.port,
             slots: self.slots.unwrap_or_else(verger::default_threads),
             work_dir: self.work_dir.map(|d| d.to_string_lossy().into_owned()),
-        })
+            security: None,
+        };
+        Ok((options, guard))
     }
 }
 
@@ -400,6 +450,10 @@ pub struct RunArgs {
     /// at the same locations (a shared folder or s3://); listing, PCA fitting and commits stay here.
     #[arg(long, value_name = "URL")]
     cluster: Option<String>,
+    /// With --cluster: the cluster's credentials (a `verger cluster init` folder, the client's files): mTLS
+    /// to the scheduler and executors, and the API token. Default: $VERGER_SECURITY.
+    #[arg(long, value_name = "DIR", requires = "cluster")]
+    security: Option<PathBuf>,
     /// With --cluster: cluster jobs (one per partition) kept in flight; more than the executors' task slots,
     /// so that none waits for the next job. Default: 16.
     #[arg(long, requires = "cluster")]
@@ -445,6 +499,9 @@ impl RunArgs {
         config.allowed_regions = self.store.allowed_regions;
         config.pseudonymize_key = self.pseudonymize_paths;
         config.cost = self.cost.config(self.store.region.as_deref());
+        if self.cluster.is_some() {
+            config.cluster_security = self.security.or_else(security_from_env);
+        }
         config.cluster = self.cluster;
         if let Some(jobs) = self.cluster_jobs {
             config.cluster_jobs = jobs.max(1);

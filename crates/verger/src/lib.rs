@@ -198,11 +198,19 @@ pub fn run_until(config: &JobConfig, progress: Arc<dyn Progress>, stop: &Stop) -
     verger_model::runtime::ensure_loaded()?;
     let runtime = runtime(config.threads)?;
     let cluster = match &config.cluster {
-        Some(url) => Some(
-            runtime
-                .block_on(verger_cluster::connect(url, &config.featurize))
-                .map_err(|e| Error::Cluster(format!("connecting to the cluster at {url}: {e}")))?,
-        ),
+        Some(url) => {
+            let security = match &config.cluster_security {
+                Some(dir) => {
+                    Some(verger_cluster::Security::load(dir, verger_cluster::Role::Client).map_err(cluster_error)?)
+                }
+                None => None,
+            };
+            Some(
+                runtime
+                    .block_on(verger_cluster::connect(url, &config.featurize, security.as_ref()))
+                    .map_err(|e| Error::Cluster(format!("connecting to the cluster at {url}: {e}")))?,
+            )
+        }
         None => None,
     };
     match runtime.block_on(verger_engine::run_job(config, progress, cluster, stop)) {
@@ -442,18 +450,68 @@ pub fn export(classifier: &Classifier, settings: &FeaturizeSettings, onnx: &str)
     Ok(runtime(default_threads())?.block_on(exporting)?)
 }
 
-pub use verger_cluster::ExecutorOptions;
+pub use verger_cluster::security::SECURITY_ENV;
+pub use verger_cluster::{ExecutorOptions, Role, Security};
+
+fn cluster_error(e: impl std::fmt::Display) -> Error {
+    Error::Cluster(e.to_string())
+}
+
+/// How a cluster process protects itself: mTLS and the token from a `verger cluster init` folder, or nothing
+/// (loopback only, unless the network is explicitly trusted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterGuard {
+    Secured(PathBuf),
+    /// No authentication or encryption; `network` allows a non-loopback address.
+    Insecure {
+        network: bool,
+    },
+}
+
+impl ClusterGuard {
+    /// Loads `role`'s credentials, or checks that an unsecured process listens where only this host reaches it.
+    fn security(&self, role: Role, host: &str) -> Result<Option<Security>, Error> {
+        match self {
+            ClusterGuard::Secured(dir) => Ok(Some(Security::load(dir, role).map_err(cluster_error)?)),
+            ClusterGuard::Insecure { network } => {
+                let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if !loopback && !network {
+                    return Err(Error::Config(format!(
+                        "refusing to listen on {host} without --security: anyone who reaches it could submit plans, \
+                         read job details and cancel jobs. Make credentials with `verger cluster init DIR` and pass \
+                         --security DIR (or set {SECURITY_ENV}), or pass --insecure on a network you trust"
+                    )));
+                }
+                if *network {
+                    tracing::warn!(
+                        "--insecure: this {role} accepts unauthenticated, unencrypted connections on {host}; anyone \
+                         who reaches it can run plans and cancel jobs"
+                    );
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Creates a cluster's credentials in `dir` (a CA, a certificate per role, the API token; files 0600); returns
+/// the files written. Refuses to replace existing credentials.
+pub fn cluster_init(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    verger_cluster::security::init(dir).map_err(cluster_error)
+}
 
 /// Runs a cluster scheduler on `address` until the process ends.
-pub fn scheduler(address: std::net::SocketAddr) -> Result<(), Error> {
+pub fn scheduler(address: std::net::SocketAddr, guard: &ClusterGuard) -> Result<(), Error> {
+    let security = guard.security(Role::Scheduler, &address.ip().to_string())?;
     runtime(default_threads())?
-        .block_on(verger_cluster::run_scheduler(address))
-        .map_err(|e| Error::Cluster(e.to_string()))
+        .block_on(verger_cluster::run_scheduler(address, security))
+        .map_err(cluster_error)
 }
 
 /// Runs a cluster executor until the process ends or the scheduler stops it.
-pub fn executor(options: ExecutorOptions) -> Result<(), Error> {
+pub fn executor(mut options: ExecutorOptions, guard: &ClusterGuard) -> Result<(), Error> {
+    options.security = guard.security(Role::Executor, &options.bind_host)?;
     runtime(default_threads())?
         .block_on(verger_cluster::run_executor(options))
-        .map_err(|e| Error::Cluster(e.to_string()))
+        .map_err(cluster_error)
 }

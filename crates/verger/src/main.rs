@@ -146,15 +146,28 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             println!("{page}");
             Ok(ExitStatus::Success)
         }
-        Command::Scheduler { bind, port } => {
+        Command::Cluster(args::ClusterCommand::Init { dir }) => {
+            for file in verger::cluster_init(&dir)? {
+                println!("{}", file.display());
+            }
+            println!(
+                "cluster credentials made. Scheduler: ca.crt scheduler.crt scheduler.key token; executors: ca.crt \
+                 executor.crt executor.key; clients: ca.crt client.crt client.key token; keep ca.key offline. \
+                 Pass --security DIR (or set {}) to verger scheduler, executor and run --cluster.",
+                verger::SECURITY_ENV
+            );
+            Ok(ExitStatus::Success)
+        }
+        Command::Scheduler { bind, port, guard } => {
             let address = format!("{bind}:{port}")
                 .parse()
                 .map_err(|e| args::Failure::Usage(format!("--bind/--port: {e}")))?;
-            verger::scheduler(address)?;
+            verger::scheduler(address, &guard.guard()?)?;
             Ok(ExitStatus::Success)
         }
         Command::Executor(args) => {
-            verger::executor(args.options()?)?;
+            let (options, guard) = args.options()?;
+            verger::executor(options, &guard)?;
             Ok(ExitStatus::Success)
         }
         Command::Train(args) => {

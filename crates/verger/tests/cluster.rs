@@ -8,10 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::Float32Type;
+use datafusion::arrow::datatypes::{DataType, Float32Type};
+use datafusion::dataframe::DataFrame;
 use datafusion::execution::FunctionRegistry;
-use datafusion::prelude::Partitioning;
-use datafusion::prelude::{col, ParquetReadOptions, SessionContext};
+use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::prelude::{col, lit, CsvReadOptions, ParquetReadOptions, SessionContext};
 use verger_cluster::SessionContextExt;
 use verger_engine::featurize::FeaturizeUdf;
 use verger_engine::FeaturizeSettings;
@@ -32,21 +33,40 @@ fn settings() -> FeaturizeSettings {
     }
 }
 
-/// (path, features) of every row `featurize` succeeded on, sorted by path.
-async fn featurize_on(ctx: &SessionContext, manifest: &str) -> datafusion::error::Result<Vec<(String, Vec<f32>)>> {
-    let featurize = ctx.udf(FeaturizeUdf::NAME)?;
-    let batches = ctx
+/// The `path` column of the Parquet file `manifest`, read here.
+async fn manifest_paths(manifest: &str) -> Vec<String> {
+    let batches = SessionContext::new()
         .read_parquet(manifest, ParquetReadOptions::default())
-        .await?
-        // Spread the rows over several tasks, so that both executors work.
-        .repartition(Partitioning::Hash(vec![col("path")], 4))?
+        .await
+        .unwrap()
+        .select(vec![col("path")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut paths = Vec::new();
+    for batch in batches {
+        let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8).unwrap();
+        paths.extend(column.as_string::<i32>().iter().flatten().map(String::from));
+    }
+    paths
+}
+
+/// (path, features) of every row `featurize` succeeded on, sorted by path: the paths travel in the plan
+/// (VALUES), as in verger's own cluster jobs.
+async fn featurize_on(ctx: &SessionContext, paths: &[String]) -> datafusion::error::Result<Vec<(String, Vec<f32>)>> {
+    let featurize = ctx.udf(FeaturizeUdf::NAME)?;
+    let values = paths.iter().map(|p| vec![lit(p.as_str())]).collect();
+    let plan = LogicalPlanBuilder::values(values)?
+        .project(vec![col("column1").alias("path")])?
+        .build()?;
+    let batches = DataFrame::new(ctx.state(), plan)
         .select(vec![col("path"), featurize.call(vec![col("path")]).alias("f")])?
         .collect()
         .await?;
     let mut rows = Vec::new();
     for batch in batches {
-        let paths = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)?;
-        let paths = paths.as_string::<i32>();
+        let paths = batch.column(0).as_string::<i32>();
         let features = batch.column(1).as_struct().column(0).as_list::<i32>();
         for i in 0..batch.num_rows() {
             if features.is_valid(i) {
@@ -76,20 +96,18 @@ fn featurize_on_a_cluster_gives_the_local_features_and_fails_loudly_without_the_
     let run = run_into(&local, &[]);
     assert_eq!(run.status.code(), Some(3), "{}", String::from_utf8_lossy(&run.stderr));
     let manifest = local.join("manifest/part-00000.parquet");
-    let manifest = manifest.to_str().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let paths = runtime.block_on(manifest_paths(manifest.to_str().unwrap()));
 
     let (_processes, url) = cluster(tmp.path(), 0, &[]);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
 
     // With verger's codecs: the same features as the local run, bit for bit.
-    let remote = runtime
-        .block_on(featurize_on(
-            &runtime.block_on(verger_cluster::connect(&url, &settings())).unwrap(),
-            manifest,
-        ))
+    let connected = runtime
+        .block_on(verger_cluster::connect(&url, &settings(), None))
         .unwrap();
+    let remote = runtime.block_on(featurize_on(&connected, &paths)).unwrap();
     let embedded = verger_engine::context::local(2, &settings());
-    let here = runtime.block_on(featurize_on(&embedded, manifest)).unwrap();
+    let here = runtime.block_on(featurize_on(&embedded, &paths)).unwrap();
     assert_eq!(remote.len(), 24);
     assert_eq!(remote, here, "cluster features differ from local ones");
 
@@ -140,11 +158,38 @@ fn featurize_on_a_cluster_gives_the_local_features_and_fails_loudly_without_the_
             let state = verger_cluster::session_state(ballista_config_without_codecs(), &settings());
             let ctx = SessionContext::remote_with_state(&url, state).await?;
             verger_engine::register_functions(&ctx, &settings());
-            featurize_on(&ctx, manifest).await
+            featurize_on(&ctx, &paths).await
         })
         .unwrap_err()
         .to_string();
     assert!(bare.contains("without verger's codec"), "{bare}");
+
+    // Executors run only verger's plans: a client that reads a table through DataFusion's own providers (a
+    // CSV of this host's files, a Parquet file) is refused, naming the operator, and nothing is read.
+    for (table, register) in [("host", "csv"), ("manifest", "parquet")] {
+        let refused = runtime
+            .block_on(async {
+                match register {
+                    "csv" => {
+                        let options = CsvReadOptions::new().has_header(false).file_extension("");
+                        connected.register_csv(table, "/etc/hostname", options).await?
+                    }
+                    _ => {
+                        let file = manifest.to_str().unwrap();
+                        connected
+                            .register_parquet(table, file, ParquetReadOptions::default())
+                            .await?
+                    }
+                }
+                connected.sql(&format!("SELECT * FROM {table}")).await?.collect().await
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("runs only verger's featurize and write plans") && refused.contains("DataSourceExec"),
+            "{table}: {refused}"
+        );
+    }
 }
 
 fn ballista_config_without_codecs() -> datafusion::prelude::SessionConfig {

@@ -166,13 +166,32 @@ pub fn cluster_with(
     env: &[(&str, &str)],
     executor_env: [&[(&str, &str)]; 2],
 ) -> (Vec<Process>, String) {
-    let base = 23000 + (std::process::id() % 40) as u16 * 32 + offset;
-    let scheduler = start(
-        &["scheduler", "--port", &base.to_string()],
-        base,
-        &[],
-        &work.join("scheduler.log"),
-    );
+    cluster_secured(work, offset, env, executor_env, None)
+}
+
+/// The port of the cluster [`cluster_secured`] starts at `offset`.
+pub fn cluster_port(offset: u16) -> u16 {
+    23000 + (std::process::id() % 40) as u16 * 32 + offset
+}
+
+/// [`cluster_with`], every process given `--security DIR` when `security` names one.
+pub fn cluster_secured(
+    work: &Path,
+    offset: u16,
+    env: &[(&str, &str)],
+    executor_env: [&[(&str, &str)]; 2],
+    security: Option<&Path>,
+) -> (Vec<Process>, String) {
+    let base = cluster_port(offset);
+    let guard: Vec<&str> = match security {
+        Some(dir) => vec!["--security", dir.to_str().unwrap()],
+        None => vec![],
+    };
+    let mut args = vec!["scheduler", "--port"];
+    let port = base.to_string();
+    args.push(&port);
+    args.extend(&guard);
+    let scheduler = start(&args, base, &[], &work.join("scheduler.log"));
     let mut processes = vec![scheduler];
     let mut shared_env = env.to_vec();
     shared_env.push(("RUST_LOG", "warn,verger_engine=info"));
@@ -181,28 +200,25 @@ pub fn cluster_with(
         let env: Vec<(&str, &str)> = shared_env.iter().chain(executor_env[i as usize]).copied().collect();
         let dir = work.join(format!("executor-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
-        processes.push(start(
-            &[
-                "executor",
-                "--scheduler",
-                &format!("127.0.0.1:{base}"),
-                "--port",
-                &port.to_string(),
-                "--slots",
-                "1",
-                "--work-dir",
-                dir.to_str().unwrap(),
-            ],
-            port,
-            &env,
-            &work.join(format!("executor-{i}.log")),
-        ));
+        let (scheduler, port_text) = (format!("127.0.0.1:{base}"), port.to_string());
+        let mut args = vec![
+            "executor",
+            "--scheduler",
+            &scheduler,
+            "--port",
+            &port_text,
+            "--slots",
+            "1",
+            "--work-dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend(&guard);
+        processes.push(start(&args, port, &env, &work.join(format!("executor-{i}.log"))));
     }
     // Wait until the scheduler's REST API lists both executors.
     let started = Instant::now();
     loop {
-        let listed = python("cluster_executors.py", &[&format!("http://127.0.0.1:{base}")]);
-        if String::from_utf8_lossy(&listed.stdout).trim() == "2" {
+        if executors_listed(base, security) == 2 {
             break;
         }
         assert!(
@@ -212,4 +228,52 @@ pub fn cluster_with(
         std::thread::sleep(Duration::from_millis(300));
     }
     (processes, format!("df://127.0.0.1:{base}"))
+}
+
+/// How many executors the scheduler on 127.0.0.1:`port` lists (0 while it does not answer); a secured
+/// scheduler is asked with the client's certificate and token from `security`.
+pub fn executors_listed(port: u16, security: Option<&Path>) -> usize {
+    match security {
+        None => {
+            let listed = python("cluster_executors.py", &[&format!("http://127.0.0.1:{port}")]);
+            String::from_utf8_lossy(&listed.stdout).trim().parse().unwrap_or(0)
+        }
+        Some(dir) => {
+            let token = std::fs::read_to_string(dir.join("token")).unwrap();
+            match curl_scheduler(dir, port, "GET", "/api/executors", Some(token.trim())) {
+                (200, body) => serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.as_array().map(|a| a.len()))
+                    .unwrap_or(0),
+                _ => 0,
+            }
+        }
+    }
+}
+
+/// `curl -X METHOD` of `path` on the secured scheduler at 127.0.0.1:`port`, verifying it with `security`'s CA
+/// and presenting its client certificate, with `token` as bearer if given: (HTTP status, body); status 0 when
+/// no HTTP answer came.
+pub fn curl_scheduler(security: &Path, port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let file = |name: &str| security.join(name).to_str().unwrap().to_string();
+    let mut command = Command::new("curl");
+    command.args(["-sS", "--max-time", "10", "-X", method, "-w", "\n%{http_code}"]);
+    command.args([
+        "--cacert",
+        &file("ca.crt"),
+        "--cert",
+        &file("client.crt"),
+        "--key",
+        &file("client.key"),
+    ]);
+    // The scheduler's certificate names its role, not an address.
+    command.args(["--resolve", &format!("scheduler.verger.cluster:{port}:127.0.0.1")]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    command.arg(format!("https://scheduler.verger.cluster:{port}{path}"));
+    let out = command.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_string())
 }
