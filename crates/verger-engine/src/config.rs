@@ -61,6 +61,10 @@ pub struct JobConfig {
     /// Project with this saved PCA model (a path or `s3://`) instead of fitting one: new images projected into
     /// an existing basis, so classifiers trained on it stay valid.
     pub pca_model: Option<String>,
+    /// A feature cache (a folder or `s3://bucket/prefix`): images it holds are not featurized again.
+    pub cache: Option<String>,
+    /// Hash every image's bytes instead of trusting unchanged listings (path, size, modification time).
+    pub verify_cache: bool,
 }
 
 impl JobConfig {
@@ -87,6 +91,8 @@ impl JobConfig {
             cluster_jobs: DEFAULT_CLUSTER_JOBS,
             lease_ttl_s: DEFAULT_LEASE_TTL_S,
             pca_model: None,
+            cache: None,
+            verify_cache: false,
         }
     }
 }

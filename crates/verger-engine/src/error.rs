@@ -51,6 +51,9 @@ pub enum JobError {
     /// A report that cannot be read or rendered.
     #[error("{0}")]
     Report(String),
+    /// `--cache` names a folder that is not a verger feature cache.
+    #[error("{0}")]
+    NotACache(String),
     /// Settings that cannot work, found before anything ran.
     #[error("{0}")]
     Config(String),

@@ -8,6 +8,8 @@ pub const MANIFEST: &str = "manifest";
 /// The partitioning the manifest was cut with.
 pub const PLAN: &str = "manifest/_plan.json";
 pub const STAGING: &str = "_staging";
+/// Featurized images a feature cache lacked, before they are cached and assembled into staged partitions.
+pub const FRESH: &str = "_staging/fresh";
 /// Files written on a cluster, before the driver commits them to their names.
 pub const ATTEMPTS: &str = "_staging/attempts";
 /// With pseudonymized paths, the manifest of real paths, kept until the run succeeds.

@@ -22,6 +22,10 @@ pub use pixels::{Mode, Pixels};
 /// Side of the square the model sees.
 pub const MODEL_SIDE: usize = 224;
 
+/// The version of what decoding, resizing and scaling produce: part of a feature cache's key, so bump it
+/// whenever a change here could change one pixel.
+pub const PREPROCESS_VERSION: u32 = 1;
+
 /// The original pipeline's pixel step: decode, `resize((224, 224))` in the decoded mode, then `convert("RGB")`.
 ///
 /// Returns `224 * 224 * 3` bytes, row-major RGB.

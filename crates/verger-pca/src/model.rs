@@ -115,6 +115,31 @@ impl PcaModel {
         self.components.iter().map(|axis| dot(axis, &x)).collect()
     }
 
+    /// The principal angles, in degrees and ascending, between the spans of this model's components and
+    /// `other`'s (over the fewer of the two counts): how far a refit basis has drifted from a saved one.
+    /// 0 means the same subspace, 90 an axis the other does not span at all.
+    pub fn principal_angles(&self, other: &PcaModel) -> Result<Vec<f64>, PcaError> {
+        assert_eq!(self.dim, other.dim, "models of different dimensions");
+        let (a, b) = match self.k <= other.k {
+            true => (&self.components, &other.components),
+            false => (&other.components, &self.components),
+        };
+        // The cosines of the angles are the singular values of AᵀB (Björck and Golub): the square roots of
+        // the eigenvalues of (AᵀB)(AᵀB)ᵀ, a k×k matrix.
+        let cross: Vec<Vec<f64>> = a.iter().map(|u| b.iter().map(|v| dot(u, v)).collect()).collect();
+        let k = a.len();
+        let gram = faer::Mat::from_fn(k, k, |i, j| dot(&cross[i], &cross[j]));
+        let eigen = gram
+            .self_adjoint_eigen(Side::Lower)
+            .map_err(|_| PcaError::NoConvergence)?;
+        let values = eigen.S().column_vector();
+        let mut angles: Vec<f64> = (0..k)
+            .map(|i| values[i].clamp(0.0, 1.0).sqrt().acos().to_degrees())
+            .collect();
+        angles.sort_by(f64::total_cmp);
+        Ok(angles)
+    }
+
     /// Sum of the kept components' explained-variance ratios.
     pub fn explained_variance(&self) -> f64 {
         self.explained_variance_ratio[..self.k].iter().sum()
@@ -286,5 +311,34 @@ mod tests {
             fit(&PcaStats::new(2), Components::Count(1), false),
             Err(PcaError::TooFewRows(0))
         );
+    }
+
+    #[test]
+    fn principal_angles_measure_how_far_a_basis_turned() {
+        let model = |components: Vec<Vec<f64>>| PcaModel {
+            dim: 3,
+            k: components.len(),
+            count: 2,
+            center: false,
+            mean: vec![0.0; 3],
+            components,
+            eigenvalues: vec![1.0; 3],
+            explained_variance_ratio: vec![1.0 / 3.0; 3],
+        };
+        let xy = model(vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0]]);
+        let same_plane = model(vec![vec![0.6, 0.8, 0.0], vec![0.8, -0.6, 0.0]]);
+        for angle in xy.principal_angles(&same_plane).unwrap() {
+            assert!(angle.abs() < 1e-6, "{angle}");
+        }
+        // One axis turned by 30 degrees out of the plane.
+        let (s, c) = 30f64.to_radians().sin_cos();
+        let turned = model(vec![vec![1.0, 0.0, 0.0], vec![0.0, c, s]]);
+        let angles = xy.principal_angles(&turned).unwrap();
+        assert!(angles[0].abs() < 1e-6 && (angles[1] - 30.0).abs() < 1e-6, "{angles:?}");
+        // Against fewer axes: as many angles as the smaller basis has.
+        let z = model(vec![vec![0.0, 0.0, 1.0]]);
+        let angles = xy.principal_angles(&z).unwrap();
+        assert_eq!(angles.len(), 1);
+        assert!((angles[0] - 90.0).abs() < 1e-6, "{angles:?}");
     }
 }

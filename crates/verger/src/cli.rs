@@ -421,6 +421,14 @@ pub struct RunArgs {
     /// Project centred vectors (x - mean); the default projects raw vectors, as Spark ML does.
     #[arg(long)]
     center: bool,
+    /// A feature cache (a folder or s3://bucket/prefix, made on first use): images whose bytes it holds, under
+    /// this model, preprocessing and runtime, are not featurized again, and this run's new images are added.
+    /// Unchanged files are recognised from the listing (path, size, modification time) without being read.
+    #[arg(long, value_name = "DIR|S3_URL")]
+    cache: Option<String>,
+    /// With --cache: read and hash every image instead of trusting unchanged listings.
+    #[arg(long, requires = "cache")]
+    verify_cache: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -484,6 +492,8 @@ impl RunArgs {
         }
         config.center = self.center;
         config.pca_model = self.pca_model.as_deref().map(verger::absolute).transpose()?;
+        config.cache = self.cache.as_deref().map(verger::absolute).transpose()?;
+        config.verify_cache = self.verify_cache;
         if let Some(threads) = self.threads {
             if threads == 0 {
                 return Err(Failure::Usage("--threads must be at least 1".into()));

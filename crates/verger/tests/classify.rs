@@ -50,6 +50,18 @@ fn train_evaluate_identify_on_the_shared_splits() {
         std::fs::read(&model_json).unwrap(),
         "the test run saves the model it was projected with, unchanged"
     );
+    // The report states how far a basis refit on the Test images would turn from the given one.
+    let report = json(&test_run.join("report.json"));
+    let angles: Vec<f64> = serde_json::from_value(report["pca"]["drift_degrees"].clone()).unwrap();
+    assert_eq!(angles.len(), 50);
+    assert!(
+        angles.windows(2).all(|w| w[0] <= w[1]) && (0.0..=90.0).contains(&angles[49]),
+        "{angles:?}"
+    );
+    // The same fruit under the same camera: the leading directions agree, the tail turns.
+    assert!(angles[0] < 5.0 && angles[49] > angles[0], "{angles:?}");
+    let page = std::fs::read_to_string(test_run.join("report.html")).unwrap();
+    assert!(page.contains("principal angles"), "the page does not state the drift");
 
     for (on, reference) in [
         ("pca-features", REFERENCE_PCA50_TOP1),

@@ -610,6 +610,46 @@ fn executors_read_and_write_buckets_themselves() {
     );
 }
 
+/// A feature cache in a bucket, used by a run here and by a run on a cluster: the second and third runs
+/// featurize only the inputs that never could be, and give the rows of a run without a cache.
+#[test]
+fn a_cache_in_a_bucket_serves_later_runs_here_and_on_a_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    small_input(&local);
+    let server = Seaweed::start();
+    server.upload("images", "fruits", &local);
+    server.create_bucket("results");
+    server.create_bucket("caches");
+    let credentials = [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET)];
+    let (_cluster, url) = common::cluster(tmp.path(), 8, &credentials);
+    let from_disk = run_on_disk(&local, &tmp.path().join("from-disk"));
+    let cache_of = |prefix: &str, extra: &[&str]| {
+        let output = format!("s3://results/{prefix}");
+        let args = [
+            &["run", "--input", "s3://images/fruits", "--output", &output, "--k", "5"][..],
+            &["--cache", "s3://caches/fruits"],
+            extra,
+        ]
+        .concat();
+        let run = server.verger(&args).output().unwrap();
+        assert_eq!(code(&run), Some(3), "{prefix}: {}", stderr(&run));
+        assert_success(
+            &server.python("compare_runs.py", &[&output, from_disk.to_str().unwrap()]),
+            &format!("{prefix} vs the run on disk without a cache"),
+        );
+        let report = server.python("s3_get.py", &[&format!("{output}/report.json")]);
+        assert_success(&report, "reading the report");
+        let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+        let cache = &report["cache"];
+        ["hits", "featurized", "unread"].map(|k| cache[k].as_u64().unwrap())
+    };
+    // 24 images and 2 broken files (never cached).
+    assert_eq!(cache_of("first", &[]), [0, 26, 0]);
+    assert_eq!(cache_of("second", &[]), [24, 2, 24]);
+    assert_eq!(cache_of("on-cluster", &["--cluster", &url]), [24, 2, 24]);
+}
+
 /// `verger run` into `s3://results/PREFIX` (k = 5), started in the background with `env`, logging to `log`.
 fn spawn_s3_run(server: &Seaweed, prefix: &str, extra: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
     let output = format!("s3://results/{prefix}");

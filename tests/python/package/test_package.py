@@ -52,6 +52,17 @@ def test_run_gives_the_command_lines_results(small_input, small_run, tmp_path):
     assert np.array_equal(features(ours, "pca_features"), features(theirs, "pca_features"))
 
 
+def test_a_cache_serves_the_second_run(small_input, small_run, tmp_path):
+    cache = tmp_path / "cache"
+    first = verger.run(small_input, tmp_path / "first", k=10, threads=2, cache=cache, progress=False)
+    assert first["cache"]["featurized"] == 64 and first["cache"]["hits"] == 0
+    second = verger.run(small_input, tmp_path / "second", k=10, threads=2, cache=cache, progress=False)
+    assert second["cache"]["hits"] == 64 and second["cache"]["featurized"] == 0 and second["cache"]["unread"] == 64
+    ours, theirs = verger.read(tmp_path / "second"), verger.read(small_run[0])
+    assert np.array_equal(features(ours), features(theirs))
+    assert np.array_equal(features(ours, "pca_features"), features(theirs, "pca_features"))
+
+
 def test_featurize_paths_and_bytes_match_the_run(small_input, small_run):
     output, _ = small_run
     run = verger.read(output)

@@ -4,19 +4,24 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StructArray, UInt64Array};
+use datafusion::arrow::compute::{interleave, take_record_batch};
 use datafusion::datasource::MemTable;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
+use verger_listing::ImageEntry;
 use verger_pca::PcaStats;
 
+use super::cache::{self, FeatureCache, Found};
 use super::partitions::Partitions;
 use super::{cluster, pca_fit, staging};
 use crate::error::JobError;
 use crate::fault;
 use crate::featurize::FeaturizeSettings;
+use crate::layout;
 use crate::progress::Progress;
 
 /// Rows per record batch fed to `featurize` (the model batch, `--batch-size`, may be smaller).
@@ -61,12 +66,14 @@ pub enum Where<'a> {
 /// staged partitions ([`pca_fit::GROUP`]). Returns the statistics of all featurized rows, merged in partition
 /// order: the same bits however the work was scheduled or resumed (partitions staged by an earlier attempt
 /// are aggregated from their files too).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     ctx: &SessionContext,
     place: Where<'_>,
     settings: &FeaturizeSettings,
     parts: &Partitions<'_>,
     input: &RecordBatch,
+    cache: Option<Cached<'_>>,
     budget: &Budget,
     progress: Arc<dyn Progress>,
 ) -> Result<PcaStats, JobError> {
@@ -86,9 +93,17 @@ pub async fn run(
     let aggregating = pca_fit::aggregate_staged(sequential, parts.all_staged(), staged_rx);
     let aggregator = tokio::spawn(tracing::Instrument::in_current_span(aggregating));
 
-    let featurized = match todo.is_empty() {
-        true => Ok(()),
-        false => match source(ctx, place, settings, parts, input, &todo).await {
+    let featurized = match (todo.is_empty(), cache) {
+        (true, _) => Ok(()),
+        (false, Some(cache)) => {
+            let todo = Todo {
+                parts,
+                input,
+                partitions: &todo,
+            };
+            stage_with_cache(ctx, place, settings, todo, cache, budget, progress, staged_tx).await
+        }
+        (false, None) => match source(ctx, place, settings, parts, input, &todo).await {
             Ok(source) => stage_partitions(ctx, &source, parts, &todo, budget, progress, staged_tx).await,
             Err(e) => Err(e),
         },
@@ -100,6 +115,157 @@ pub async fn run(
             Err(e)
         }
     }
+}
+
+/// A feature cache for the run, with the manifest's entries (their listings are the cache's keys).
+pub struct Cached<'a> {
+    pub cache: &'a mut FeatureCache,
+    pub entries: &'a [ImageEntry],
+    /// Images read and hashed at once.
+    pub threads: usize,
+}
+
+/// The partitions to stage, of `input` cut by `parts`.
+struct Todo<'a> {
+    parts: &'a Partitions<'a>,
+    input: &'a RecordBatch,
+    partitions: &'a [usize],
+}
+
+/// Stages the partitions in `todo` with a feature cache: their images are hashed (or known from their
+/// listing), those the cache lacks are featurized once per content (staged in [`layout::FRESH`] and added to
+/// the cache as each fresh partition is staged, so an interrupted run keeps them), then each partition is
+/// assembled from the cache and the fresh rows, in manifest order: the rows a run without the cache stages.
+#[allow(clippy::too_many_arguments)]
+async fn stage_with_cache(
+    ctx: &SessionContext,
+    place: Where<'_>,
+    settings: &FeaturizeSettings,
+    todo: Todo<'_>,
+    cached: Cached<'_>,
+    budget: &Budget,
+    progress: Arc<dyn Progress>,
+    staged: tokio::sync::mpsc::UnboundedSender<usize>,
+) -> Result<(), JobError> {
+    let Cached {
+        cache,
+        entries,
+        threads,
+    } = cached;
+    let Todo {
+        parts,
+        input,
+        partitions,
+    } = todo;
+    let rows: Vec<usize> = partitions.iter().flat_map(|&p| parts.ranges[p].clone()).collect();
+    let hashes = cache.hashes(entries, &rows, &settings.store, threads).await?;
+    let (found, fresh) = cache.resolve(&hashes);
+
+    // The images the cache lacks, featurized as a run without the cache would, into partitions of their own.
+    let out = parts.out;
+    out.remove_all(layout::FRESH).await?;
+    let fresh_rows = UInt64Array::from_iter_values(fresh.iter().map(|&at| rows[at] as u64));
+    let fresh_input = take_record_batch(input, &fresh_rows)?;
+    let fresh_parts = Partitions::in_folder(out, layout::FRESH, fresh.len(), parts.partition_rows());
+    let fresh_todo: Vec<usize> = (0..fresh_parts.count()).collect();
+    let (fresh_tx, mut fresh_rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    let featurizing = async {
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let source = source(ctx, place, settings, &fresh_parts, &fresh_input, &fresh_todo).await?;
+        stage_partitions(
+            ctx,
+            &source,
+            &fresh_parts,
+            &fresh_todo,
+            budget,
+            progress.clone(),
+            fresh_tx,
+        )
+        .await
+    };
+    // Each fresh partition goes to the cache as soon as it is staged.
+    let caching = async {
+        let mut results: Vec<Option<StructArray>> = vec![None; fresh_parts.count()];
+        while let Some(part) = fresh_rx.recv().await {
+            let staged = cache::read_parquet(out.get(&fresh_parts.staged(part)).await?)?;
+            let result = staged.column(2).as_struct().clone();
+            let range = fresh_parts.ranges[part].clone();
+            let cached_rows = range.clone().filter_map(|f| {
+                let at = fresh[f];
+                hashes[at].map(|hash| (&entries[rows[at]], hash, Some((&result, f - range.start))))
+            });
+            cache.add(cached_rows).await?;
+            results[part] = Some(result);
+        }
+        Ok::<_, JobError>(results)
+    };
+    let (featurized, results) = tokio::join!(featurizing, caching);
+    featurized?;
+    let results = results?;
+    if !fresh.is_empty() {
+        let per_image = started.elapsed().as_secs_f64() / fresh.len() as f64;
+        cache.summary.saved_s = Some(per_image * cache.summary.hits as f64);
+    }
+
+    // Every partition assembled from the cache and the fresh rows.
+    let fresh_results: Vec<&dyn Array> = results
+        .iter()
+        .map(|r| r.as_ref().map(|r| r as &dyn Array))
+        .collect::<Option<_>>()
+        .ok_or_else(|| JobError::Task("a fresh partition was not staged".into()))?;
+    let mut sources: Vec<&dyn Array> = cache.featurized().iter().map(|a| a.as_ref()).collect();
+    let first_fresh = sources.len();
+    sources.extend(fresh_results);
+    let fresh_part_of: Vec<usize> = fresh_parts
+        .ranges
+        .iter()
+        .enumerate()
+        .flat_map(|(p, r)| std::iter::repeat_n(p, r.len()))
+        .collect();
+    let mut at = 0;
+    for &part in partitions {
+        let range = parts.ranges[part].clone();
+        let indices: Vec<(usize, usize)> = found[at..at + range.len()]
+            .iter()
+            .map(|f| match *f {
+                Found::Cached(source, row) => (source, row),
+                Found::Fresh(n) => {
+                    let p = fresh_part_of[n];
+                    (first_fresh + p, n - fresh_parts.ranges[p].start)
+                }
+            })
+            .collect();
+        let featurized = interleave(&sources, &indices)?;
+        let images = input.slice(range.start, range.len());
+        let batch = RecordBatch::try_new(
+            staging::schema(),
+            vec![images.column(2).clone(), images.column(1).clone(), featurized],
+        )?;
+        let mut file = out.staging_parquet(&parts.staged(part), staging::schema())?;
+        file.write(&batch).await?;
+        file.commit().await?;
+        fault::checkpoint("featurize");
+        let _ = staged.send(part);
+        // Fresh rows were counted as they were featurized.
+        let fresh_here = found[at..at + range.len()]
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| matches!(f, Found::Fresh(n) if fresh[*n] == at + i))
+            .count();
+        progress.advance((range.len() - fresh_here) as u64);
+        at += range.len();
+    }
+    // Listings new to the cache whose bytes it holds (moved, touched or duplicated images).
+    let aliases = found.iter().zip(&hashes).enumerate().filter_map(|(at, (f, hash))| {
+        let is_first = matches!(f, Found::Fresh(n) if fresh[*n] == at);
+        (!is_first).then_some(())?;
+        hash.map(|h| (&entries[rows[at]], h, None))
+    });
+    cache.add(aliases).await?;
+    Ok(())
 }
 
 /// Where the partitions in `todo` are featurized.

@@ -7,6 +7,7 @@
 //! local disk and on object stores alike ([`OutputStore`]), and only one run writes an output at a time
 //! ([`OutputClaim`]).
 
+pub mod cache;
 mod cluster;
 mod featurize;
 mod manifest;
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use manifest::list_images;
 
+use self::cache::{FeatureCache, Identity};
 use self::featurize::{Budget, Where};
 use self::manifest::ListSettings;
 use self::partitions::Partitions;
@@ -82,6 +84,14 @@ pub async fn run_job(
     tokio::task::spawn_blocking(move || settings.featurizers().map(drop))
         .await
         .map_err(JobError::task)??;
+    // A folder that is not a cache is refused before the output is touched.
+    let cache = match &config.cache {
+        Some(location) => {
+            let identity = Identity::of(&config.featurize)?;
+            Some(FeatureCache::open(location, &config.featurize.store, identity, config.verify_cache).await?)
+        }
+        None => None,
+    };
     let out = OutputStore::open(&config.output, &config.featurize.store)?;
     let claim = OutputClaim::take(&out, config.lease_ttl_s).await?;
     let run = run_claimed(
@@ -94,6 +104,7 @@ pub async fn run_job(
             residency,
             given_pca,
             pricing,
+            cache,
         },
     );
     // Dropping the run on a stop request cancels its tasks; the staged partitions are complete files (each
@@ -111,6 +122,7 @@ struct Inputs {
     residency: Vec<BucketRegion>,
     given_pca: Option<(SavedPca, Vec<u8>)>,
     pricing: Pricing,
+    cache: Option<FeatureCache>,
 }
 
 async fn run_claimed(
@@ -125,6 +137,7 @@ async fn run_claimed(
         residency,
         given_pca,
         pricing,
+        mut cache,
     } = inputs;
     prepare_output(out, config.resume, config.overwrite).await?;
     let ctx = crate::context::local(config.threads, &config.featurize);
@@ -161,20 +174,30 @@ async fn run_claimed(
     let listed = manifest.entries.len() as u64;
     let parts = Partitions::new(out, manifest.entries.len(), manifest.partition_rows);
     let input = staging::input(&manifest.entries, pseudonymizer.as_deref())?;
-    drop(manifest);
+    if let Some(cache) = cache.as_mut() {
+        clock.stage("cache_load", None, cache.load()).await?;
+    }
 
     let budget = Budget::new(config.max_errors.map(|b| b.limit(listed)));
+    let cached = cache.as_mut().map(|cache| featurize::Cached {
+        cache,
+        entries: &manifest.entries,
+        threads: config.threads,
+    });
     let featurizing = featurize::run(
         &ctx,
         place(),
         &config.featurize,
         &parts,
         &input,
+        cached,
         &budget,
         clock.progress(),
     );
     let stats = clock.stage("featurize", Some(listed), featurizing).await?;
     drop(input);
+    drop(manifest);
+    let cache_summary = cache.map(|c| c.summary);
     fault::pause_point("featurized").await;
     verify::staged(&parts).await?;
     let failed = staging::count_failed(&ctx, parts.all_staged()).await?;
@@ -183,10 +206,12 @@ async fn run_claimed(
     fault::checkpoint("errors");
 
     let given = given_pca.is_some();
+    let mut drift = None;
     let model = match given_pca {
-        // Projected into an existing basis: the statistics are not needed, and the model is saved as given.
+        // Projected into an existing basis, saved as given; the statistics tell how far a refit would turn it.
         Some((saved, bytes)) => {
             pca_fit::save_given(out, bytes).await?;
+            drift = pca_fit::drift(&saved.model, &stats);
             Arc::new(saved.model)
         }
         None => {
@@ -203,6 +228,7 @@ async fn run_claimed(
                     };
                     let mut report = Report::new(config, &clock, counts, None, &pricing);
                     report.buckets = residency;
+                    report.cache = cache_summary;
                     write_report(out, &report).await?;
                     return Err(e);
                 }
@@ -227,8 +253,11 @@ async fn run_claimed(
     clock
         .stage("commit_check", None, verify::committed(&ctx, &parts, &counts))
         .await?;
-    let mut report = Report::new(config, &clock, counts, Some(PcaSummary::of(&model, given)), &pricing);
+    let mut summary = PcaSummary::of(&model, given);
+    summary.drift_degrees = drift;
+    let mut report = Report::new(config, &clock, counts, Some(summary), &pricing);
     report.buckets = residency;
+    report.cache = cache_summary;
     report.versions.pca_model_sha256 = Some(hex::encode(Sha256::digest(out.get(layout::PCA_MODEL).await?)));
     write_report(out, &report).await?;
     fault::checkpoint("report");

@@ -28,14 +28,28 @@ pub fn partition_ranges(n: usize, rows: usize) -> Vec<Range<usize>> {
 pub struct Partitions<'a> {
     pub ranges: Vec<Range<usize>>,
     pub out: &'a OutputStore,
+    /// Where partitions are staged.
+    folder: &'static str,
 }
 
 impl<'a> Partitions<'a> {
     pub fn new(out: &'a OutputStore, rows: usize, partition_rows: usize) -> Self {
+        Self::in_folder(out, layout::STAGING, rows, partition_rows)
+    }
+
+    /// Partitions of some other rows than the manifest's, staged in `folder` (the images a feature cache
+    /// lacks).
+    pub fn in_folder(out: &'a OutputStore, folder: &'static str, rows: usize, partition_rows: usize) -> Self {
         Partitions {
             ranges: partition_ranges(rows, partition_rows),
             out,
+            folder,
         }
+    }
+
+    /// The size partitions are cut by (before the tapered tail).
+    pub fn partition_rows(&self) -> usize {
+        self.ranges.iter().map(|r| r.len()).max().unwrap_or(1)
     }
 
     pub fn count(&self) -> usize {
@@ -43,7 +57,7 @@ impl<'a> Partitions<'a> {
     }
 
     pub fn staged(&self, i: usize) -> String {
-        layout::file(layout::STAGING, &layout::part_name(i))
+        layout::file(self.folder, &layout::part_name(i))
     }
 
     pub fn staged_url(&self, i: usize) -> String {

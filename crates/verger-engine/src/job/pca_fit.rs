@@ -117,3 +117,10 @@ pub fn load_given(
 pub async fn save_given(out: &OutputStore, bytes: Vec<u8>) -> Result<(), JobError> {
     Ok(out.put(layout::PCA_MODEL, bytes).await?)
 }
+
+/// The principal angles between `saved`'s basis and one refit, with as many components, on `stats`; none
+/// when the run's images cannot be fitted (fewer than two).
+pub fn drift(saved: &PcaModel, stats: &PcaStats) -> Option<Vec<f64>> {
+    let refit = fit(stats, Components::Count(saved.k), saved.center).ok()?;
+    saved.principal_angles(&refit).ok()
+}

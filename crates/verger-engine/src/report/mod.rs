@@ -220,6 +220,10 @@ pub struct PcaSummary {
     /// Projected with a given model (`--pca-model`) rather than fitted on this run.
     #[serde(default)]
     pub given: bool,
+    /// With a given model: the principal angles (degrees, ascending) between its basis and one refit on this
+    /// run's images, so the user sees when a refit is worth it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_degrees: Option<Vec<f64>>,
 }
 
 impl PcaSummary {
@@ -230,6 +234,7 @@ impl PcaSummary {
             explained_variance_ratio: model.explained_variance_ratio[..model.k].to_vec(),
             spectrum: model.explained_variance_ratio.clone(),
             given,
+            drift_degrees: None,
         }
     }
 }
@@ -297,6 +302,9 @@ pub struct Report {
     /// Classifiers scored on this run (`verger evaluate`), one entry each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evaluations: Vec<EvaluationSummary>,
+    /// What the feature cache did (`--cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::job::cache::CacheSummary>,
 }
 
 impl Report {
@@ -338,6 +346,7 @@ impl Report {
             pseudonymized: config.pseudonymize_key.is_some(),
             config: serde_json::to_value(config).expect("config serializes"),
             evaluations: Vec::new(),
+            cache: None,
         }
     }
 

@@ -584,7 +584,7 @@ struct Page {
     failed_run: bool,
     summary: Vec<Fact>,
     versions: Vec<Fact>,
-    pca: Option<(Scree, bool)>,
+    pca: Option<(Scree, bool, Option<String>)>,
     map: Option<Map>,
     map_note: String,
     throughput: Option<Line>,
@@ -595,8 +595,77 @@ struct Page {
     residency: Residency,
     cost: CostView,
     evaluations: Vec<EvaluationView>,
+    /// What the feature cache did, when there was one.
+    cache: Option<Vec<Fact>>,
     /// `(class, colour)` of every map label, for the page's style sheet.
     colours: Vec<(usize, String)>,
+}
+
+/// Principal angles in words: the largest and the mean.
+fn drift(angles: &[f64]) -> Option<String> {
+    let largest = angles
+        .iter()
+        .copied()
+        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))))?;
+    let mean = angles.iter().sum::<f64>() / angles.len() as f64;
+    Some(format!(
+        "at most {largest:.2}° (mean {mean:.2}° over {} axes)",
+        angles.len()
+    ))
+}
+
+fn cache_facts(c: &crate::job::cache::CacheSummary) -> Vec<Fact> {
+    let mut facts = vec![
+        Fact {
+            name: "from the cache",
+            value: c.hits.to_string(),
+        },
+        Fact {
+            name: "featurized (not in the cache)",
+            value: c.featurized.to_string(),
+        },
+        Fact {
+            name: "same bytes as another new image",
+            value: c.duplicates.to_string(),
+        },
+        Fact {
+            name: "unchanged by their listing (not read)",
+            value: c.unread.to_string(),
+        },
+        Fact {
+            name: "read and hashed",
+            value: c.hashed.to_string(),
+        },
+        Fact {
+            name: "time saved (estimate)",
+            value: c.saved_s.map_or_else(|| "-".into(), seconds),
+        },
+        Fact {
+            name: "rows added to the cache",
+            value: c.added_rows.to_string(),
+        },
+        Fact {
+            name: "cache",
+            value: format!("{} ({})", c.location, c.identity),
+        },
+        Fact {
+            name: "parts read",
+            value: c.parts.to_string(),
+        },
+    ];
+    if !c.ignored_parts.is_empty() {
+        facts.push(Fact {
+            name: "parts ignored (images featurized again)",
+            value: c.ignored_parts.join("; "),
+        });
+    }
+    if !c.other_identities.is_empty() {
+        facts.push(Fact {
+            name: "other pipeline identities (not used)",
+            value: c.other_identities.join(", "),
+        });
+    }
+    facts
 }
 
 fn seconds(s: f64) -> String {
@@ -741,7 +810,10 @@ impl Page {
             failed_run: report.pca.is_none(),
             summary,
             versions,
-            pca: report.pca.as_ref().map(|p| (scree(p), p.given)),
+            pca: report
+                .pca
+                .as_ref()
+                .map(|p| (scree(p), p.given, p.drift_degrees.as_deref().and_then(drift))),
             colours: map
                 .as_ref()
                 .map(|m| m.legend.iter().map(|l| (l.class, l.colour.clone())).collect())
@@ -797,6 +869,7 @@ impl Page {
                 ),
             },
             evaluations: report.evaluations.iter().map(evaluation).collect(),
+            cache: report.cache.as_ref().map(cache_facts),
         }
     }
 }

@@ -170,6 +170,8 @@ def run(
     variance: float | None = None,
     pca_model: PathLike | None = None,
     center: bool = False,
+    cache: PathLike | None = None,
+    verify_cache: bool = False,
     globs: Sequence[str] | None = None,
     threads: int | None = None,
     partition_rows: int | None = None,
@@ -205,7 +207,9 @@ def run(
 
     Every option is the command line's (``verger run --help``): ``max_errors=10`` is ``--max-errors 10``.
     ``progress``: ``None`` draws a bar when interactive (a notebook or a terminal), ``True`` always,
-    ``False`` never, or a callable ``(stage, done, total, ended)``.
+    ``False`` never, or a callable ``(stage, done, total, ended)``. ``cache`` (a folder or ``s3://``) keeps
+    features across runs, so a daily run featurizes only new or changed images (``report["cache"]`` says how
+    many).
 
     Ctrl-C (KeyboardInterrupt) stops the run cleanly: its output is released and what it featurized is kept,
     so the same call with ``resume=True`` continues it. Raises a :class:`VergerError` subclass when the run
@@ -217,6 +221,8 @@ def run(
         variance=variance,
         pca_model=pca_model,
         center=center,
+        cache=cache,
+        verify_cache=verify_cache,
         glob=list(globs) if globs is not None else None,
         threads=threads,
         partition_rows=partition_rows,

@@ -1,0 +1,641 @@
+//! The feature cache (`--cache DIR|s3://bucket/prefix`): featurized images kept across runs, keyed by the
+//! SHA-256 of their bytes under a pipeline identity (model, preprocessing version, inference runtime,
+//! execution provider, precision), so that a daily run featurizes only the images that are new or changed.
+//!
+//! Layout: `verger-cache.json` marks the folder as a cache; each identity has its folder,
+//! `features-<id>/identity.json` and parts `features-<id>/part-<sha256 of its rows>.parquet`. A part row maps
+//! a listing key (path, size, modification time) to the SHA-256 of the bytes found there, with the features
+//! of those bytes, or none when another row holds them. Parts are only added, each committed whole and named
+//! by its content, so several runs may read and add at once, and a torn or corrupt part (unreadable, or rows
+//! that do not match its name) is ignored, its images featurized again.
+//!
+//! It does not evict or compact, and a run holds its identity's parts in memory (5 KiB per image).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray, StructArray,
+    UInt64Array,
+};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use verger_listing::ImageEntry;
+
+use crate::error::JobError;
+use crate::featurize::{features_type, field, result_type, FeaturizeSettings};
+use crate::io::output::OutputStore;
+use crate::io::store::StoreOptions;
+
+/// The file that marks a folder as a verger feature cache.
+pub const MARKER: &str = "verger-cache.json";
+const FORMAT: &str = "verger-feature-cache";
+const VERSION: u32 = 1;
+
+/// The SHA-256 of an image's bytes.
+pub type ContentHash = [u8; 32];
+
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    format: String,
+    version: u32,
+}
+
+/// Everything that decides an image's features besides its bytes: a cache made under another identity is
+/// not used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub model_sha256: String,
+    /// [`verger_image::PREPROCESS_VERSION`].
+    pub preprocess_version: u32,
+    /// The ONNX Runtime library's file name, which carries its version.
+    pub runtime: String,
+    pub provider: String,
+    pub precision: String,
+}
+
+impl Identity {
+    pub fn of(settings: &FeaturizeSettings) -> Result<Self, JobError> {
+        let library = verger_model::runtime::locate()?;
+        Ok(Identity {
+            model_sha256: settings.model.sha256.clone(),
+            preprocess_version: verger_image::PREPROCESS_VERSION,
+            runtime: library
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            provider: "cpu".into(),
+            precision: "fp32".into(),
+        })
+    }
+
+    /// The identity's folder in the cache.
+    pub fn folder(&self) -> String {
+        let json = serde_json::to_vec(self).expect("identity serializes");
+        format!("features-{}", &hex::encode(Sha256::digest(json))[..16])
+    }
+}
+
+/// What the cache did for a run, for the report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CacheSummary {
+    pub location: String,
+    /// This pipeline identity's folder.
+    pub identity: String,
+    /// Parts read.
+    pub parts: u64,
+    /// Parts that could not be used (torn, corrupt, unreadable), with why; their images were featurized again.
+    pub ignored_parts: Vec<String>,
+    /// Folders of other pipeline identities (another model, runtime or preprocessing), not used.
+    pub other_identities: Vec<String>,
+    /// Images recognised as unchanged from the listing alone: their bytes were not read.
+    pub unread: u64,
+    /// Images whose bytes were read and hashed (new or changed listing, or `--verify-cache`).
+    pub hashed: u64,
+    /// Images whose features came from the cache.
+    pub hits: u64,
+    /// Images with the same bytes as another image new in this run: featurized once.
+    pub duplicates: u64,
+    /// Images featurized by this run.
+    pub featurized: u64,
+    /// Rows this run added to the cache.
+    pub added_rows: u64,
+    /// Seconds the hits would have cost, at this run's featurization speed (none when nothing was featurized).
+    pub saved_s: Option<f64>,
+}
+
+/// An image's listing, which identifies unchanged bytes without reading them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ListingKey {
+    uri: String,
+    size: u64,
+    modified_ms: i64,
+}
+
+impl ListingKey {
+    fn of(entry: &ImageEntry) -> Self {
+        ListingKey {
+            uri: entry.uri.clone(),
+            size: entry.size,
+            modified_ms: entry.modified_ms,
+        }
+    }
+}
+
+/// A cache opened for one identity: its marker checked, then its parts loaded ([`FeatureCache::load`]).
+pub struct FeatureCache {
+    store: OutputStore,
+    folder: String,
+    identity: Identity,
+    verify: bool,
+    by_key: HashMap<ListingKey, ContentHash>,
+    /// Where each content's features are: (part, row).
+    by_hash: HashMap<ContentHash, (usize, usize)>,
+    /// Each loaded part's features as `featurize`'s result (no errors).
+    featurized: Vec<ArrayRef>,
+    pub summary: CacheSummary,
+}
+
+/// Where an image's staged row comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Found {
+    /// The cache: (part, row) of [`FeatureCache::featurized`].
+    Cached(usize, usize),
+    /// The `n`-th image this run featurizes.
+    Fresh(usize),
+}
+
+impl FeatureCache {
+    /// Opens the cache at `location`, making it if the folder is empty or new; refuses a folder that holds
+    /// something else.
+    pub async fn open(
+        location: &str,
+        store: &StoreOptions,
+        identity: Identity,
+        verify: bool,
+    ) -> Result<Self, JobError> {
+        let out = OutputStore::open(location, store)?;
+        if out.exists(MARKER).await? {
+            let bytes = out.get(MARKER).await?;
+            let marker: Marker = serde_json::from_slice(&bytes)
+                .map_err(|e| JobError::NotACache(format!("{location}: {MARKER} is not a verger cache marker ({e})")))?;
+            if marker.format != FORMAT {
+                return Err(JobError::NotACache(format!(
+                    "{location}: {MARKER} is not a verger cache marker"
+                )));
+            }
+            if marker.version != VERSION {
+                return Err(JobError::NotACache(format!(
+                    "{location} is a verger cache of format version {}; this verger reads version {VERSION}",
+                    marker.version
+                )));
+            }
+        } else if !out.is_empty().await? {
+            return Err(JobError::NotACache(format!(
+                "{location} holds files but no {MARKER}: it is not a verger feature cache (--cache takes a new or \
+                 empty folder, or one a verger run made)"
+            )));
+        } else {
+            let marker = Marker {
+                format: FORMAT.into(),
+                version: VERSION,
+            };
+            out.put(MARKER, serde_json::to_vec_pretty(&marker).expect("marker serializes"))
+                .await?;
+        }
+        let folder = identity.folder();
+        Ok(FeatureCache {
+            summary: CacheSummary {
+                location: location.to_string(),
+                identity: folder.clone(),
+                ..Default::default()
+            },
+            store: out,
+            folder,
+            identity,
+            verify,
+            by_key: HashMap::new(),
+            by_hash: HashMap::new(),
+            featurized: Vec::new(),
+        })
+    }
+
+    /// Reads this identity's parts, ignoring (and reporting) any that cannot be trusted, and notes the other
+    /// identities present.
+    pub async fn load(&mut self) -> Result<(), JobError> {
+        let identity_file = format!("{}/identity.json", self.folder);
+        if !self.store.exists(&identity_file).await? {
+            let json = serde_json::to_vec_pretty(&self.identity).expect("identity serializes");
+            self.store.put(&identity_file, json).await?;
+        }
+        let files = self.store.files("").await?;
+        let others: BTreeSet<&str> = files
+            .iter()
+            .filter_map(|f| f.split_once('/').map(|(folder, _)| folder))
+            .filter(|folder| folder.starts_with("features-") && *folder != self.folder)
+            .collect();
+        self.summary.other_identities = others.into_iter().map(String::from).collect();
+        if !self.summary.other_identities.is_empty() {
+            tracing::info!(
+                other = ?self.summary.other_identities,
+                "the cache holds features of other pipeline identities; not used"
+            );
+        }
+        let prefix = format!("{}/part-", self.folder);
+        for name in files
+            .iter()
+            .filter(|f| f.starts_with(&prefix) && f.ends_with(".parquet"))
+        {
+            let checked = match self.store.get(name).await {
+                Ok(bytes) => read_part(name, bytes),
+                Err(e) => Err(e.to_string()),
+            };
+            match checked {
+                Ok(part) => self.index(part),
+                Err(why) => {
+                    tracing::warn!("cache part {name} ignored: {why}; its images are featurized again");
+                    self.summary.ignored_parts.push(format!("{name}: {why}"));
+                }
+            }
+        }
+        self.summary.parts = self.featurized.len() as u64;
+        Ok(())
+    }
+
+    fn index(&mut self, part: RecordBatch) {
+        let index = self.featurized.len();
+        let (keys, hashes, features) = columns(&part);
+        for row in 0..part.num_rows() {
+            let hash: ContentHash = hashes.value(row).try_into().expect("32-byte hashes");
+            self.by_key.insert(keys(row), hash);
+            if features.is_valid(row) {
+                self.by_hash.entry(hash).or_insert((index, row));
+            }
+        }
+        let DataType::Struct(fields) = result_type() else {
+            unreachable!("featurize returns a struct")
+        };
+        let rows = part.num_rows();
+        let result = StructArray::new(
+            fields,
+            vec![
+                part.column(4).clone(),
+                new_null_array(&DataType::Utf8, rows),
+                new_null_array(&DataType::Utf8, rows),
+            ],
+            None,
+        );
+        self.featurized.push(Arc::new(result));
+    }
+
+    /// Every loaded part's features, as `featurize`'s result: the sources [`Found::Cached`] points into.
+    pub fn featurized(&self) -> &[ArrayRef] {
+        &self.featurized
+    }
+
+    /// The content hashes of `entries[rows]`: from the listing when unchanged (unless verifying), else read
+    /// and hashed, `threads` at a time. An unreadable image has none (featurizing it reports why).
+    pub async fn hashes(
+        &mut self,
+        entries: &[ImageEntry],
+        rows: &[usize],
+        store: &StoreOptions,
+        threads: usize,
+    ) -> Result<Vec<Option<ContentHash>>, JobError> {
+        let known: Vec<Option<ContentHash>> = rows
+            .iter()
+            .map(|&i| match self.verify {
+                true => None,
+                false => self.by_key.get(&ListingKey::of(&entries[i])).copied(),
+            })
+            .collect();
+        self.summary.unread += known.iter().filter(|h| h.is_some()).count() as u64;
+        let to_read: Vec<(usize, String)> = rows
+            .iter()
+            .zip(&known)
+            .enumerate()
+            .filter(|(_, (_, hash))| hash.is_none())
+            .map(|(at, (&i, _))| (at, entries[i].uri.clone()))
+            .collect();
+        self.summary.hashed += to_read.len() as u64;
+        let read: Vec<(usize, Option<ContentHash>)> = futures::stream::iter(to_read)
+            .map(|(at, uri)| {
+                let store = store.clone();
+                async move {
+                    let hash = tokio::task::spawn_blocking(move || {
+                        crate::io::source::read(&uri, &store)
+                            .ok()
+                            .map(|bytes| ContentHash::from(Sha256::digest(bytes)))
+                    })
+                    .await
+                    .map_err(JobError::task)?;
+                    Ok::<_, JobError>((at, hash))
+                }
+            })
+            .buffer_unordered(threads.max(1) * 2)
+            .try_collect()
+            .await?;
+        let mut hashes = known;
+        for (at, hash) in read {
+            hashes[at] = hash;
+        }
+        Ok(hashes)
+    }
+
+    /// Where each image's row comes from, and which images to featurize (positions in `hashes`, first
+    /// occurrence of each content).
+    pub fn resolve(&mut self, hashes: &[Option<ContentHash>]) -> (Vec<Found>, Vec<usize>) {
+        let mut found = Vec::with_capacity(hashes.len());
+        let mut fresh = Vec::new();
+        let mut fresh_by_hash: HashMap<ContentHash, usize> = HashMap::new();
+        for (at, hash) in hashes.iter().enumerate() {
+            let cached = hash.and_then(|h| self.by_hash.get(&h).copied());
+            found.push(match (cached, hash) {
+                (Some((part, row)), _) => {
+                    self.summary.hits += 1;
+                    Found::Cached(part, row)
+                }
+                (None, Some(h)) if fresh_by_hash.contains_key(h) => {
+                    self.summary.duplicates += 1;
+                    Found::Fresh(fresh_by_hash[h])
+                }
+                (None, hash) => {
+                    if let Some(h) = hash {
+                        fresh_by_hash.insert(*h, fresh.len());
+                    }
+                    fresh.push(at);
+                    Found::Fresh(fresh.len() - 1)
+                }
+            });
+        }
+        self.summary.featurized += fresh.len() as u64;
+        (found, fresh)
+    }
+
+    /// Adds a part: each row is an image's listing, its content hash and, when featurized by this run, its
+    /// `featurize` result (rows that failed are not cached). Only what the cache lacks is added (features once
+    /// per content, listings that point to them); returns the rows added.
+    pub async fn add(
+        &mut self,
+        rows: impl IntoIterator<Item = (&ImageEntry, ContentHash, Option<(&StructArray, usize)>)>,
+    ) -> Result<u64, JobError> {
+        let mut keys = Vec::new();
+        let mut hashes = Vec::new();
+        let mut features = Vec::new();
+        for (entry, hash, result) in rows {
+            let key = ListingKey::of(entry);
+            let values = match result {
+                Some((result, row)) => {
+                    let values = result.column(0).as_list::<i32>();
+                    if result.column(1).is_valid(row) || !values.is_valid(row) {
+                        continue; // failed: featurized again next time, and reported again
+                    }
+                    Some(values.value(row))
+                }
+                None => None,
+            };
+            let known = self.by_hash.contains_key(&hash);
+            let listed = self.by_key.get(&key) == Some(&hash);
+            // Features are stored once per content; other listings of it only point to them.
+            let values = if known { None } else { values };
+            if values.is_none() && (listed || !known) {
+                continue;
+            }
+            keys.push(key);
+            hashes.push(hash);
+            features.push(values.map(|v| v.as_primitive::<Float32Type>().values().to_vec()));
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let batch = part_batch(&keys, &hashes, &features)?;
+        let name = format!("{}/part-{}.parquet", self.folder, checksum(&batch));
+        let rows = self
+            .store
+            .write_batches(&name, part_schema(), std::slice::from_ref(&batch))
+            .await?;
+        self.summary.added_rows += rows;
+        self.index(batch);
+        Ok(rows)
+    }
+}
+
+fn part_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("size", DataType::UInt64, false),
+        Field::new("modified_ms", DataType::Int64, false),
+        Field::new("sha256", DataType::FixedSizeBinary(32), false),
+        Field::new(field::FEATURES, features_type(), true),
+    ]))
+}
+
+fn part_batch(
+    keys: &[ListingKey],
+    hashes: &[ContentHash],
+    features: &[Option<Vec<f32>>],
+) -> Result<RecordBatch, JobError> {
+    use datafusion::arrow::array::{Float32Builder, ListBuilder};
+    let mut values = ListBuilder::new(Float32Builder::new()).with_field(match features_type() {
+        DataType::List(item) => item,
+        _ => unreachable!("features are a list"),
+    });
+    for row in features {
+        match row {
+            Some(row) => {
+                values.values().append_slice(row);
+                values.append(true);
+            }
+            None => values.append(false),
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.uri.as_str()))),
+        Arc::new(UInt64Array::from_iter_values(keys.iter().map(|k| k.size))),
+        Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.modified_ms))),
+        Arc::new(FixedSizeBinaryArray::try_from_iter(hashes.iter())?),
+        Arc::new(values.finish()),
+    ];
+    Ok(RecordBatch::try_new(part_schema(), columns)?)
+}
+
+/// A part's columns: listing key by row, content hashes, features.
+fn columns(part: &RecordBatch) -> (impl Fn(usize) -> ListingKey + '_, &FixedSizeBinaryArray, &dyn Array) {
+    let uris = part.column(0).as_string::<i32>();
+    let sizes = part.column(1).as_primitive::<UInt64Type>();
+    let modified = part.column(2).as_primitive::<Int64Type>();
+    let keys = move |row: usize| ListingKey {
+        uri: uris.value(row).to_string(),
+        size: sizes.value(row),
+        modified_ms: modified.value(row),
+    };
+    (keys, part.column(3).as_fixed_size_binary(), part.column(4).as_ref())
+}
+
+/// The SHA-256 of a part's rows, which names it: a part whose rows do not hash to its name is corrupt.
+fn checksum(part: &RecordBatch) -> String {
+    let (keys, hashes, features) = columns(part);
+    let features = features.as_list::<i32>();
+    let mut hasher = Sha256::new();
+    for row in 0..part.num_rows() {
+        let key = keys(row);
+        hasher.update((key.uri.len() as u64).to_le_bytes());
+        hasher.update(key.uri.as_bytes());
+        hasher.update(key.size.to_le_bytes());
+        hasher.update(key.modified_ms.to_le_bytes());
+        hasher.update(hashes.value(row));
+        if features.is_valid(row) {
+            let values = features.value(row);
+            let values = values.as_primitive::<Float32Type>();
+            hasher.update((values.len() as u64).to_le_bytes());
+            for v in values.values() {
+                hasher.update(v.to_le_bytes());
+            }
+        } else {
+            hasher.update(u64::MAX.to_le_bytes());
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// A part read whole and checked against its name.
+fn read_part(name: &str, bytes: Bytes) -> Result<RecordBatch, String> {
+    let batch = read_parquet(bytes).map_err(|e| format!("unreadable ({e})"))?;
+    let batch =
+        RecordBatch::try_new(part_schema(), batch.columns().to_vec()).map_err(|e| format!("not a cache part ({e})"))?;
+    let expected = name
+        .rsplit_once("part-")
+        .and_then(|(_, rest)| rest.strip_suffix(".parquet"))
+        .unwrap_or_default();
+    match checksum(&batch) == expected {
+        true => Ok(batch),
+        false => Err("its rows do not match its name (corrupt)".into()),
+    }
+}
+
+/// A whole Parquet file, as one batch.
+pub fn read_parquet(bytes: Bytes) -> Result<RecordBatch, JobError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let schema = datafusion::arrow::record_batch::RecordBatchReader::schema(&reader);
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok(concat_batches(&schema, &batches)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(uri: &str, size: u64) -> ImageEntry {
+        ImageEntry {
+            uri: uri.into(),
+            label: "l".into(),
+            size,
+            modified_ms: 7,
+        }
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            model_sha256: "ab".into(),
+            preprocess_version: 1,
+            runtime: "libonnxruntime.so.1".into(),
+            provider: "cpu".into(),
+            precision: "fp32".into(),
+        }
+    }
+
+    fn result(features: &[Option<Vec<f32>>]) -> StructArray {
+        let keys: Vec<ListingKey> = (0..features.len())
+            .map(|i| ListingKey::of(&entry(&i.to_string(), 1)))
+            .collect();
+        let hashes = vec![[0u8; 32]; features.len()];
+        let part = part_batch(&keys, &hashes, features).unwrap();
+        let DataType::Struct(fields) = result_type() else {
+            unreachable!()
+        };
+        let n = features.len();
+        StructArray::new(
+            fields,
+            vec![
+                part.column(4).clone(),
+                new_null_array(&DataType::Utf8, n),
+                new_null_array(&DataType::Utf8, n),
+            ],
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn parts_round_trip_and_torn_or_foreign_ones_are_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = tmp.path().join("cache");
+        let location = location.to_str().unwrap();
+        let store = StoreOptions::default();
+        let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        cache.load().await.unwrap();
+        let features = result(&[Some(vec![1.0, 2.5]), Some(vec![-0.0, 3.0])]);
+        let (a, b) = (entry("file:///a.jpg", 10), entry("file:///b.jpg", 20));
+        let added = cache
+            .add([(&a, [1; 32], Some((&features, 0))), (&b, [2; 32], Some((&features, 1)))])
+            .await
+            .unwrap();
+        assert_eq!(added, 2);
+
+        let reopen = |identity: Identity| async move {
+            let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity, false)
+                .await
+                .unwrap();
+            cache.load().await.unwrap();
+            cache
+        };
+        let mut again = reopen(identity()).await;
+        assert_eq!(again.summary.parts, 1);
+        let hashes = again.hashes(&[a.clone(), b.clone()], &[1, 0], &store, 1).await.unwrap();
+        assert_eq!(hashes, vec![Some([2; 32]), Some([1; 32])]);
+        assert_eq!(again.summary.unread, 2);
+        let (found, fresh) = again.resolve(&[Some([2; 32]), Some([9; 32]), Some([9; 32]), None]);
+        assert_eq!(
+            found,
+            vec![Found::Cached(0, 1), Found::Fresh(0), Found::Fresh(0), Found::Fresh(1)]
+        );
+        assert_eq!(fresh, vec![1, 3]);
+        let cached = again.featurized()[0].as_struct().column(0).as_list::<i32>().value(1);
+        assert_eq!(
+            cached.as_primitive::<Float32Type>().values().to_vec(),
+            vec![-0.0f32, 3.0]
+        );
+
+        // Another identity sees none of it, and is told the other is there.
+        let mut other = identity();
+        other.preprocess_version = 2;
+        let other = reopen(other).await;
+        assert_eq!((other.summary.parts, other.summary.other_identities.len()), (0, 1));
+
+        // A torn part and one whose rows were changed are ignored.
+        let part = std::fs::read_dir(tmp.path().join("cache").join(identity().folder()))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .unwrap();
+        let bytes = std::fs::read(&part).unwrap();
+        std::fs::write(&part, &bytes[..bytes.len() / 2]).unwrap();
+        let torn = reopen(identity()).await;
+        assert_eq!(torn.summary.parts, 0);
+        assert!(
+            torn.summary.ignored_parts[0].contains("unreadable"),
+            "{:?}",
+            torn.summary.ignored_parts
+        );
+        let renamed = part.with_file_name(format!("part-{}.parquet", "0".repeat(64)));
+        std::fs::write(&part, &bytes).unwrap();
+        std::fs::rename(&part, &renamed).unwrap();
+        let corrupt = reopen(identity()).await;
+        assert!(
+            corrupt.summary.ignored_parts[0].contains("corrupt"),
+            "{:?}",
+            corrupt.summary.ignored_parts
+        );
+    }
+
+    #[tokio::test]
+    async fn a_folder_of_other_files_is_not_a_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("holiday.jpg"), b"x").unwrap();
+        let refused = FeatureCache::open(
+            tmp.path().to_str().unwrap(),
+            &StoreOptions::default(),
+            identity(),
+            false,
+        )
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(refused.contains("not a verger feature cache"), "{refused}");
+    }
+}
