@@ -182,16 +182,15 @@ async fn preflight(authority: &str, security: Option<&Security>) -> Result<(), C
         Err(status) if status.code() == tonic::Code::Unauthenticated => {
             Err(refused(format!("refused this client: {}", status.message())))
         }
+        // The scheduler's own answer about a job it does not know: the connection works.
         Err(status)
-            if matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-            ) =>
+            if status.code() == tonic::Code::Internal && status.message().starts_with("Error getting status") =>
         {
-            Err(refused(cause(&status, security)))
+            Ok(())
         }
-        // Any other answer (an unknown job) came from the scheduler itself: the connection works.
-        Err(_) => Ok(()),
+        // Anything else is the connection failing, however the transport words it (a plain-text client
+        // talking to a TLS server sees a reset, a broken pipe or an HTTP/2 protocol error, as timing goes).
+        Err(status) => Err(refused(cause(&status, security))),
     }
 }
 

@@ -51,6 +51,16 @@ pub enum JobError {
     /// A report that cannot be read or rendered.
     #[error("{0}")]
     Report(String),
+    /// A cluster job failed on every submission; what the run committed is kept.
+    #[error(
+        "{file}: the cluster job failed {attempts} times (last: {message}); what the run committed is kept: \
+         the same command with --resume continues it once the cluster is back"
+    )]
+    ClusterJob {
+        file: String,
+        attempts: usize,
+        message: String,
+    },
     /// `--cache` names a folder that is not a verger feature cache.
     #[error("{0}")]
     NotACache(String),

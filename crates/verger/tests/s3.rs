@@ -624,7 +624,7 @@ fn a_cache_in_a_bucket_serves_later_runs_here_and_on_a_cluster() {
     let credentials = [("AWS_ACCESS_KEY_ID", ACCESS_KEY), ("AWS_SECRET_ACCESS_KEY", SECRET)];
     let (_cluster, url) = common::cluster(tmp.path(), 8, &credentials);
     let from_disk = run_on_disk(&local, &tmp.path().join("from-disk"));
-    let cache_of = |prefix: &str, extra: &[&str]| {
+    let cache_of = |prefix: &str, extra: &[&str], from_disk: &Path| {
         let output = format!("s3://results/{prefix}");
         let args = [
             &["run", "--input", "s3://images/fruits", "--output", &output, "--k", "5"][..],
@@ -645,9 +645,30 @@ fn a_cache_in_a_bucket_serves_later_runs_here_and_on_a_cluster() {
         ["hits", "featurized", "unread"].map(|k| cache[k].as_u64().unwrap())
     };
     // 24 images and 2 broken files (never cached).
-    assert_eq!(cache_of("first", &[]), [0, 26, 0]);
-    assert_eq!(cache_of("second", &[]), [24, 2, 24]);
-    assert_eq!(cache_of("on-cluster", &["--cluster", &url]), [24, 2, 24]);
+    assert_eq!(cache_of("first", &[], &from_disk), [0, 26, 0]);
+    assert_eq!(cache_of("second", &[], &from_disk), [24, 2, 24]);
+    assert_eq!(cache_of("on-cluster", &["--cluster", &url], &from_disk), [24, 2, 24]);
+
+    // The bucket changes (an image added, one replaced, one deleted), and so does its copy on disk: the
+    // cluster featurizes the new bytes only, and the rows are those of a run from scratch.
+    let nth = |class: &str, n: usize| {
+        let mut files: Vec<_> = std::fs::read_dir(fruits360_dir().join("Training").join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files[n].clone()
+    };
+    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::copy(nth("Lemon", 8), local.join("Lemon/new.jpg")).unwrap();
+    std::fs::copy(nth("Kiwi", 8), local.join("Kiwi").join(name(&nth("Kiwi", 0)))).unwrap();
+    std::fs::remove_file(local.join("Orange").join(name(&nth("Orange", 0)))).unwrap();
+    server.upload("images", "fruits/Lemon", &local.join("Lemon/new.jpg"));
+    server.upload("images", "fruits/Kiwi", &local.join("Kiwi").join(name(&nth("Kiwi", 0))));
+    let deleted = format!("s3://images/fruits/Orange/{}", name(&nth("Orange", 0)));
+    assert_success(&server.python("s3_delete.py", &[&deleted]), "deleting an image");
+    let changed = run_on_disk(&local, &tmp.path().join("changed-from-disk"));
+    assert_eq!(cache_of("changed", &["--cluster", &url], &changed), [22, 4, 22]);
 }
 
 /// `verger run` into `s3://results/PREFIX` (k = 5), started in the background with `env`, logging to `log`.

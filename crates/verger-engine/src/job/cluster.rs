@@ -46,6 +46,15 @@ pub async fn write(remote: &SessionContext, out: &OutputStore, rows: DataFrame, 
             Err(JobError::DataFusion(e)) if submission < JOB_ATTEMPTS => {
                 tracing::warn!("{name}: the cluster job failed (submission {submission} of {JOB_ATTEMPTS}), submitting it again: {e}");
                 submission += 1;
+                // A moment for the cluster to recover (a scheduler restarting, an executor rejoining).
+                tokio::time::sleep(std::time::Duration::from_secs(submission as u64)).await;
+            }
+            Err(JobError::DataFusion(e)) => {
+                return Err(JobError::ClusterJob {
+                    file: name.to_string(),
+                    attempts: JOB_ATTEMPTS,
+                    message: e.to_string(),
+                })
             }
             done => return done,
         }
