@@ -331,19 +331,9 @@ impl Hosts {
     /// Uploads `path` to `s3://bucket/prefix`, retrying while the server finishes starting (its S3 port
     /// answers before its volume server has joined).
     fn upload(&self, bucket: &str, prefix: &str, path: &Path) {
-        let started = Instant::now();
-        loop {
-            let out = self.python("s3_put.py", &[bucket, prefix, path.to_str().unwrap()]);
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "upload failed: {}",
-                text(&out)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        common::until_success("upload", || {
+            self.python("s3_put.py", &[bucket, prefix, path.to_str().unwrap()])
+        });
     }
 
     fn python(&self, script: &str, args: &[&str]) -> Output {

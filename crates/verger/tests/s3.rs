@@ -118,19 +118,9 @@ impl Seaweed {
 
     /// Uploads a file or folder with boto3, retrying while the server finishes starting.
     fn upload(&self, bucket: &str, prefix: &str, path: &Path) {
-        let started = Instant::now();
-        loop {
-            let out = self.python("s3_put.py", &[bucket, prefix, path.to_str().unwrap()]);
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "upload failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        common::until_success("upload", || {
+            self.python("s3_put.py", &[bucket, prefix, path.to_str().unwrap()])
+        });
     }
 
     fn create_bucket(&self, bucket: &str) {

@@ -322,6 +322,11 @@ impl OutputStore {
         Ok(ParquetObject { writer, rows: 0 })
     }
 
+    /// File `name`, read whole (a file of one partition: a few MB).
+    pub async fn read_batch(&self, name: &str) -> Result<RecordBatch, StoreError> {
+        decode_parquet(self.get(name).await?)
+    }
+
     /// Writes a whole stream to `name`; returns the number of rows.
     pub async fn write_stream(&self, name: &str, mut stream: SendableRecordBatchStream) -> Result<u64, StoreError> {
         let mut file = self.parquet(name, stream.schema())?;
@@ -344,6 +349,15 @@ impl OutputStore {
         }
         file.commit().await
     }
+}
+
+/// A whole Parquet file already in memory, as one batch.
+pub fn decode_parquet(bytes: Bytes) -> Result<RecordBatch, StoreError> {
+    use datafusion::arrow::record_batch::RecordBatchReader;
+    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
 }
 
 /// No dictionaries but for labels: feature values and paths hardly repeat, and trying to build a dictionary

@@ -19,9 +19,7 @@ use datafusion::arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray, StructArray,
     UInt64Array,
 };
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema, SchemaRef, UInt64Type};
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -29,7 +27,7 @@ use verger_listing::ImageEntry;
 
 use crate::error::JobError;
 use crate::featurize::{features_type, field, result_type, FeaturizeSettings};
-use crate::io::output::OutputStore;
+use crate::io::output::{decode_parquet, OutputStore};
 use crate::io::store::StoreOptions;
 
 /// The file that marks a folder as a verger feature cache.
@@ -485,7 +483,7 @@ fn checksum(part: &RecordBatch) -> String {
 
 /// A part read whole and checked against its name.
 fn read_part(name: &str, bytes: Bytes) -> Result<RecordBatch, String> {
-    let batch = read_parquet(bytes).map_err(|e| format!("unreadable ({e})"))?;
+    let batch = decode_parquet(bytes).map_err(|e| format!("unreadable ({e})"))?;
     let batch =
         RecordBatch::try_new(part_schema(), batch.columns().to_vec()).map_err(|e| format!("not a cache part ({e})"))?;
     let expected = name
@@ -496,14 +494,6 @@ fn read_part(name: &str, bytes: Bytes) -> Result<RecordBatch, String> {
         true => Ok(batch),
         false => Err("its rows do not match its name (corrupt)".into()),
     }
-}
-
-/// A whole Parquet file, as one batch.
-pub fn read_parquet(bytes: Bytes) -> Result<RecordBatch, JobError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-    let schema = datafusion::arrow::record_batch::RecordBatchReader::schema(&reader);
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
-    Ok(concat_batches(&schema, &batches)?)
 }
 
 #[cfg(test)]

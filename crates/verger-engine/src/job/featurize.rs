@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use verger_listing::ImageEntry;
 use verger_pca::PcaStats;
 
-use super::cache::{self, FeatureCache, Found};
+use super::cache::{FeatureCache, Found};
 use super::partitions::Partitions;
 use super::{cluster, pca_fit, staging};
 use crate::error::JobError;
@@ -190,7 +190,7 @@ async fn stage_with_cache(
     let caching = async {
         let mut results: Vec<Option<StructArray>> = vec![None; fresh_parts.count()];
         while let Some(part) = fresh_rx.recv().await {
-            let staged = cache::read_parquet(out.get(&fresh_parts.staged(part)).await?)?;
+            let staged = staging::read_file(out, &fresh_parts.staged(part)).await?;
             let result = staged.column(2).as_struct().clone();
             let range = fresh_parts.ranges[part].clone();
             let cached_rows = range.clone().filter_map(|f| {

@@ -15,7 +15,7 @@ use verger_listing::ImageEntry;
 
 use crate::error::JobError;
 use crate::featurize::{field, result_type, FeaturizeUdf};
-use crate::io::output::ParquetObject;
+use crate::io::output::{OutputStore, ParquetObject};
 use crate::progress::Progress;
 use crate::pseudonym::Pseudonymizer;
 
@@ -85,6 +85,11 @@ pub async fn write(
     }
     file.commit().await?;
     Ok(failed)
+}
+
+/// Staged file `name` of `out`, read whole.
+pub async fn read_file(out: &OutputStore, name: &str) -> Result<RecordBatch, JobError> {
+    Ok(out.read_batch(name).await?)
 }
 
 pub async fn read(ctx: &SessionContext, files: Vec<String>) -> Result<DataFrame, JobError> {

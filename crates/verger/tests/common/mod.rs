@@ -53,6 +53,23 @@ pub fn assert_success(out: &Output, what: &str) {
     );
 }
 
+/// Runs `attempt` until it succeeds, for up to 60 s (a server still starting), else fails naming `what`.
+pub fn until_success(what: &str, mut attempt: impl FnMut() -> Output) {
+    let started = Instant::now();
+    loop {
+        let out = attempt();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} failed: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The JSON file at `path`.
 pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
