@@ -1,7 +1,8 @@
 """verger at scale on one machine: listing and planning a million files, and full runs whose peak memory must
 not grow with the number of images beyond the manifest's own size.
 
-usage: .venv/bin/python bench/scale.py [--dir DIR] [--files N] [--runs 10000,30000,100000] [--threads N]
+usage: .venv/bin/python bench/scale.py [--dir DIR] [--files N] [--objects N] [--runs 10000,30000,100000]
+                                      [--threads N]
 
 Builds a synthetic collection by hard-linking the shared Fruits-360 images (9,856) under many folders, labels
 preserved (`DIR/list/sNNN/<label>/<i>.jpg`): --files of them for listing and planning, and one tree per full
@@ -9,6 +10,7 @@ run size (`DIR/run-N`). Then, each as its own process, measured with wait4 (wall
 - `verger list` of the --files tree;
 - listing + manifest + partition planning: `verger run` stopped by its test hook right after the manifest is
   committed (VERGER_ABORT_AT=manifest);
+- the same two of --objects empty objects in a local SeaweedFS (copied in by its filer first);
 - a full `verger run` at each size: wall, CPU per image, peak RSS, time to the first committed (staged)
   partition, and the PCA fit alone (the report's pca_fit stage);
 then the peak-RSS slope per million images between the smallest and largest run. Hard links cost no disk;
@@ -77,12 +79,78 @@ def measure(args, env=None, watch=None):
     return code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, first
 
 
+def upload_empty(s3, filer, bucket, tree, n, per_folder=10_000, labels=100):
+    """`n` empty objects `images/sNNN/labelLL/<i>.jpg` (listing reads names and sizes only): a tree of hard
+    links to one empty file, copied in by SeaweedFS's own `weed filer.copy` into the bucket's folder (boto3's
+    PUTs manage ~750/s here, the filer ~17,000/s). Returns seconds."""
+    for _ in range(100):
+        try:
+            s3.create_bucket(Bucket=bucket)
+            break
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            break
+        except Exception:
+            time.sleep(0.3)
+    started = time.perf_counter()
+    root = os.path.join(tree, "images")
+    for i in range(n):
+        # One empty file per shard: a file takes at most 65,000 links.
+        empty = os.path.join(tree, f"empty-{i // per_folder}")
+        if i % per_folder == 0:
+            open(empty, "w").close()
+        folder = os.path.join(root, f"s{i // per_folder:03d}", f"label{i % labels:02d}")
+        if i % per_folder < labels:
+            os.makedirs(folder, exist_ok=True)
+        os.link(empty, os.path.join(folder, f"{i}.jpg"))
+    subprocess.run([os.path.join(ROOT, ".venv/bin/weed"), "filer.copy", "-c", "32", root,
+                    f"{filer}/buckets/{bucket}/"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def bucket_listing(args):
+    """Listing, and listing + manifest + plan, of --objects objects in a local SeaweedFS."""
+    import boto3
+    import pyarrow.parquet as pq
+    from listing import BASE_PORT, KEYS, start_server
+
+    data = tempfile.mkdtemp(dir=args.dir, prefix="seaweedfs-")
+    tree = tempfile.mkdtemp(dir=args.dir, prefix="objects-")
+    server = start_server(data)
+    endpoint = f"http://127.0.0.1:{BASE_PORT + 3}"
+    filer = f"http://127.0.0.1:{BASE_PORT + 2}"
+    env = {"AWS_ACCESS_KEY_ID": KEYS["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": KEYS["aws_secret_access_key"]}
+    at = ["--input", "s3://bench/images", "--endpoint", endpoint, "--region", "eu-west-1"]
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-1", **KEYS)
+        took = upload_empty(s3, filer, "bench", tree, args.objects)
+        print(f"uploaded {args.objects} objects in {took:.1f} s ({args.objects / took:.0f}/s, weed filer.copy)")
+        code, wall, cpu, rss, _ = measure([VERGER, "list", *at], env=env)
+        assert code == 0, code
+        print(f"list {args.objects:>9} objects:             wall {wall:7.2f} s  CPU {cpu:7.2f} s  "
+              f"peak RSS {rss:7.1f} MiB")
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            out = os.path.join(tmp, "out")
+            code, wall, cpu, rss, _ = measure([VERGER, "run", *at, "--output", out],
+                                              env={**env, "VERGER_ABORT_AT": "manifest"})
+            assert code != 0 and os.path.exists(os.path.join(out, "manifest")), code
+            listed = pq.read_table(os.path.join(out, "manifest")).num_rows
+            assert listed == args.objects, f"the manifest lists {listed} of {args.objects} objects"
+        print(f"list + manifest + plan {args.objects:>9} objects: wall {wall:7.2f} s  CPU {cpu:7.2f} s  "
+              f"peak RSS {rss:7.1f} MiB")
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(tree, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "verger-scale"))
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--runs", default="10000,30000,100000")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--objects", type=int, default=1_000_000, help="objects in a local S3 server (0: skip)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.runs.split(",") if s]
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}, {platform.platform()}; "
@@ -101,6 +169,8 @@ def main():
         manifest_mb = sum(os.path.getsize(f) for f in glob.glob(os.path.join(out, "manifest", "*"))) / 1e6
     print(f"list + manifest + plan {args.files:>9}: wall {wall:7.2f} s  CPU {cpu:7.2f} s  peak RSS {rss:7.1f} MiB"
           f"  (manifest {manifest_mb:.1f} MB)")
+    if args.objects:
+        bucket_listing(args)
 
     runs = []
     for n in sizes:

@@ -131,10 +131,10 @@ pub async fn estimate(config: &EstimateConfig) -> Result<Estimate, JobError> {
             globs: config.globs.clone(),
         });
     }
-    let mut labels: Vec<&str> = entries.iter().map(|e| e.label.as_str()).collect();
+    let mut labels: Vec<&str> = entries.labels().iter().flatten().collect();
     labels.sort_unstable();
     labels.dedup();
-    let chosen = sample(entries.iter().map(|e| e.uri.as_str()), config.sample, config.seed);
+    let chosen = sample(entries.uris().iter().flatten(), config.sample, config.seed);
 
     // The model loaded and every worker's session made before the clock starts, as in a run's steady state.
     let settings = Arc::new(config.featurize.clone());

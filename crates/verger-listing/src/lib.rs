@@ -5,9 +5,17 @@
 //! resumed runs all agree on what "every image" means. Inputs are local folders or object-store prefixes
 //! (`s3://bucket/prefix`, listed through `object_store`). Scope: names and metadata only, no image bytes.
 
+use std::fmt::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, Int64Builder, RecordBatch, StringArray, StringBuilder, UInt64Builder,
+};
+use arrow::compute::{cast, sort_to_indices, take_record_batch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
+use arrow::error::ArrowError;
 use futures::{StreamExt, TryStreamExt};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use object_store::path::Path as ObjectPath;
@@ -69,39 +77,42 @@ pub async fn list_bucket(
     prefix: &str,
     filter: &NameFilter,
     concurrency: usize,
-) -> Result<Vec<ImageEntry>, ListingError> {
+) -> Result<ImageList, ListingError> {
     let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
-    let objects = list_objects(store, root, concurrency.max(1))
-        .await
-        .map_err(|e| ListingError::Store {
-            uri: format!("s3://{bucket}/{prefix}"),
-            message: e.to_string(),
-        })?;
-    let mut entries: Vec<ImageEntry> = objects
-        .into_iter()
-        .filter(|meta| meta.location.filename().is_some_and(|name| filter.matches(name)))
-        .map(|meta| {
-            let key = meta.location.as_ref();
-            ImageEntry {
-                uri: format!("s3://{bucket}/{key}"),
-                label: label_of(Path::new(key)),
-                size: meta.size,
-                modified_ms: meta.last_modified.timestamp_millis(),
-            }
-        })
-        .collect();
-    entries.sort_by(|a, b| a.uri.cmp(&b.uri));
-    Ok(entries)
+    let mut images = Collector::default();
+    let mut uri = String::new();
+    list_objects(store, root, concurrency.max(1), |meta| {
+        if !meta.location.filename().is_some_and(|name| filter.matches(name)) {
+            return;
+        }
+        let key = meta.location.as_ref();
+        uri.clear();
+        write!(uri, "s3://{bucket}/{key}").expect("writing to a String");
+        images.push(
+            &uri,
+            &label_of(Path::new(key)),
+            meta.size,
+            meta.last_modified.timestamp_millis(),
+            meta.e_tag.as_deref(),
+        );
+    })
+    .await
+    .map_err(|e| ListingError::Store {
+        uri: format!("s3://{bucket}/{prefix}"),
+        message: e.to_string(),
+    })?;
+    Ok(images.finish())
 }
 
-/// Every object under `root`: folder levels are split (delimiter listings) until there are enough folders to
-/// keep `concurrency` requests busy, then each folder is listed flat, `concurrency` at a time.
+/// Hands every object under `root` to `each`, as the listing pages arrive: folder levels are split
+/// (delimiter listings) until there are enough folders to keep `concurrency` requests busy, then each folder
+/// is listed flat, `concurrency` at a time. Nothing but the current pages is held, whatever the bucket's size.
 async fn list_objects(
     store: &dyn ObjectStore,
     root: Option<ObjectPath>,
     concurrency: usize,
-) -> object_store::Result<Vec<ObjectMeta>> {
-    let mut objects = Vec::new();
+    mut each: impl FnMut(ObjectMeta),
+) -> object_store::Result<()> {
     let mut folders = vec![root];
     for _ in 0..MAX_SPLIT_DEPTH {
         if folders.len() >= concurrency {
@@ -109,36 +120,166 @@ async fn list_objects(
         }
         let levels: Vec<ListResult> = futures::stream::iter(&folders)
             .map(|folder| store.list_with_delimiter(folder.as_ref()))
-            .buffer_unordered(concurrency)
+            .buffered(concurrency)
             .try_collect()
             .await?;
         folders.clear();
         for level in levels {
-            objects.extend(level.objects);
+            level.objects.into_iter().for_each(&mut each);
             folders.extend(level.common_prefixes.into_iter().map(Some));
         }
         if folders.is_empty() {
-            return Ok(objects);
+            return Ok(());
         }
     }
-    let listed: Vec<Vec<ObjectMeta>> = futures::stream::iter(folders)
-        .map(|folder| store.list(folder.as_ref()).try_collect::<Vec<_>>())
-        .buffer_unordered(concurrency)
-        .try_collect()
-        .await?;
-    objects.extend(listed.into_iter().flatten());
-    Ok(objects)
+    let mut objects = futures::stream::iter(folders)
+        .map(|folder| store.list(folder.as_ref()))
+        .flatten_unordered(concurrency);
+    while let Some(meta) = objects.try_next().await? {
+        each(meta);
+    }
+    Ok(())
 }
 
-/// One listed image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageEntry {
-    /// `file://` followed by the absolute path, unescaped, as Spark shows file paths.
-    pub uri: String,
-    pub label: String,
+/// One listed image, borrowed from an [`ImageList`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageEntry<'a> {
+    /// `file://` followed by the absolute path, unescaped, as Spark shows file paths; or `s3://bucket/key`.
+    pub uri: &'a str,
+    pub label: &'a str,
     pub size: u64,
     /// Modification time, milliseconds since the Unix epoch.
     pub modified_ms: i64,
+    /// The object store's entity tag (none for local files).
+    pub etag: Option<&'a str>,
+}
+
+/// Listed images in URI order, held as Arrow columns ([`ImageList::schema`]): a million images take their
+/// paths' and labels' bytes and about 40 bytes more each, against several times that as one allocation per
+/// string. The run's manifest is this batch as is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageList {
+    batch: RecordBatch,
+}
+
+impl ImageList {
+    /// `path`, `label`, `size`, `modified_ms`, and `etag` (null for local files).
+    pub fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("path", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, false),
+            Field::new("size", DataType::UInt64, false),
+            Field::new("modified_ms", DataType::Int64, false),
+            Field::new("etag", DataType::Utf8, true),
+        ]))
+    }
+
+    /// A list from a batch of [`ImageList::schema`]'s columns, as written (string columns of any Arrow string
+    /// type; a batch without `etag`, as manifests before it had one, has none), in URI order.
+    pub fn from_batch(batch: &RecordBatch) -> Result<Self, ArrowError> {
+        let schema = Self::schema();
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|field| match batch.column_by_name(field.name()) {
+                Some(column) => cast(column, field.data_type()),
+                None if field.is_nullable() => Ok(new_null_array(field.data_type(), batch.num_rows())),
+                None => Err(ArrowError::SchemaError(format!("no column {:?}", field.name()))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ImageList {
+            batch: RecordBatch::try_new(schema, columns)?,
+        })
+    }
+
+    /// The columns, in URI order.
+    pub fn batch(&self) -> &RecordBatch {
+        &self.batch
+    }
+
+    pub fn len(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn uris(&self) -> &StringArray {
+        self.batch.column(0).as_string()
+    }
+
+    pub fn labels(&self) -> &StringArray {
+        self.batch.column(1).as_string()
+    }
+
+    pub fn get(&self, i: usize) -> ImageEntry<'_> {
+        let etags = self.batch.column(4).as_string::<i32>();
+        ImageEntry {
+            uri: self.uris().value(i),
+            label: self.labels().value(i),
+            size: self.batch.column(2).as_primitive::<UInt64Type>().value(i),
+            modified_ms: self.batch.column(3).as_primitive::<Int64Type>().value(i),
+            etag: etags.is_valid(i).then(|| etags.value(i)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = ImageEntry<'_>> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+/// Entries in any order, sorted by URI.
+impl<'a> FromIterator<ImageEntry<'a>> for ImageList {
+    fn from_iter<I: IntoIterator<Item = ImageEntry<'a>>>(entries: I) -> Self {
+        let mut images = Collector::default();
+        for e in entries {
+            images.push(e.uri, e.label, e.size, e.modified_ms, e.etag);
+        }
+        images.finish()
+    }
+}
+
+/// Builds an [`ImageList`] as entries are found, in any order.
+#[derive(Default)]
+struct Collector {
+    uris: StringBuilder,
+    labels: StringBuilder,
+    sizes: UInt64Builder,
+    modified: Int64Builder,
+    etags: StringBuilder,
+}
+
+impl Collector {
+    fn push(&mut self, uri: &str, label: &str, size: u64, modified_ms: i64, etag: Option<&str>) {
+        self.uris.append_value(uri);
+        self.labels.append_value(label);
+        self.sizes.append_value(size);
+        self.modified.append_value(modified_ms);
+        self.etags.append_option(etag);
+    }
+
+    /// The entries sorted by URI (a listing that came in order is not copied).
+    fn finish(mut self) -> ImageList {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.uris.finish()),
+            Arc::new(self.labels.finish()),
+            Arc::new(self.sizes.finish()),
+            Arc::new(self.modified.finish()),
+            Arc::new(self.etags.finish()),
+        ];
+        let batch = RecordBatch::try_new(ImageList::schema(), columns).expect("columns match the schema");
+        let uris = batch.column(0).as_string::<i32>();
+        let sorted = (1..uris.len()).all(|i| uris.value(i - 1) <= uris.value(i));
+        let batch = match sorted {
+            true => batch,
+            false => {
+                let order = sort_to_indices(uris, None, None).expect("strings sort");
+                take_record_batch(&batch, &order).expect("indices in range")
+            }
+        };
+        ImageList { batch }
+    }
 }
 
 /// Which file names to keep.
@@ -176,7 +317,7 @@ impl NameFilter {
 }
 
 /// Lists a local folder recursively; entries sorted by URI.
-pub fn list_folder(root: &Path, filter: &NameFilter) -> Result<Vec<ImageEntry>, ListingError> {
+pub fn list_folder(root: &Path, filter: &NameFilter) -> Result<ImageList, ListingError> {
     let root = std::path::absolute(root).map_err(|e| ListingError::Io {
         path: root.into(),
         message: e.to_string(),
@@ -184,8 +325,14 @@ pub fn list_folder(root: &Path, filter: &NameFilter) -> Result<Vec<ImageEntry>, 
     if !root.is_dir() {
         return Err(ListingError::NotAFolder { path: root });
     }
-    let mut entries = Vec::new();
-    for item in walkdir::WalkDir::new(&root).follow_links(true) {
+    let mut images = Collector::default();
+    let mut uri = String::new();
+    // Each folder's entries in the order of the URIs they lead to (a folder's name as if followed by '/'),
+    // so that the walk comes out sorted and the listing needs no sorted copy.
+    let walk = walkdir::WalkDir::new(&root)
+        .follow_links(true)
+        .sort_by(|a, b| uri_order(a).cmp(uri_order(b)));
+    for item in walk {
         let item = item.map_err(|e| ListingError::Io {
             path: e.path().map_or_else(|| root.clone(), Path::to_path_buf),
             message: e.to_string(),
@@ -209,15 +356,17 @@ pub fn list_folder(root: &Path, filter: &NameFilter) -> Result<Vec<ImageEntry>, 
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
-        entries.push(ImageEntry {
-            uri: format!("file://{}", path.display()),
-            label: label_of(path),
-            size: metadata.len(),
-            modified_ms,
-        });
+        uri.clear();
+        write!(uri, "file://{}", path.display()).expect("writing to a String");
+        images.push(&uri, &label_of(path), metadata.len(), modified_ms, None);
     }
-    entries.sort_by(|a, b| a.uri.cmp(&b.uri));
-    Ok(entries)
+    Ok(images.finish())
+}
+
+/// The bytes an entry adds to the URIs under it.
+fn uri_order(entry: &walkdir::DirEntry) -> impl Iterator<Item = u8> + '_ {
+    let slash = entry.file_type().is_dir().then_some(b'/');
+    entry.file_name().as_encoded_bytes().iter().copied().chain(slash)
 }
 
 /// The parent folder's name, or an empty label for a file at the root of the file system.
@@ -245,6 +394,7 @@ mod tests {
             ("Apple 10", "z.jpg"),
             ("Apple 10", "a.jpg"),
             ("Apple 10", "n.png"),
+            ("Apple", "c.jpg"),
         ] {
             std::fs::create_dir_all(dir.path().join("Training").join(folder)).unwrap();
             std::fs::write(dir.path().join("Training").join(folder).join(file), b"x").unwrap();
@@ -252,15 +402,23 @@ mod tests {
         let found = list_folder(dir.path(), &NameFilter::new::<&str>(&[]).unwrap()).unwrap();
         let names: Vec<(&str, &str)> = found
             .iter()
-            .map(|e| (e.label.as_str(), e.uri.rsplit('/').next().unwrap()))
+            .map(|e| (e.label, e.uri.rsplit('/').next().unwrap()))
             .collect();
         assert_eq!(
             names,
-            [("Apple 10", "a.jpg"), ("Apple 10", "z.jpg"), ("Banana", "b.jpg")]
+            [
+                ("Apple 10", "a.jpg"),
+                ("Apple 10", "z.jpg"),
+                ("Apple", "c.jpg"),
+                ("Banana", "b.jpg")
+            ]
         );
-        assert!(found[0].uri.starts_with("file:///"));
+        // Written and read back as columns (a manifest), the list is the same.
+        assert_eq!(ImageList::from_batch(found.batch()).unwrap(), found);
+        assert!(found.get(0).uri.starts_with("file:///"));
+        assert_eq!(found.get(0).etag, None);
         assert_eq!(
-            local_path(&found[0].uri)
+            local_path(found.get(0).uri)
                 .unwrap()
                 .parent()
                 .unwrap()
@@ -270,7 +428,7 @@ mod tests {
         );
 
         let both = list_folder(dir.path(), &NameFilter::new(&["*.jpg", "*.png"]).unwrap()).unwrap();
-        assert_eq!(both.len(), 4);
+        assert_eq!(both.len(), 5);
     }
 
     #[tokio::test]
@@ -297,8 +455,9 @@ mod tests {
         let many = list_bucket(&store, "b", "data", &filter, 16).await.unwrap();
         assert_eq!(one, many);
         assert_eq!(one.len(), 1 + 20 * 8);
-        assert_eq!(one[0].uri, "s3://b/data/c00/deeper/more/x0.jpg");
-        assert_eq!(one[0].label, "more");
+        assert_eq!(one.get(0).uri, "s3://b/data/c00/deeper/more/x0.jpg");
+        assert_eq!(one.get(0).label, "more");
+        assert!(one.get(0).etag.is_some(), "object stores tag their objects");
         assert!(one.iter().any(|e| e.uri == "s3://b/data/top.jpg" && e.label == "data"));
         let everything = list_bucket(&store, "b", "", &filter, 4).await.unwrap();
         assert_eq!(everything.len(), one.len() + 1);

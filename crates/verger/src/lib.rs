@@ -64,7 +64,7 @@ pub use verger_engine::saved_pca::SavedPca;
 pub use verger_engine::store::{Encryption, StoreOptions};
 pub use verger_engine::{ErrorBudget, FeaturizeSettings, JobConfig, JobError, NoProgress, Progress, Stop, StoreError};
 pub use verger_image::Limits;
-pub use verger_listing::{ImageEntry, DEFAULT_GLOB, LIST_CONCURRENCY};
+pub use verger_listing::{ImageEntry, ImageList, DEFAULT_GLOB, LIST_CONCURRENCY};
 pub use verger_pca::Components;
 
 /// What any call can fail with.
@@ -265,7 +265,7 @@ impl ListConfig {
 #[derive(Debug, Clone)]
 pub struct Listing {
     /// In URI order.
-    pub entries: Vec<ImageEntry>,
+    pub images: ImageList,
     pub per_label: BTreeMap<String, usize>,
     pub seconds: f64,
 }
@@ -274,16 +274,21 @@ pub struct Listing {
 pub fn list(config: &ListConfig) -> Result<Listing, Error> {
     config.store.check_transport()?;
     let started = std::time::Instant::now();
-    let entries = runtime(default_threads())?.block_on(async {
+    let images = runtime(default_threads())?.block_on(async {
         verger_engine::bucket_regions(&[config.input.as_str()], &config.store, &config.allowed_regions).await?;
         verger_engine::list_images(&config.input, &config.globs, &config.store, config.concurrency).await
     })?;
     let mut per_label = BTreeMap::new();
-    for entry in &entries {
-        *per_label.entry(entry.label.clone()).or_default() += 1;
+    for label in images.labels().iter().flatten() {
+        match per_label.get_mut(label) {
+            Some(count) => *count += 1,
+            None => {
+                per_label.insert(label.to_string(), 1);
+            }
+        }
     }
     Ok(Listing {
-        entries,
+        images,
         per_label,
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -71,7 +71,7 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             let config = args.config()?;
             let listing = verger::list(&config)?;
             if all {
-                for entry in &listing.entries {
+                for entry in listing.images.iter() {
                     println!("{}\t{}", entry.uri, entry.label);
                 }
             } else {
@@ -81,7 +81,7 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             }
             println!(
                 "{} images in {} labels under {}, listed in {:.2} s",
-                listing.entries.len(),
+                listing.images.len(),
                 listing.per_label.len(),
                 config.input,
                 listing.seconds

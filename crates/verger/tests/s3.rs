@@ -659,6 +659,10 @@ fn a_cache_in_a_bucket_serves_later_runs_here_and_on_a_cluster() {
     assert_success(&server.python("s3_delete.py", &[&deleted]), "deleting an image");
     let changed = run_on_disk(&local, &tmp.path().join("changed-from-disk"));
     assert_eq!(cache_of("changed", &["--cluster", &url], &changed), [22, 4, 22]);
+
+    // The same bytes uploaded again (a later modification time, the same entity tag): not even read.
+    server.upload("images", "fruits/Lemon", &local.join("Lemon/new.jpg"));
+    assert_eq!(cache_of("uploaded-again", &[], &changed), [24, 2, 24]);
 }
 
 /// `verger run` into `s3://results/PREFIX` (k = 5), started in the background with `env`, logging to `log`.

@@ -4,8 +4,8 @@
 //!
 //! Layout: `verger-cache.json` marks the folder as a cache; each identity has its folder,
 //! `features-<id>/identity.json` and parts `features-<id>/part-<sha256 of its rows>.parquet`. A part row maps
-//! a listing key (path, size, modification time) to the SHA-256 of the bytes found there, with the features
-//! of those bytes, or none when another row holds them. Parts are only added, each committed whole and named
+//! a listing key (path, size, modification time, entity tag) to the SHA-256 of the bytes found there, with
+//! the features of those bytes, or none when another row holds them. Parts are only added, each committed whole and named
 //! by its content, so several runs may read and add at once, and a torn or corrupt part (unreadable, or rows
 //! that do not match its name) is ignored, its images featurized again.
 //!
@@ -23,7 +23,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Sche
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use verger_listing::ImageEntry;
+use verger_listing::{ImageEntry, ImageList};
 
 use crate::error::JobError;
 use crate::featurize::{features_type, field, result_type, FeaturizeSettings};
@@ -107,21 +107,47 @@ pub struct CacheSummary {
     pub saved_s: Option<f64>,
 }
 
-/// An image's listing, which identifies unchanged bytes without reading them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// An image's listing, which identifies unchanged bytes without reading them: its path and size, with its
+/// entity tag where the store gives one (so that the same bytes uploaded again are still known), else its
+/// modification time.
+#[derive(Debug, Clone)]
 struct ListingKey {
     uri: String,
     size: u64,
     modified_ms: i64,
+    etag: Option<String>,
 }
 
 impl ListingKey {
-    fn of(entry: &ImageEntry) -> Self {
+    fn of(entry: ImageEntry<'_>) -> Self {
         ListingKey {
-            uri: entry.uri.clone(),
+            uri: entry.uri.to_string(),
             size: entry.size,
             modified_ms: entry.modified_ms,
+            etag: entry.etag.map(String::from),
         }
+    }
+
+    /// What tells whether the bytes changed.
+    fn stamp(&self) -> (Option<&str>, i64) {
+        match &self.etag {
+            Some(tag) => (Some(tag), 0),
+            None => (None, self.modified_ms),
+        }
+    }
+}
+
+impl PartialEq for ListingKey {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.uri, self.size, self.stamp()) == (&other.uri, other.size, other.stamp())
+    }
+}
+
+impl Eq for ListingKey {}
+
+impl std::hash::Hash for ListingKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.uri, self.size, self.stamp()).hash(state);
     }
 }
 
@@ -276,11 +302,11 @@ impl FeatureCache {
         &self.featurized
     }
 
-    /// The content hashes of `entries[rows]`: from the listing when unchanged (unless verifying), else read
-    /// and hashed, `threads` at a time. An unreadable image has none (featurizing it reports why).
+    /// The content hashes of the images at `rows`: from the listing when unchanged (unless verifying), else
+    /// read and hashed, `threads` at a time. An unreadable image has none (featurizing it reports why).
     pub async fn hashes(
         &mut self,
-        entries: &[ImageEntry],
+        images: &ImageList,
         rows: &[usize],
         store: &StoreOptions,
         threads: usize,
@@ -289,7 +315,7 @@ impl FeatureCache {
             .iter()
             .map(|&i| match self.verify {
                 true => None,
-                false => self.by_key.get(&ListingKey::of(&entries[i])).copied(),
+                false => self.by_key.get(&ListingKey::of(images.get(i))).copied(),
             })
             .collect();
         self.summary.unread += known.iter().filter(|h| h.is_some()).count() as u64;
@@ -298,7 +324,7 @@ impl FeatureCache {
             .zip(&known)
             .enumerate()
             .filter(|(_, (_, hash))| hash.is_none())
-            .map(|(at, (&i, _))| (at, entries[i].uri.clone()))
+            .map(|(at, (&i, _))| (at, images.get(i).uri.to_string()))
             .collect();
         self.summary.hashed += to_read.len() as u64;
         let read: Vec<(usize, Option<ContentHash>)> = futures::stream::iter(to_read)
@@ -360,7 +386,7 @@ impl FeatureCache {
     /// per content, listings that point to them); returns the rows added.
     pub async fn add(
         &mut self,
-        rows: impl IntoIterator<Item = (&ImageEntry, ContentHash, Option<(&StructArray, usize)>)>,
+        rows: impl IntoIterator<Item = (ImageEntry<'_>, ContentHash, Option<(&StructArray, usize)>)>,
     ) -> Result<u64, JobError> {
         let mut keys = Vec::new();
         let mut hashes = Vec::new();
@@ -410,6 +436,8 @@ fn part_schema() -> SchemaRef {
         Field::new("modified_ms", DataType::Int64, false),
         Field::new("sha256", DataType::FixedSizeBinary(32), false),
         Field::new(field::FEATURES, features_type(), true),
+        // Added after the first parts were written: a part without it has no entity tags.
+        Field::new("etag", DataType::Utf8, true),
     ]))
 }
 
@@ -438,6 +466,7 @@ fn part_batch(
         Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.modified_ms))),
         Arc::new(FixedSizeBinaryArray::try_from_iter(hashes.iter())?),
         Arc::new(values.finish()),
+        Arc::new(StringArray::from_iter(keys.iter().map(|k| k.etag.as_deref()))),
     ];
     Ok(RecordBatch::try_new(part_schema(), columns)?)
 }
@@ -447,10 +476,12 @@ fn columns(part: &RecordBatch) -> (impl Fn(usize) -> ListingKey + '_, &FixedSize
     let uris = part.column(0).as_string::<i32>();
     let sizes = part.column(1).as_primitive::<UInt64Type>();
     let modified = part.column(2).as_primitive::<Int64Type>();
+    let etags = part.column(5).as_string::<i32>();
     let keys = move |row: usize| ListingKey {
         uri: uris.value(row).to_string(),
         size: sizes.value(row),
         modified_ms: modified.value(row),
+        etag: etags.is_valid(row).then(|| etags.value(row).to_string()),
     };
     (keys, part.column(3).as_fixed_size_binary(), part.column(4).as_ref())
 }
@@ -466,6 +497,12 @@ fn checksum(part: &RecordBatch) -> String {
         hasher.update(key.uri.as_bytes());
         hasher.update(key.size.to_le_bytes());
         hasher.update(key.modified_ms.to_le_bytes());
+        // Parts written before entity tags hash as they did.
+        if let Some(tag) = &key.etag {
+            hasher.update(b"etag");
+            hasher.update((tag.len() as u64).to_le_bytes());
+            hasher.update(tag.as_bytes());
+        }
         hasher.update(hashes.value(row));
         if features.is_valid(row) {
             let values = features.value(row);
@@ -484,8 +521,11 @@ fn checksum(part: &RecordBatch) -> String {
 /// A part read whole and checked against its name.
 fn read_part(name: &str, bytes: Bytes) -> Result<RecordBatch, String> {
     let batch = decode_parquet(bytes).map_err(|e| format!("unreadable ({e})"))?;
-    let batch =
-        RecordBatch::try_new(part_schema(), batch.columns().to_vec()).map_err(|e| format!("not a cache part ({e})"))?;
+    let mut columns = batch.columns().to_vec();
+    if columns.len() == part_schema().fields().len() - 1 {
+        columns.push(new_null_array(&DataType::Utf8, batch.num_rows()));
+    }
+    let batch = RecordBatch::try_new(part_schema(), columns).map_err(|e| format!("not a cache part ({e})"))?;
     let expected = name
         .rsplit_once("part-")
         .and_then(|(_, rest)| rest.strip_suffix(".parquet"))
@@ -500,12 +540,13 @@ fn read_part(name: &str, bytes: Bytes) -> Result<RecordBatch, String> {
 mod tests {
     use super::*;
 
-    fn entry(uri: &str, size: u64) -> ImageEntry {
+    fn entry(uri: &str, size: u64) -> ImageEntry<'_> {
         ImageEntry {
-            uri: uri.into(),
-            label: "l".into(),
+            uri,
+            label: "l",
             size,
             modified_ms: 7,
+            etag: None,
         }
     }
 
@@ -521,7 +562,7 @@ mod tests {
 
     fn result(features: &[Option<Vec<f32>>]) -> StructArray {
         let keys: Vec<ListingKey> = (0..features.len())
-            .map(|i| ListingKey::of(&entry(&i.to_string(), 1)))
+            .map(|i| ListingKey::of(entry(&i.to_string(), 1)))
             .collect();
         let hashes = vec![[0u8; 32]; features.len()];
         let part = part_batch(&keys, &hashes, features).unwrap();
@@ -551,7 +592,7 @@ mod tests {
         let features = result(&[Some(vec![1.0, 2.5]), Some(vec![-0.0, 3.0])]);
         let (a, b) = (entry("file:///a.jpg", 10), entry("file:///b.jpg", 20));
         let added = cache
-            .add([(&a, [1; 32], Some((&features, 0))), (&b, [2; 32], Some((&features, 1)))])
+            .add([(a, [1; 32], Some((&features, 0))), (b, [2; 32], Some((&features, 1)))])
             .await
             .unwrap();
         assert_eq!(added, 2);
@@ -565,7 +606,8 @@ mod tests {
         };
         let mut again = reopen(identity()).await;
         assert_eq!(again.summary.parts, 1);
-        let hashes = again.hashes(&[a.clone(), b.clone()], &[1, 0], &store, 1).await.unwrap();
+        let images = ImageList::from_iter([a, b]);
+        let hashes = again.hashes(&images, &[1, 0], &store, 1).await.unwrap();
         assert_eq!(hashes, vec![Some([2; 32]), Some([1; 32])]);
         assert_eq!(again.summary.unread, 2);
         let (found, fresh) = again.resolve(&[Some([2; 32]), Some([9; 32]), Some([9; 32]), None]);
@@ -610,6 +652,53 @@ mod tests {
             "{:?}",
             corrupt.summary.ignored_parts
         );
+    }
+
+    #[tokio::test]
+    async fn an_entity_tag_recognises_the_same_bytes_uploaded_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = tmp.path().to_str().unwrap();
+        let store = StoreOptions::default();
+        let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        cache.load().await.unwrap();
+        let features = result(&[Some(vec![1.0])]);
+        let tagged = |modified_ms, etag| ImageEntry {
+            modified_ms,
+            etag: Some(etag),
+            ..entry("s3://b/a.jpg", 10)
+        };
+        cache
+            .add([(tagged(1, "\"e1\""), [1; 32], Some((&features, 0)))])
+            .await
+            .unwrap();
+        let mut again = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        again.load().await.unwrap();
+        // Uploaded again (a new modification time, the same tag): known without reading; a new tag is not.
+        let images = ImageList::from_iter([tagged(99, "\"e1\"")]);
+        assert_eq!(
+            again.hashes(&images, &[0], &store, 1).await.unwrap(),
+            vec![Some([1; 32])]
+        );
+        let images = ImageList::from_iter([tagged(1, "\"e2\"")]);
+        assert_eq!(again.hashes(&images, &[0], &store, 1).await.unwrap(), vec![None]);
+        // Without tags, the modification time decides.
+        let features = result(&[Some(vec![2.0])]);
+        again
+            .add([(entry("file:///x.jpg", 10), [2; 32], Some((&features, 0)))])
+            .await
+            .unwrap();
+        let at = |modified_ms| {
+            ImageList::from_iter([ImageEntry {
+                modified_ms,
+                ..entry("file:///x.jpg", 10)
+            }])
+        };
+        assert_eq!(
+            again.hashes(&at(7), &[0], &store, 1).await.unwrap(),
+            vec![Some([2; 32])]
+        );
+        assert_eq!(again.hashes(&at(99), &[0], &store, 1).await.unwrap(), vec![None]);
+        assert_eq!((again.summary.unread, again.summary.hashed), (2, 2));
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use datafusion::datasource::MemTable;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
-use verger_listing::ImageEntry;
+use verger_listing::ImageList;
 use verger_pca::PcaStats;
 
 use super::cache::{FeatureCache, Found};
@@ -117,10 +117,10 @@ pub async fn run(
     }
 }
 
-/// A feature cache for the run, with the manifest's entries (their listings are the cache's keys).
+/// A feature cache for the run, with the manifest's images (their listings are the cache's keys).
 pub struct Cached<'a> {
     pub cache: &'a mut FeatureCache,
-    pub entries: &'a [ImageEntry],
+    pub images: &'a ImageList,
     /// Images read and hashed at once.
     pub threads: usize,
 }
@@ -147,18 +147,14 @@ async fn stage_with_cache(
     progress: Arc<dyn Progress>,
     staged: tokio::sync::mpsc::UnboundedSender<usize>,
 ) -> Result<(), JobError> {
-    let Cached {
-        cache,
-        entries,
-        threads,
-    } = cached;
+    let Cached { cache, images, threads } = cached;
     let Todo {
         parts,
         input,
         partitions,
     } = todo;
     let rows: Vec<usize> = partitions.iter().flat_map(|&p| parts.ranges[p].clone()).collect();
-    let hashes = cache.hashes(entries, &rows, &settings.store, threads).await?;
+    let hashes = cache.hashes(images, &rows, &settings.store, threads).await?;
     let (found, fresh) = cache.resolve(&hashes);
 
     // The images the cache lacks, featurized as a run without the cache would, into partitions of their own.
@@ -195,7 +191,7 @@ async fn stage_with_cache(
             let range = fresh_parts.ranges[part].clone();
             let cached_rows = range.clone().filter_map(|f| {
                 let at = fresh[f];
-                hashes[at].map(|hash| (&entries[rows[at]], hash, Some((&result, f - range.start))))
+                hashes[at].map(|hash| (images.get(rows[at]), hash, Some((&result, f - range.start))))
             });
             cache.add(cached_rows).await?;
             results[part] = Some(result);
@@ -262,7 +258,7 @@ async fn stage_with_cache(
     let aliases = found.iter().zip(&hashes).enumerate().filter_map(|(at, (f, hash))| {
         let is_first = matches!(f, Found::Fresh(n) if fresh[*n] == at);
         (!is_first).then_some(())?;
-        hash.map(|h| (&entries[rows[at]], h, None))
+        hash.map(|h| (images.get(rows[at]), h, None))
     });
     cache.add(aliases).await?;
     Ok(())

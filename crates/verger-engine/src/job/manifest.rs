@@ -3,12 +3,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt64Array};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use serde::{Deserialize, Serialize};
-use verger_listing::{list_bucket, list_folder, ImageEntry, Location, NameFilter, LIST_CONCURRENCY};
+use verger_listing::{list_bucket, list_folder, ImageList, Location, NameFilter, LIST_CONCURRENCY};
 
 use crate::error::JobError;
 use crate::fault;
@@ -25,7 +22,7 @@ struct Plan {
 
 /// What the list stage settled: the images, in URI order, and the partition size they are cut by.
 pub struct Manifest {
-    pub entries: Vec<ImageEntry>,
+    pub images: ImageList,
     pub partition_rows: usize,
 }
 
@@ -53,41 +50,36 @@ pub async fn load_or_list(
     if settings.resume && out.exists(&real).await? {
         let plan: Plan = serde_json::from_slice(&out.get(layout::PLAN).await?)
             .map_err(|e| JobError::Task(format!("{}: {e}", layout::PLAN)))?;
-        let entries = read(out, &real).await?;
-        tracing::info!(images = entries.len(), "resuming from the committed manifest");
+        let images = ImageList::from_batch(&out.read_batch(&real).await?)?;
+        tracing::info!(images = images.len(), "resuming from the committed manifest");
         return Ok(Manifest {
-            entries,
+            images,
             partition_rows: plan.partition_rows,
         });
     }
-    let entries = list_images(settings.input, settings.globs, settings.store, LIST_CONCURRENCY).await?;
-    if entries.is_empty() {
+    let images = list_images(settings.input, settings.globs, settings.store, LIST_CONCURRENCY).await?;
+    if images.is_empty() {
         return Err(JobError::NoImages {
             input: settings.input.to_string(),
             globs: settings.globs.to_vec(),
         });
     }
-    tracing::info!(images = entries.len(), "listed");
+    tracing::info!(images = images.len(), "listed");
     fault::checkpoint("listed");
     let plan = Plan {
         partition_rows: settings.partition_rows.max(1),
     };
     out.put(layout::PLAN, serde_json::to_vec(&plan).expect("plan serializes"))
         .await?;
-    out.write_batches(&real, schema(), &[batch(&entries)?]).await?;
+    out.write_batches(&real, ImageList::schema(), std::slice::from_ref(images.batch()))
+        .await?;
     if let Some(p) = pseudonymizer {
-        let shared: Vec<ImageEntry> = entries
-            .iter()
-            .map(|e| ImageEntry {
-                uri: p.pseudonym(&e.uri),
-                ..e.clone()
-            })
-            .collect();
-        out.write_batches(&public, schema(), &[batch(&shared)?]).await?;
+        let shared = with_paths(images.batch(), pseudonyms(&images, p))?;
+        out.write_batches(&public, ImageList::schema(), &[shared]).await?;
     }
     fault::checkpoint("manifest");
     Ok(Manifest {
-        entries,
+        images,
         partition_rows: plan.partition_rows,
     })
 }
@@ -99,7 +91,7 @@ pub async fn list_images(
     globs: &[String],
     store: &StoreOptions,
     concurrency: usize,
-) -> Result<Vec<ImageEntry>, JobError> {
+) -> Result<ImageList, JobError> {
     let filter = NameFilter::new(globs)?;
     Ok(match Location::parse(input) {
         Location::Local(path) => tokio::task::spawn_blocking(move || list_folder(&path, &filter))
@@ -112,44 +104,16 @@ pub async fn list_images(
     })
 }
 
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("path", DataType::Utf8, false),
-        Field::new("label", DataType::Utf8, false),
-        Field::new("size", DataType::UInt64, false),
-        Field::new("modified_ms", DataType::Int64, false),
-    ]))
+/// The images' paths as the shared outputs show them.
+pub fn pseudonyms(images: &ImageList, pseudonymizer: &Pseudonymizer) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(
+        images.uris().iter().flatten().map(|uri| pseudonymizer.pseudonym(uri)),
+    ))
 }
 
-fn batch(entries: &[ImageEntry]) -> Result<RecordBatch, JobError> {
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.uri.as_str()))),
-        Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.label.as_str()))),
-        Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.size))),
-        Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.modified_ms))),
-    ];
-    Ok(RecordBatch::try_new(schema(), columns)?)
-}
-
-async fn read(out: &OutputStore, name: &str) -> Result<Vec<ImageEntry>, JobError> {
-    let ctx = SessionContext::new();
-    out.register(&ctx);
-    let batches = ctx.read_parquet(out.url(name), ParquetReadOptions::default()).await?;
-    let mut entries = Vec::new();
-    for batch in batches.collect().await? {
-        let text = |i: usize| cast(batch.column(i), &DataType::Utf8);
-        let (paths, labels) = (text(0)?, text(1)?);
-        let (paths, labels) = (paths.as_string::<i32>(), labels.as_string::<i32>());
-        let sizes = batch.column(2).as_primitive::<UInt64Type>();
-        let modified = batch.column(3).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            entries.push(ImageEntry {
-                uri: paths.value(i).to_string(),
-                label: labels.value(i).to_string(),
-                size: sizes.value(i),
-                modified_ms: modified.value(i),
-            });
-        }
-    }
-    Ok(entries)
+/// `batch` with its first column (the paths) replaced.
+fn with_paths(batch: &RecordBatch, paths: ArrayRef) -> Result<RecordBatch, JobError> {
+    let mut columns = batch.columns().to_vec();
+    columns[0] = paths;
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }

@@ -171,9 +171,9 @@ async fn run_claimed(
             manifest::load_or_list(&listing, out, pseudonymizer.as_deref()),
         )
         .await?;
-    let listed = manifest.entries.len() as u64;
-    let parts = Partitions::new(out, manifest.entries.len(), manifest.partition_rows);
-    let input = staging::input(&manifest.entries, pseudonymizer.as_deref())?;
+    let listed = manifest.images.len() as u64;
+    let parts = Partitions::new(out, manifest.images.len(), manifest.partition_rows);
+    let input = staging::input(&manifest.images, pseudonymizer.as_deref())?;
     if let Some(cache) = cache.as_mut() {
         clock.stage("cache_load", None, cache.load()).await?;
     }
@@ -181,7 +181,7 @@ async fn run_claimed(
     let budget = Budget::new(config.max_errors.map(|b| b.limit(listed)));
     let cached = cache.as_mut().map(|cache| featurize::Cached {
         cache,
-        entries: &manifest.entries,
+        images: &manifest.images,
         threads: config.threads,
     });
     let featurizing = featurize::run(

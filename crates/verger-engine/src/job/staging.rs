@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::{FunctionRegistry, SendableRecordBatchStream};
 use datafusion::functions::core::expr_ext::FieldAccessor;
 use datafusion::prelude::{col, Expr, ParquetReadOptions, SessionContext};
 use futures::StreamExt;
-use verger_listing::ImageEntry;
+use verger_listing::ImageList;
 
 use crate::error::JobError;
 use crate::featurize::{field, result_type, FeaturizeUdf};
@@ -37,17 +37,15 @@ pub fn featurized(name: &str) -> Expr {
 }
 
 /// The rows featurization starts from: each image's `path`, `label` and `shared_path`, the path as the shared
-/// outputs show it (pseudonymized here, so that the key never enters a plan).
-pub fn input(entries: &[ImageEntry], pseudonymizer: Option<&Pseudonymizer>) -> Result<RecordBatch, JobError> {
-    let shared = entries.iter().map(|e| match pseudonymizer {
-        Some(p) => p.pseudonym(&e.uri),
-        None => e.uri.clone(),
-    });
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.uri.as_str()))),
-        Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.label.as_str()))),
-        Arc::new(StringArray::from_iter_values(shared)),
-    ];
+/// outputs show it (pseudonymized here, so that the key never enters a plan). The manifest's own columns, not
+/// copies of them.
+pub fn input(images: &ImageList, pseudonymizer: Option<&Pseudonymizer>) -> Result<RecordBatch, JobError> {
+    let manifest = images.batch();
+    let shared = match pseudonymizer {
+        Some(p) => super::manifest::pseudonyms(images, p),
+        None => manifest.column(0).clone(),
+    };
+    let columns: Vec<ArrayRef> = vec![manifest.column(0).clone(), manifest.column(1).clone(), shared];
     let schema = Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, false),
@@ -115,13 +113,11 @@ mod tests {
         let mut settings = FeaturizeSettings::new("model.onnx");
         settings.max_pixels = 1;
         let ctx = crate::context::local(2, &settings);
-        let entries = vec![ImageEntry {
-            uri: "file:///a/b.jpg".into(),
-            label: "b".into(),
-            size: 1,
-            modified_ms: 0,
-        }];
-        let images = ctx.read_batch(input(&entries, None).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        std::fs::write(dir.path().join("b/b.jpg"), b"x").unwrap();
+        let listed = verger_listing::list_folder(dir.path(), &verger_listing::NameFilter::new(&["*"]).unwrap());
+        let images = ctx.read_batch(input(&listed.unwrap(), None).unwrap()).unwrap();
         let plan = staged_rows(images, &ctx).unwrap().create_physical_plan().await.unwrap();
         let shown = displayable(plan.as_ref()).indent(true).to_string();
         assert_eq!(shown.matches("featurize(").count(), 1, "{shown}");
