@@ -243,6 +243,7 @@ async fn stage_with_cache(
         let mut file = out.staging_parquet(&parts.staged(part), staging::schema())?;
         file.write(&batch).await?;
         file.commit().await?;
+        crate::report::release_free_memory();
         fault::checkpoint("featurize");
         let _ = staged.send(part);
         // Fresh rows were counted as they were featurized.
@@ -362,6 +363,7 @@ async fn stage_partitions(
         .map(|done| {
             let (part, failed) = done?;
             budget.add(failed)?;
+            crate::report::release_free_memory();
             fault::checkpoint("featurize");
             // The aggregator only stops early when the job is failing anyway.
             let _ = staged.send(part);

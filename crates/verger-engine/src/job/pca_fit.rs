@@ -41,6 +41,7 @@ pub async fn aggregate_staged(
             ready[part] = true;
         }
         total.merge(&group_stats(&sequential, files.to_vec()).await?);
+        crate::report::release_free_memory();
     }
     Ok(total)
 }

@@ -93,6 +93,7 @@ pub async fn results(
         })
         .buffer_unordered(in_flight.max(1))
         .map(|rows| {
+            crate::report::release_free_memory();
             fault::checkpoint("write");
             rows
         })
