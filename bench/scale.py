@@ -12,7 +12,8 @@ run size (`DIR/run-N`). Then, each as its own process, measured with wait4 (wall
   committed (VERGER_ABORT_AT=manifest);
 - the same two of --objects empty objects in a local SeaweedFS (copied in by its filer first);
 - a full `verger run` at each size: wall, CPU per image, peak RSS, time to the first committed (staged)
-  partition, and the PCA fit alone (the report's pca_fit stage);
+  partition, the PCA fit alone (the report's pca_fit stage), and the resident memory sampled while it runs,
+  whose trend shows what is retained (a single peak also catches transients);
 then the peak-RSS slope per million images between the smallest and largest run. Hard links cost no disk;
 the trees are kept in DIR for the next run. Run it on a quiet machine.
 """
@@ -61,19 +62,44 @@ def build(tree, n, per_folder=10_000):
     return time.perf_counter() - started
 
 
-def measure(args, env=None, watch=None):
-    """Runs `args`; returns (exit code, wall s, CPU s, peak RSS MiB, first time `watch()` was true)."""
+def rss_mib(pid):
+    """The process's resident memory now, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def measure(args, env=None, watch=None, samples=None):
+    """Runs `args`; returns (exit code, wall s, CPU s, peak RSS MiB, first time `watch()` was true). With
+    `samples` (a list), appends (seconds, resident MiB) every 0.25 s while it runs."""
     started = time.perf_counter()
     process = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     first = None
-    if watch:
-        while process.poll() is None and first is None:
-            if watch():
-                first = time.perf_counter() - started
-            time.sleep(0.02)
-    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the maximum over every child so far).
-    _, status, usage = os.wait4(process.pid, 0)
+    last_sample = 0.0
+    ended = None
+    # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the maximum over every child so far); it
+    # also reaps the child, so it is the only call that asks whether the child ended.
+    while (watch and first is None) or samples is not None:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            ended = (status, usage)
+            break
+        now = time.perf_counter() - started
+        if watch and first is None and watch():
+            first = now
+        if samples is not None and now - last_sample >= 0.25:
+            rss = rss_mib(process.pid)
+            if rss is not None:
+                samples.append((now, rss))
+            last_sample = now
+        time.sleep(0.02)
+    if ended is None:
+        _, status, usage = os.wait4(process.pid, 0)
+    else:
+        status, usage = ended
     wall = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
     return code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, first
@@ -179,8 +205,10 @@ def main():
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             out = os.path.join(tmp, "out")
             staged = lambda: bool(glob.glob(os.path.join(out, "_staging", "*.parquet")))
+            samples = []
             code, wall, cpu, rss, first = measure(
-                [VERGER, "run", "--input", tree, "--output", out, "--threads", str(args.threads)], watch=staged)
+                [VERGER, "run", "--input", tree, "--output", out, "--threads", str(args.threads)], watch=staged,
+                samples=samples)
             assert code == 0, code
             report = json.load(open(os.path.join(out, "report.json")))
         pca_fit = next(s["wall_s"] for s in report["stages"] if s["stage"] == "pca_fit")
@@ -188,6 +216,16 @@ def main():
         print(f"run {n:>7} images: wall {wall:7.1f} s  {n / wall:6.1f} images/s  CPU {cpu / n * 1000:5.2f} ms/image  "
               f"peak RSS {rss:6.1f} MiB  first partition {first if first is not None else float('nan'):5.2f} s  "
               f"PCA fit {pca_fit:.3f} s")
+        # Resident memory while featurizing (the middle 80 % of the run): retained memory shows as a slope,
+        # transient peaks do not.
+        middle = [(t, r) for t, r in samples if 0.1 * wall <= t <= 0.9 * wall]
+        if len(middle) >= 3:
+            mt = sum(t for t, _ in middle) / len(middle)
+            mr = sum(r for _, r in middle) / len(middle)
+            slope = sum((t - mt) * (r - mr) for t, r in middle) / sum((t - mt) ** 2 for t, _ in middle)
+            print(f"    resident while running (10-90 % of the run): {min(r for _, r in middle):.0f}-"
+                  f"{max(r for _, r in middle):.0f} MiB, trend {slope / (n / wall) * 1e6:+.0f} MiB per million "
+                  f"images ({len(middle)} samples)")
         print("    peak RSS when each stage ended (MiB): " +
               ", ".join(f"{st['stage']} {st.get('peak_rss_mib', float('nan')):.0f}" for st in report["stages"]))
     if len(runs) >= 2:
