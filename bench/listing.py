@@ -53,15 +53,20 @@ def start_server(data):
             time.sleep(0.2)
 
 
-def upload(s3, bucket, objects, folders):
-    for attempt in range(100):
+def create_bucket(s3, bucket):
+    """Creates `bucket`, retrying while the server is still starting."""
+    for _ in range(100):
         try:
             s3.create_bucket(Bucket=bucket)
-            break
+            return
         except s3.exceptions.BucketAlreadyOwnedByYou:
-            break
+            return
         except Exception:
             time.sleep(0.3)
+
+
+def upload(s3, bucket, objects, folders):
+    create_bucket(s3, bucket)
     keys = [f"images/label{i % folders:03d}/img{i:06d}.jpg" for i in range(objects)]
     started = time.perf_counter()
     with ThreadPoolExecutor(32) as pool:

@@ -107,16 +107,11 @@ def measure(args, env=None, watch=None, samples=None):
 
 def upload_empty(s3, filer, bucket, tree, n, per_folder=10_000, labels=100):
     """`n` empty objects `images/sNNN/labelLL/<i>.jpg` (listing reads names and sizes only): a tree of hard
-    links to one empty file, copied in by SeaweedFS's own `weed filer.copy` into the bucket's folder (boto3's
-    PUTs manage ~750/s here, the filer ~17,000/s). Returns seconds."""
-    for _ in range(100):
-        try:
-            s3.create_bucket(Bucket=bucket)
-            break
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            break
-        except Exception:
-            time.sleep(0.3)
+    links to empty files, copied in by SeaweedFS's own `weed filer.copy` into the bucket's folder (boto3's
+    PUTs manage ~750/s here, the filer ~15,000/s). Returns seconds."""
+    from listing import create_bucket
+
+    create_bucket(s3, bucket)
     started = time.perf_counter()
     root = os.path.join(tree, "images")
     for i in range(n):

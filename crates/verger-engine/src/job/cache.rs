@@ -5,9 +5,9 @@
 //! Layout: `verger-cache.json` marks the folder as a cache; each identity has its folder,
 //! `features-<id>/identity.json` and parts `features-<id>/part-<sha256 of its rows>.parquet`. A part row maps
 //! a listing key (path, size, modification time, entity tag) to the SHA-256 of the bytes found there, with
-//! the features of those bytes, or none when another row holds them. Parts are only added, each committed whole and named
-//! by its content, so several runs may read and add at once, and a torn or corrupt part (unreadable, or rows
-//! that do not match its name) is ignored, its images featurized again.
+//! the features of those bytes, or none when another row holds them. Parts are only added, each committed
+//! whole and named by its content, so several runs may read and add at once, and a torn or corrupt part
+//! (unreadable, or rows that do not match its name) is ignored, its images featurized again.
 //!
 //! It does not evict or compact, and a run holds its identity's parts in memory (5 KiB per image).
 

@@ -113,11 +113,14 @@ mod tests {
         let mut settings = FeaturizeSettings::new("model.onnx");
         settings.max_pixels = 1;
         let ctx = crate::context::local(2, &settings);
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("b")).unwrap();
-        std::fs::write(dir.path().join("b/b.jpg"), b"x").unwrap();
-        let listed = verger_listing::list_folder(dir.path(), &verger_listing::NameFilter::new(&["*"]).unwrap());
-        let images = ctx.read_batch(input(&listed.unwrap(), None).unwrap()).unwrap();
+        let listed = ImageList::from_iter([verger_listing::ImageEntry {
+            uri: "file:///a/b.jpg",
+            label: "b",
+            size: 1,
+            modified_ms: 0,
+            etag: None,
+        }]);
+        let images = ctx.read_batch(input(&listed, None).unwrap()).unwrap();
         let plan = staged_rows(images, &ctx).unwrap().create_physical_plan().await.unwrap();
         let shown = displayable(plan.as_ref()).indent(true).to_string();
         assert_eq!(shown.matches("featurize(").count(), 1, "{shown}");
