@@ -81,14 +81,16 @@ def main():
     daily = run("daily")
 
     print(f"{'':8} {'wall s':>8} {'CPU s':>8} {'peak MiB':>9} {'hits':>6} {'featurized':>10} {'unread':>7} "
-          f"{'hashed':>7}")
+          f"{'hashed':>7} {'PCA rows merged':>15} {'computed':>8}")
     for name, (wall, cpu, rss, report) in (("full", full), ("daily", daily)):
         c = report["cache"]
         print(f"{name:8} {wall:8.2f} {cpu:8.2f} {rss:9.0f} {c['hits']:6} {c['featurized']:10} {c['unread']:7} "
-              f"{c['hashed']:7}")
+              f"{c['hashed']:7} {c.get('pca_rows_merged', 0):15} {c.get('pca_rows_computed', 0):8}")
     listing = sum(s["wall_s"] for s in daily[3]["stages"] if s["stage"] in ("list", "cache_load"))
     print(f"daily / full: wall {daily[0] / full[0]:.3f}, CPU {daily[1] / full[1]:.3f} "
           f"(goal ≤ 0.05 plus listing; listing and cache load took {listing:.2f} s of the daily run's wall)")
+    stages = ", ".join(f"{s['stage']} {s['wall_s']:.2f}" for s in daily[3]["stages"])
+    print(f"daily run's stages (wall s): {stages}")
     saved = daily[3]["cache"]["saved_s"]
     print(f"the daily report's estimate of the time the cache saved: {saved:.1f} s")
     print(f"work folder: {work}")

@@ -84,6 +84,40 @@ impl PcaStats {
         self.shift(other.count, &other.mean);
     }
 
+    /// Takes out a summary of rows that were added to this one: the inverse of [`PcaStats::merge`] (equal to
+    /// summarising the remaining rows, up to rounding), so that stored statistics can lose deleted rows.
+    pub fn remove(&mut self, other: &PcaStats) {
+        assert_eq!(self.dim, other.dim, "cannot remove statistics of different dimensions");
+        assert!(other.count <= self.count, "cannot remove more rows than were added");
+        if other.count == 0 {
+            return;
+        }
+        if other.count == self.count {
+            *self = PcaStats::new(self.dim);
+            return;
+        }
+        let (n, nb) = (self.count as f64, other.count as f64);
+        let na = n - nb;
+        // The remaining rows' mean, and the merge's cross term (na nb / n) δ δᵀ with δ = mean_b − mean_a.
+        let mean: Vec<f64> = self
+            .mean
+            .iter()
+            .zip(&other.mean)
+            .map(|(m, b)| m + (m - b) * nb / na)
+            .collect();
+        let delta: Vec<f64> = other.mean.iter().zip(&mean).map(|(b, a)| b - a).collect();
+        let weight = na * nb / n;
+        for j in 0..self.dim {
+            let scale = delta[j] * weight;
+            let column = &mut self.comoment.col_as_slice_mut(j)[..=j];
+            for ((c, o), d) in column.iter_mut().zip(&other.comoment.col_as_slice(j)[..=j]).zip(&delta) {
+                *c -= o + d * scale;
+            }
+        }
+        self.mean = mean;
+        self.count -= other.count;
+    }
+
     /// Chan et al.'s merge, once both co-moments are summed: adds `count` vectors with mean `mean` to the count
     /// and the mean, and the co-moment term their mean's distance from the old one brings.
     fn shift(&mut self, count: u64, mean: &[f64]) {
@@ -191,6 +225,26 @@ mod tests {
                 merged.merge(&restored);
             }
             prop_assert!(close(&merged, &whole));
+        }
+
+        /// Removing a summary of some rows leaves the summary of the others.
+        #[test]
+        fn removing_rows_equals_never_adding_them(
+            rows in proptest::collection::vec(proptest::collection::vec(-6.0f32..6.0, 5), 3..60),
+            cut in 1usize..59,
+        ) {
+            let cut = 1 + cut % (rows.len() - 2);
+            let (kept, removed) = (rows[..cut].concat(), rows[cut..].concat());
+            let mut whole = PcaStats::new(5);
+            whole.add_rows(&rows.concat());
+            let mut gone = PcaStats::new(5);
+            gone.add_rows(&removed);
+            whole.remove(&gone);
+            let mut expected = PcaStats::new(5);
+            expected.add_rows(&kept);
+            prop_assert!(close(&whole, &expected));
+            whole.remove(&expected);
+            prop_assert_eq!(whole, PcaStats::new(5));
         }
     }
 

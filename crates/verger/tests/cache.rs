@@ -26,16 +26,31 @@ fn cached_run(input: &Path, output: &Path, cache: &Path, extra: &[&str]) -> serd
     report["cache"].clone()
 }
 
+/// The same rows, features bit for bit, and the same PCA up to rounding: a cached run merges the PCA
+/// statistics the cache stores, summed in another order than a run from scratch sums them.
 fn assert_same_runs(a: &Path, b: &Path) {
     assert_success(
-        &python("compare_runs.py", &[a.to_str().unwrap(), b.to_str().unwrap()]),
+        &python(
+            "compare_runs.py",
+            &[a.to_str().unwrap(), b.to_str().unwrap(), "--pca-rtol", PCA_RTOL],
+        ),
         "cached run vs run from scratch",
     );
-    assert_eq!(
-        std::fs::read(a.join("pca/model.json")).unwrap(),
-        std::fs::read(b.join("pca/model.json")).unwrap(),
-        "PCA models differ"
-    );
+}
+
+const PCA_RTOL: &str = "1e-9";
+
+/// Rows whose PCA statistics were merged from the cache, and computed.
+fn pca_rows(cache: &serde_json::Value) -> [u64; 2] {
+    ["pca_rows_merged", "pca_rows_computed"].map(|k| cache[k].as_u64().unwrap())
+}
+
+fn stats_files(folder: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect()
 }
 
 fn counts(cache: &serde_json::Value) -> [u64; 5] {
@@ -73,6 +88,7 @@ fn a_daily_run_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
     // 27 listed: 24 images, their copy and 2 broken files (hashed like the others; never cached).
     assert_eq!(counts(&first), [0, 26, 1, 0, 27], "{first}");
     assert_eq!(first["added_rows"], 25, "24 images and the copy's listing: {first}");
+    assert_eq!(pca_rows(&first), [0, 25], "24 images and the copy summarised: {first}");
     run(&input, &tmp.path().join("first-from-scratch"), &[]);
     assert_same_runs(&tmp.path().join("first"), &tmp.path().join("first-from-scratch"));
 
@@ -95,6 +111,9 @@ fn a_daily_run_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
     // the new, changed, moved and broken files read.
     assert_eq!(counts(&daily), [24, 5, 0, 23, 6], "{daily}");
     assert!(daily["saved_s"].as_f64().unwrap() > 0.0, "{daily}");
+    // The PCA statistics of the first run's 24 images merged, not summarised again: only the 3 new ones
+    // computed, the 2 whose bytes are gone taken out, and the 2 held twice (the copy, the moved image) added.
+    assert_eq!(pca_rows(&daily), [24, 7], "{daily}");
     run(&input, &tmp.path().join("daily-from-scratch"), &[]);
     assert_same_runs(&tmp.path().join("daily"), &tmp.path().join("daily-from-scratch"));
     let page = std::fs::read_to_string(tmp.path().join("daily/report.html")).unwrap();
@@ -108,6 +127,20 @@ fn a_daily_run_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
     assert_eq!(counts(&verified), [27, 2, 0, 0, 29], "{verified}");
     assert_same_runs(&tmp.path().join("verified"), &tmp.path().join("daily-from-scratch"));
 
+    // Torn PCA statistics are ignored and the rows summarised again: the same output.
+    let stats = stats_files(&only_identity(&cache));
+    assert_eq!(stats.len(), 1, "one statistics file, the others replaced: {stats:?}");
+    let bytes = std::fs::read(&stats[0]).unwrap();
+    std::fs::write(&stats[0], &bytes[..bytes.len() - 8]).unwrap();
+    let torn_stats = cached_run(&input, &tmp.path().join("torn-stats"), &cache, &[]);
+    let ignored = torn_stats["ignored_parts"].as_array().unwrap();
+    assert!(
+        ignored.len() == 1 && ignored[0].as_str().unwrap().contains("torn or corrupt"),
+        "{torn_stats}"
+    );
+    assert_eq!(pca_rows(&torn_stats)[0], 0, "{torn_stats}");
+    assert_same_runs(&tmp.path().join("torn-stats"), &tmp.path().join("daily-from-scratch"));
+
     // A torn part is ignored and its images featurized again: the same output.
     let folder = only_identity(&cache);
     let mut parts: Vec<_> = std::fs::read_dir(&folder)
@@ -119,7 +152,17 @@ fn a_daily_run_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
     let bytes = std::fs::read(&parts[0]).unwrap();
     std::fs::write(&parts[0], &bytes[..bytes.len() - 100]).unwrap();
     let torn = cached_run(&input, &tmp.path().join("torn"), &cache, &[]);
-    assert_eq!(torn["ignored_parts"].as_array().unwrap().len(), 1, "{torn}");
+    // The part, and the statistics that cover it.
+    let ignored: Vec<&str> = torn["ignored_parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        ignored.len() == 2 && ignored[0].contains("unreadable") && ignored[1].contains("was not read"),
+        "{torn}"
+    );
     assert!(torn["featurized"].as_u64().unwrap() > 2, "{torn}");
     assert_same_runs(&tmp.path().join("torn"), &tmp.path().join("daily-from-scratch"));
 

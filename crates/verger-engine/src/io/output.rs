@@ -221,6 +221,21 @@ impl OutputStore {
         self.delete_under(self.path(name), name).await
     }
 
+    /// Removes the file `name`; one already gone is not an error.
+    pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
+        if let Some(local) = &self.local {
+            let file = local.join(name);
+            return match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(&file, e)),
+                _ => Ok(()),
+            };
+        }
+        match self.store.delete(&self.path(name)).await {
+            Err(object_store::Error::NotFound { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(self.error(name, e)),
+        }
+    }
+
     /// Removes everything in the output but the claim of the run that clears it (`--overwrite`).
     pub async fn clear(&self) -> Result<(), StoreError> {
         if let Some(local) = &self.local {

@@ -2,12 +2,14 @@
 //! model (the `featurize` function), here or on a cluster, and staged; meanwhile the PCA statistics of the
 //! staged partitions are aggregated, so that fitting overlaps inference.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, StructArray, UInt64Array};
 use datafusion::arrow::compute::{interleave, take_record_batch};
+use datafusion::arrow::datatypes::Float32Type;
 use datafusion::datasource::MemTable;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
@@ -84,32 +86,53 @@ pub async fn run(
         .sum();
     progress.advance(done_rows as u64);
 
+    // With a cache, the statistics of the partitions to stage come from it ([`FeatureCache::run_stats`]);
+    // the aggregator sums those of the partitions staged before, read from their files.
+    let done: Vec<usize> = (0..parts.count()).filter(|i| todo.binary_search(i).is_err()).collect();
+    let (aggregated, done) = match (&cache, todo.is_empty()) {
+        (Some(_), false) => (
+            done.iter().map(|&i| parts.staged_url(i)).collect(),
+            (0..done.len()).collect(),
+        ),
+        _ => (parts.all_staged(), done),
+    };
     let (staged_tx, staged_rx) = tokio::sync::mpsc::unbounded_channel();
-    for part in (0..parts.count()).filter(|i| todo.binary_search(i).is_err()) {
+    for part in done {
         staged_tx.send(part).expect("receiver alive");
     }
     let sequential = crate::context::local(1, settings);
     parts.out.register(&sequential);
-    let aggregating = pca_fit::aggregate_staged(sequential, parts.all_staged(), staged_rx);
+    let aggregating = pca_fit::aggregate_staged(sequential, aggregated, staged_rx);
     let aggregator = tokio::spawn(tracing::Instrument::in_current_span(aggregating));
 
     let featurized = match (todo.is_empty(), cache) {
-        (true, _) => Ok(()),
+        (true, _) => Ok(None),
         (false, Some(cache)) => {
+            drop(staged_tx);
             let todo = Todo {
                 parts,
                 input,
                 partitions: &todo,
             };
-            stage_with_cache(ctx, place, settings, todo, cache, budget, progress, staged_tx).await
+            stage_with_cache(ctx, place, settings, todo, cache, budget, progress)
+                .await
+                .map(Some)
         }
         (false, None) => match source(ctx, place, settings, parts, input, &todo).await {
-            Ok(source) => stage_partitions(ctx, &source, parts, &todo, budget, progress, staged_tx).await,
+            Ok(source) => stage_partitions(ctx, &source, parts, &todo, budget, progress, staged_tx)
+                .await
+                .map(|()| None),
             Err(e) => Err(e),
         },
     };
     match featurized {
-        Ok(()) => aggregator.await.map_err(JobError::task)?,
+        Ok(from_cache) => {
+            let mut stats = aggregator.await.map_err(JobError::task)??;
+            if let Some(from_cache) = from_cache {
+                stats.merge(&from_cache);
+            }
+            Ok(stats)
+        }
         Err(e) => {
             aggregator.abort();
             Err(e)
@@ -136,7 +159,7 @@ struct Todo<'a> {
 /// listing), those the cache lacks are featurized once per content (staged in [`layout::FRESH`] and added to
 /// the cache as each fresh partition is staged, so an interrupted run keeps them), then each partition is
 /// assembled from the cache and the fresh rows, in manifest order: the rows a run without the cache stages.
-#[allow(clippy::too_many_arguments)]
+/// Returns the PCA statistics of the staged rows, merged from those the cache stores.
 async fn stage_with_cache(
     ctx: &SessionContext,
     place: Where<'_>,
@@ -145,8 +168,7 @@ async fn stage_with_cache(
     cached: Cached<'_>,
     budget: &Budget,
     progress: Arc<dyn Progress>,
-    staged: tokio::sync::mpsc::UnboundedSender<usize>,
-) -> Result<(), JobError> {
+) -> Result<PcaStats, JobError> {
     let Cached { cache, images, threads } = cached;
     let Todo {
         parts,
@@ -245,7 +267,6 @@ async fn stage_with_cache(
         file.commit().await?;
         crate::report::release_free_memory();
         fault::checkpoint("featurize");
-        let _ = staged.send(part);
         // Fresh rows were counted as they were featurized.
         let fresh_here = found[at..at + range.len()]
             .iter()
@@ -262,7 +283,36 @@ async fn stage_with_cache(
         hash.map(|h| (images.get(rows[at]), h, None))
     });
     cache.add(aliases).await?;
-    Ok(())
+
+    // The staged rows by where the cache holds their features; fresh rows that failed are not in the
+    // statistics, and those the cache could not take (no content hash) are summarised from their results.
+    let mut uses: HashMap<(usize, usize), u64> = HashMap::new();
+    let mut extra: Vec<f32> = Vec::new();
+    for f in &found {
+        let position = match *f {
+            Found::Cached(part, row) => Some((part, row)),
+            Found::Fresh(n) => {
+                let p = fresh_part_of[n];
+                let result = results[p].as_ref().expect("every fresh partition was staged");
+                let row = n - fresh_parts.ranges[p].start;
+                let values = result.column(0).as_list::<i32>();
+                if result.column(1).is_valid(row) || !values.is_valid(row) {
+                    continue;
+                }
+                match hashes[fresh[n]].and_then(|h| cache.position(&h)) {
+                    Some(position) => Some(position),
+                    None => {
+                        extra.extend_from_slice(values.value(row).as_primitive::<Float32Type>().values());
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(position) = position {
+            *uses.entry(position).or_default() += 1;
+        }
+    }
+    cache.run_stats(verger_model::FEATURE_DIM, &uses, &extra).await
 }
 
 /// Where the partitions in `todo` are featurized.

@@ -652,6 +652,14 @@ fn cache_facts(c: &crate::job::cache::CacheSummary) -> Vec<Fact> {
             name: "parts read",
             value: c.parts.to_string(),
         },
+        Fact {
+            name: "PCA statistics merged from the cache (rows)",
+            value: c.pca_rows_merged.to_string(),
+        },
+        Fact {
+            name: "PCA statistics computed (rows)",
+            value: c.pca_rows_computed.to_string(),
+        },
     ];
     if !c.ignored_parts.is_empty() {
         facts.push(Fact {

@@ -9,7 +9,12 @@
 //! whole and named by its content, so several runs may read and add at once, and a torn or corrupt part
 //! (unreadable, or rows that do not match its name) is ignored, its images featurized again.
 //!
+//! Next to the parts, `pca-stats-<sha256>.bin` holds the PCA statistics of the parts it names ([`stats`]), so
+//! that a run merges them rather than re-reading every cached image's features.
+//!
 //! It does not evict or compact, and a run holds its identity's parts in memory (5 KiB per image).
+
+mod stats;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -87,7 +92,8 @@ pub struct CacheSummary {
     pub identity: String,
     /// Parts read.
     pub parts: u64,
-    /// Parts that could not be used (torn, corrupt, unreadable), with why; their images were featurized again.
+    /// Parts that could not be used (torn, corrupt, unreadable), with why: their images were featurized again;
+    /// and stored PCA statistics that could not be used: their rows were summarised again.
     pub ignored_parts: Vec<String>,
     /// Folders of other pipeline identities (another model, runtime or preprocessing), not used.
     pub other_identities: Vec<String>,
@@ -105,6 +111,14 @@ pub struct CacheSummary {
     pub added_rows: u64,
     /// Seconds the hits would have cost, at this run's featurization speed (none when nothing was featurized).
     pub saved_s: Option<f64>,
+    /// Cached images whose PCA statistics came from the statistics stored in the cache: their features were
+    /// not summarised again.
+    #[serde(default)]
+    pub pca_rows_merged: u64,
+    /// Rows whose PCA statistics this run computed: new in the cache, removed from or repeated beyond the stored
+    /// statistics, or summarised directly.
+    #[serde(default)]
+    pub pca_rows_computed: u64,
 }
 
 /// An image's listing, which identifies unchanged bytes without reading them: its path and size, with its
@@ -162,6 +176,12 @@ pub struct FeatureCache {
     by_hash: HashMap<ContentHash, (usize, usize)>,
     /// Each loaded part's features as `featurize`'s result (no errors).
     featurized: Vec<ArrayRef>,
+    /// Each loaded part's name: the SHA-256 of its rows.
+    part_names: Vec<String>,
+    /// The PCA statistics read from the cache, and every statistics file seen.
+    stored: stats::Stored,
+    /// The PCA statistics of the parts this run added.
+    added: stats::Added,
     pub summary: CacheSummary,
 }
 
@@ -226,6 +246,9 @@ impl FeatureCache {
             by_key: HashMap::new(),
             by_hash: HashMap::new(),
             featurized: Vec::new(),
+            part_names: Vec::new(),
+            stored: stats::Stored::default(),
+            added: stats::Added::default(),
         })
     }
 
@@ -260,7 +283,7 @@ impl FeatureCache {
                 Err(e) => Err(e.to_string()),
             };
             match checked {
-                Ok(part) => self.index(part),
+                Ok((part, checksum)) => self.index(part, checksum),
                 Err(why) => {
                     tracing::warn!("cache part {name} ignored: {why}; its images are featurized again");
                     self.summary.ignored_parts.push(format!("{name}: {why}"));
@@ -268,10 +291,12 @@ impl FeatureCache {
             }
         }
         self.summary.parts = self.featurized.len() as u64;
+        self.load_stats(&files).await;
         Ok(())
     }
 
-    fn index(&mut self, part: RecordBatch) {
+    fn index(&mut self, part: RecordBatch, checksum: String) {
+        self.part_names.push(checksum);
         let index = self.featurized.len();
         let (keys, hashes, features) = columns(&part);
         for row in 0..part.num_rows() {
@@ -300,6 +325,11 @@ impl FeatureCache {
     /// Every loaded part's features, as `featurize`'s result: the sources [`Found::Cached`] points into.
     pub fn featurized(&self) -> &[ArrayRef] {
         &self.featurized
+    }
+
+    /// Where the cache holds the features of `hash`: (part, row) of [`FeatureCache::featurized`].
+    pub fn position(&self, hash: &ContentHash) -> Option<(usize, usize)> {
+        self.by_hash.get(hash).copied()
     }
 
     /// The content hashes of the images at `rows`: from the listing when unchanged (unless verifying), else
@@ -418,13 +448,15 @@ impl FeatureCache {
             return Ok(0);
         }
         let batch = part_batch(&keys, &hashes, &features)?;
-        let name = format!("{}/part-{}.parquet", self.folder, checksum(&batch));
+        let checksum = checksum(&batch);
+        let name = format!("{}/part-{checksum}.parquet", self.folder);
         let rows = self
             .store
             .write_batches(&name, part_schema(), std::slice::from_ref(&batch))
             .await?;
         self.summary.added_rows += rows;
-        self.index(batch);
+        self.index(batch, checksum);
+        self.add_stats(self.featurized.len() - 1);
         Ok(rows)
     }
 }
@@ -518,8 +550,8 @@ fn checksum(part: &RecordBatch) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// A part read whole and checked against its name.
-fn read_part(name: &str, bytes: Bytes) -> Result<RecordBatch, String> {
+/// A part read whole and checked against its name; returns it with its checksum.
+fn read_part(name: &str, bytes: Bytes) -> Result<(RecordBatch, String), String> {
     let batch = decode_parquet(bytes).map_err(|e| format!("unreadable ({e})"))?;
     let mut columns = batch.columns().to_vec();
     if columns.len() == part_schema().fields().len() - 1 {
@@ -531,7 +563,7 @@ fn read_part(name: &str, bytes: Bytes) -> Result<RecordBatch, String> {
         .and_then(|(_, rest)| rest.strip_suffix(".parquet"))
         .unwrap_or_default();
     match checksum(&batch) == expected {
-        true => Ok(batch),
+        true => Ok((batch, expected.to_string())),
         false => Err("its rows do not match its name (corrupt)".into()),
     }
 }
@@ -540,7 +572,7 @@ fn read_part(name: &str, bytes: Bytes) -> Result<RecordBatch, String> {
 mod tests {
     use super::*;
 
-    fn entry(uri: &str, size: u64) -> ImageEntry<'_> {
+    pub(super) fn entry(uri: &str, size: u64) -> ImageEntry<'_> {
         ImageEntry {
             uri,
             label: "l",
@@ -550,7 +582,7 @@ mod tests {
         }
     }
 
-    fn identity() -> Identity {
+    pub(super) fn identity() -> Identity {
         Identity {
             model_sha256: "ab".into(),
             preprocess_version: 1,
@@ -560,7 +592,7 @@ mod tests {
         }
     }
 
-    fn result(features: &[Option<Vec<f32>>]) -> StructArray {
+    pub(super) fn result(features: &[Option<Vec<f32>>]) -> StructArray {
         let keys: Vec<ListingKey> = (0..features.len())
             .map(|i| ListingKey::of(entry(&i.to_string(), 1)))
             .collect();

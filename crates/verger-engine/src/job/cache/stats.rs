@@ -1,0 +1,409 @@
+//! PCA statistics stored with the cache's parts, so that a run does not summarise every cached image again.
+//!
+//! `pca-stats-<sha256 of the file>.bin` holds the statistics of every featured row of the parts it names. A
+//! run starts from them, merges the statistics of the parts it added (summarised as each was added), then takes
+//! out the cached rows it does not use (deleted or changed images) and adds again the rows it uses more than
+//! once (the same bytes under several paths): work in proportion to what changed, not to the collection. When
+//! taking out would cost more than summarising the run's rows directly (a run over a small share of a large
+//! cache), it does that instead. Either way the statistics equal those of the run's rows summarised directly,
+//! up to rounding (merging and removing reorder the sums).
+//!
+//! After a run, a new file covers every part it read or added, and the files it read are removed: a run that
+//! reads a removed file mid-way, or a torn or corrupt one (its bytes do not hash to its name), goes without it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use datafusion::arrow::array::{Array, AsArray, ListArray};
+use datafusion::arrow::datatypes::Float32Type;
+use sha2::{Digest, Sha256};
+use verger_pca::PcaStats;
+
+use super::FeatureCache;
+use crate::error::JobError;
+
+const PREFIX: &str = "pca-stats-";
+const MAGIC: &[u8] = b"verger-pca-stats 1\n";
+/// Rows summarised at a time: bounded memory, whole matrix products.
+const CHUNK: usize = 512;
+
+/// The statistics read from the cache: the usable file covering the most rows, and every file seen.
+#[derive(Default)]
+pub(super) struct Stored {
+    best: Option<(BTreeSet<usize>, PcaStats)>,
+    files: Vec<String>,
+}
+
+/// The statistics of the parts a run added, summarised as each was added.
+#[derive(Default)]
+pub(super) struct Added {
+    parts: BTreeSet<usize>,
+    stats: Option<PcaStats>,
+}
+
+impl FeatureCache {
+    /// A part's features column.
+    fn features_of(&self, part: usize) -> &ListArray {
+        self.featurized[part].as_struct().column(0).as_list::<i32>()
+    }
+
+    /// The rows of `part` that hold features (the others point to features held elsewhere).
+    fn featured(&self, part: usize) -> impl Iterator<Item = usize> + '_ {
+        let features = self.features_of(part);
+        (0..features.len()).filter(|&r| features.is_valid(r))
+    }
+
+    /// The features at (part, row).
+    fn row(&self, (part, row): (usize, usize)) -> &[f32] {
+        let features = self.features_of(part);
+        let offsets = features.value_offsets();
+        let values = features.values().as_primitive::<Float32Type>().values();
+        &values[offsets[row] as usize..offsets[row + 1] as usize]
+    }
+
+    /// Reads the stored statistics among `files` (the cache's), keeping the usable one that covers the most
+    /// rows; unusable ones are reported and their rows summarised again.
+    pub(super) async fn load_stats(&mut self, files: &[String]) {
+        let prefix = format!("{}/{PREFIX}", self.folder);
+        let parts: HashMap<&str, usize> = self
+            .part_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let mut best: Option<(BTreeSet<usize>, PcaStats)> = None;
+        for name in files.iter().filter(|f| f.starts_with(&prefix) && f.ends_with(".bin")) {
+            self.stored.files.push(name.clone());
+            let read = match self.store.get(name).await {
+                Ok(bytes) => decode(name, &bytes, &parts),
+                Err(e) => Err(e.to_string()),
+            };
+            let checked = read.and_then(|(covers, stats)| {
+                let rows: usize = covers.iter().map(|&p| self.featured(p).count()).sum();
+                match rows as u64 == stats.count() {
+                    true => Ok((covers, stats)),
+                    false => Err(format!("counts {} rows where its parts hold {rows}", stats.count())),
+                }
+            });
+            match checked {
+                Ok(found) => {
+                    if best.as_ref().is_none_or(|(_, b)| b.count() < found.1.count()) {
+                        best = Some(found);
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!("cache statistics {name} ignored: {why}; their rows are summarised again");
+                    self.summary.ignored_parts.push(format!("{name}: {why}"));
+                }
+            }
+        }
+        self.stored.best = best;
+    }
+
+    /// Summarises the featured rows of `part`, just added, into the run's added statistics.
+    pub(super) fn add_stats(&mut self, part: usize) {
+        let rows: Vec<usize> = self.featured(part).collect();
+        let Some(&first) = rows.first() else { return };
+        let dim = self.row((part, first)).len();
+        let mut stats = self.added.stats.take().unwrap_or_else(|| PcaStats::new(dim));
+        summarise(&mut stats, rows.iter().map(|&r| self.row((part, r))));
+        self.added.stats = Some(stats);
+        self.added.parts.insert(part);
+    }
+
+    /// The PCA statistics of a run's rows: `uses` counts the rows at each cached (part, row), `extra` holds
+    /// the features of rows the cache does not hold, row-major. Stores statistics covering every part for the
+    /// next run, unless completing them would cost more than this run's own rows.
+    pub async fn run_stats(
+        &mut self,
+        dim: usize,
+        uses: &HashMap<(usize, usize), u64>,
+        extra: &[f32],
+    ) -> Result<PcaStats, JobError> {
+        let used = |at: (usize, usize)| uses.get(&at).copied().unwrap_or(0);
+        if self.stored.best.as_ref().is_some_and(|(_, s)| s.dim() != dim) {
+            self.stored.best = None;
+        }
+        let stored_parts = self
+            .stored
+            .best
+            .as_ref()
+            .map(|(covers, _)| covers.clone())
+            .unwrap_or_default();
+        // The stored statistics pay off when fewer of their rows must be taken out than kept.
+        let (mut unused, mut kept) = (0usize, 0usize);
+        for &p in &stored_parts {
+            for r in self.featured(p) {
+                match used((p, r)) {
+                    0 => unused += 1,
+                    _ => kept += 1,
+                }
+            }
+        }
+        let use_stored = unused < kept;
+        let merged_parts: BTreeSet<usize> = match use_stored {
+            true => stored_parts.union(&self.added.parts).copied().collect(),
+            false => self.added.parts.clone(),
+        };
+
+        let mut stats = match (&self.stored.best, use_stored) {
+            (Some((_, stored)), true) => stored.clone(),
+            _ => PcaStats::new(dim),
+        };
+        if let Some(added) = &self.added.stats {
+            stats.merge(added);
+        }
+        // Rows in the merged statistics once: taken out when unused, added again when used more than once;
+        // rows outside them added as many times as used.
+        let mut again = PcaStats::new(dim);
+        let mut out = PcaStats::new(dim);
+        let positions: Vec<(usize, usize)> = (0..self.featurized.len())
+            .flat_map(|p| self.featured(p).map(move |r| (p, r)))
+            .collect();
+        let repeats = positions.iter().flat_map(|&at| {
+            let in_merged = merged_parts.contains(&at.0);
+            let times = used(at).saturating_sub(u64::from(in_merged));
+            std::iter::repeat_n(self.row(at), times as usize)
+        });
+        summarise(&mut again, repeats.chain(extra.chunks_exact(dim)));
+        let removed = positions
+            .iter()
+            .filter(|at| merged_parts.contains(&at.0) && used(**at) == 0);
+        summarise(&mut out, removed.map(|&at| self.row(at)));
+        stats.merge(&again);
+        stats.remove(&out);
+        self.summary.pca_rows_merged += match use_stored {
+            true => self.stored.best.as_ref().map_or(0, |(_, s)| s.count()),
+            false => 0,
+        };
+        self.summary.pca_rows_computed +=
+            self.added.stats.as_ref().map_or(0, PcaStats::count) + again.count() + out.count();
+
+        let run_rows = uses.values().sum::<u64>() as usize + extra.len() / dim;
+        self.store_stats(dim, &positions, run_rows).await?;
+        Ok(stats)
+    }
+
+    /// Writes statistics covering every part with features, then removes the files read at the start, unless
+    /// the rows outside the stored and added statistics are more than `budget`.
+    async fn store_stats(&mut self, dim: usize, positions: &[(usize, usize)], budget: usize) -> Result<(), JobError> {
+        let stored_parts = self
+            .stored
+            .best
+            .as_ref()
+            .map(|(covers, _)| covers.clone())
+            .unwrap_or_default();
+        let outside: Vec<(usize, usize)> = positions
+            .iter()
+            .copied()
+            .filter(|(p, _)| !stored_parts.contains(p) && !self.added.parts.contains(p))
+            .collect();
+        if outside.len() > budget {
+            return Ok(());
+        }
+        let mut stats = match &self.stored.best {
+            Some((_, stored)) => stored.clone(),
+            None => PcaStats::new(dim),
+        };
+        if let Some(added) = &self.added.stats {
+            stats.merge(added);
+        }
+        let mut rest = PcaStats::new(dim);
+        summarise(&mut rest, outside.iter().map(|&at| self.row(at)));
+        stats.merge(&rest);
+        let covers: BTreeSet<usize> = positions.iter().map(|&(p, _)| p).collect();
+        let bytes = encode(covers.iter().map(|&p| self.part_names[p].as_str()), &stats);
+        let name = format!("{}/{PREFIX}{}.bin", self.folder, hex::encode(Sha256::digest(&bytes)));
+        if self.stored.files.contains(&name) {
+            return Ok(()); // nothing new
+        }
+        self.store.put(&name, bytes).await?;
+        for old in std::mem::take(&mut self.stored.files) {
+            // Another run may have removed it already.
+            if let Err(e) = self.store.remove(&old).await {
+                tracing::debug!("cache statistics {old} not removed: {e}");
+            }
+        }
+        self.stored.files.push(name);
+        Ok(())
+    }
+}
+
+/// Adds `rows` to `stats`, [`CHUNK`] at a time.
+fn summarise<'a>(stats: &mut PcaStats, rows: impl Iterator<Item = &'a [f32]>) {
+    let mut chunk = Vec::with_capacity(CHUNK * stats.dim());
+    for row in rows {
+        chunk.extend_from_slice(row);
+        if chunk.len() == CHUNK * stats.dim() {
+            stats.add_rows(&chunk);
+            chunk.clear();
+        }
+    }
+    stats.add_rows(&chunk);
+}
+
+/// The file: [`MAGIC`], the number of parts covered, each part's SHA-256, then the statistics.
+fn encode<'a>(parts: impl ExactSizeIterator<Item = &'a str>, stats: &PcaStats) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&(parts.len() as u64).to_le_bytes());
+    for part in parts {
+        out.extend_from_slice(&hex::decode(part).expect("part names are hexadecimal"));
+    }
+    out.extend_from_slice(&stats.to_bytes());
+    out
+}
+
+/// A statistics file checked against its name, with the parts it covers (indices in `parts`, by name).
+fn decode(name: &str, bytes: &[u8], parts: &HashMap<&str, usize>) -> Result<(BTreeSet<usize>, PcaStats), String> {
+    let expected = name
+        .rsplit_once(PREFIX)
+        .and_then(|(_, rest)| rest.strip_suffix(".bin"))
+        .unwrap_or_default();
+    if hex::encode(Sha256::digest(bytes)) != expected {
+        return Err("its bytes do not match its name (torn or corrupt)".into());
+    }
+    let rest = bytes.strip_prefix(MAGIC).ok_or("not cache statistics")?;
+    let count = rest
+        .get(..8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+        .ok_or("not cache statistics")?;
+    let hashes = rest.get(8..8 + 32 * count).ok_or("not cache statistics")?;
+    let mut covers = BTreeSet::new();
+    for hash in hashes.chunks_exact(32) {
+        let part = hex::encode(hash);
+        let index = parts
+            .get(part.as_str())
+            .ok_or_else(|| format!("covers part-{part}.parquet, which was not read"))?;
+        covers.insert(*index);
+    }
+    let stats = PcaStats::from_bytes(&rest[8 + 32 * count..]).ok_or("not cache statistics")?;
+    Ok((covers, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{entry, identity, result};
+    use super::*;
+    use crate::io::store::StoreOptions;
+
+    const DIM: usize = 3;
+
+    fn vector(seed: usize) -> Vec<f32> {
+        (0..DIM).map(|j| ((seed * 7 + j * 3) % 11) as f32 * 0.5 - 2.0).collect()
+    }
+
+    fn direct(rows: &[Vec<f32>]) -> PcaStats {
+        let mut stats = PcaStats::new(DIM);
+        stats.add_rows(&rows.concat());
+        stats
+    }
+
+    fn assert_close(a: &PcaStats, b: &PcaStats) {
+        assert_eq!(a.count(), b.count());
+        let scale = 1.0 + b.covariance().norm_max();
+        let means = a
+            .mean()
+            .iter()
+            .zip(b.mean())
+            .all(|(x, y)| (x - y).abs() <= 1e-12 * scale);
+        assert!(means && (a.covariance() - b.covariance()).norm_max() <= 1e-10 * scale);
+    }
+
+    async fn open(location: &str) -> FeatureCache {
+        let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity(), false)
+            .await
+            .unwrap();
+        cache.load().await.unwrap();
+        cache
+    }
+
+    /// Adds images `seeds` (one part); returns where the cache holds each.
+    async fn add(cache: &mut FeatureCache, seeds: &[usize]) -> Vec<(usize, usize)> {
+        let features = result(&seeds.iter().map(|&s| Some(vector(s))).collect::<Vec<_>>());
+        let uris: Vec<String> = seeds.iter().map(|s| format!("file:///{s}.jpg")).collect();
+        let rows = seeds
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (entry(&uris[i], 1), [s as u8; 32], Some((&features, i))));
+        cache.add(rows).await.unwrap();
+        positions(cache, seeds)
+    }
+
+    fn positions(cache: &FeatureCache, seeds: &[usize]) -> Vec<(usize, usize)> {
+        seeds.iter().map(|&s| cache.position(&[s as u8; 32]).unwrap()).collect()
+    }
+
+    fn stats_files(location: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(location.join(identity().folder()))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn stored_statistics_merge_to_those_of_the_run_s_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = tmp.path().to_str().unwrap();
+        // A first run: every image new, used once; its statistics are stored.
+        let mut first = open(location).await;
+        let seeds: Vec<usize> = (0..20).collect();
+        let at = add(&mut first, &seeds).await;
+        let uses: HashMap<_, _> = at.iter().map(|&p| (p, 1)).collect();
+        let stats = first.run_stats(DIM, &uses, &[]).await.unwrap();
+        let rows: Vec<Vec<f32>> = seeds.iter().map(|&s| vector(s)).collect();
+        assert_close(&stats, &direct(&rows));
+        assert_eq!(stats_files(tmp.path()).len(), 1);
+
+        // A daily run: 3 images gone, one used twice (a copy), 2 new, one the cache could not take.
+        let mut daily = open(location).await;
+        let new_at = add(&mut daily, &[40, 41]).await;
+        let mut uses: HashMap<_, _> = at[3..].iter().map(|&p| (p, 1)).collect();
+        uses.insert(at[5], 2);
+        uses.extend(new_at.iter().map(|&p| (p, 1)));
+        let stats = daily.run_stats(DIM, &uses, &vector(77)).await.unwrap();
+        let mut expected: Vec<Vec<f32>> = seeds[3..].iter().map(|&s| vector(s)).collect();
+        expected.extend([vector(5), vector(40), vector(41), vector(77)]);
+        assert_close(&stats, &direct(&expected));
+        assert_eq!(daily.summary.pca_rows_merged, 20);
+        assert_eq!(
+            daily.summary.pca_rows_computed,
+            2 + 1 + 1 + 3,
+            "added, repeated, extra, taken out"
+        );
+        let files = stats_files(tmp.path());
+        assert_eq!(files.len(), 1, "the statistics read are replaced: {files:?}");
+
+        // A run using few of the cached rows summarises them directly.
+        let mut few = open(location).await;
+        let at = positions(&few, &seeds);
+        let uses: HashMap<_, _> = at[..2].iter().map(|&p| (p, 1)).collect();
+        let stats = few.run_stats(DIM, &uses, &[]).await.unwrap();
+        assert_close(&stats, &direct(&[vector(0), vector(1)]));
+        assert_eq!((few.summary.pca_rows_merged, few.summary.pca_rows_computed), (0, 2));
+
+        // A torn statistics file is reported and the rows summarised again, to the same statistics.
+        let file = &stats_files(tmp.path())[0];
+        let bytes = std::fs::read(file).unwrap();
+        std::fs::write(file, &bytes[..bytes.len() - 8]).unwrap();
+        let mut torn = open(location).await;
+        assert!(
+            torn.summary.ignored_parts.iter().any(|p| p.contains("torn or corrupt")),
+            "{:?}",
+            torn.summary.ignored_parts
+        );
+        let every: Vec<usize> = seeds.iter().copied().chain([40, 41]).collect();
+        let uses: HashMap<_, _> = positions(&torn, &every).into_iter().map(|p| (p, 1)).collect();
+        let stats = torn.run_stats(DIM, &uses, &[]).await.unwrap();
+        let mut all: Vec<Vec<f32>> = rows.clone();
+        all.extend([vector(40), vector(41)]);
+        assert_close(&stats, &direct(&all));
+        assert_eq!(torn.summary.pca_rows_merged, 0);
+        // ...and the statistics stored again replace the torn file.
+        let mut after = open(location).await;
+        assert!(after.summary.ignored_parts.is_empty());
+        let uses: HashMap<_, _> = positions(&after, &every).into_iter().map(|p| (p, 1)).collect();
+        let stats = after.run_stats(DIM, &uses, &[]).await.unwrap();
+        assert_close(&stats, &direct(&all));
+        assert_eq!(after.summary.pca_rows_merged, 22);
+    }
+}
