@@ -58,9 +58,12 @@ def test_a_cache_serves_the_second_run(small_input, small_run, tmp_path):
     assert first["cache"]["featurized"] == 64 and first["cache"]["hits"] == 0
     second = verger.run(small_input, tmp_path / "second", k=10, threads=2, cache=cache, progress=False)
     assert second["cache"]["hits"] == 64 and second["cache"]["featurized"] == 0 and second["cache"]["unread"] == 64
+    assert second["cache"]["pca_rows_merged"] == 64
     ours, theirs = verger.read(tmp_path / "second"), verger.read(small_run[0])
     assert np.array_equal(features(ours), features(theirs))
-    assert np.array_equal(features(ours, "pca_features"), features(theirs, "pca_features"))
+    # The PCA statistics merged from the cache are summed in another order: equal up to rounding.
+    theirs_pca = features(theirs, "pca_features")
+    assert np.abs(features(ours, "pca_features") - theirs_pca).max() <= 1e-9 * np.abs(theirs_pca).max()
 
 
 def test_featurize_paths_and_bytes_match_the_run(small_input, small_run):

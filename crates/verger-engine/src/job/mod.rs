@@ -175,7 +175,7 @@ async fn run_claimed(
     let parts = Partitions::new(out, manifest.images.len(), manifest.partition_rows);
     let input = staging::input(&manifest.images, pseudonymizer.as_deref())?;
     if let Some(cache) = cache.as_mut() {
-        clock.stage("cache_load", None, cache.load()).await?;
+        clock.stage("cache_load", None, cache.load(config.threads)).await?;
     }
 
     let budget = Budget::new(config.max_errors.map(|b| b.limit(listed)));

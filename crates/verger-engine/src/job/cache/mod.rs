@@ -252,9 +252,9 @@ impl FeatureCache {
         })
     }
 
-    /// Reads this identity's parts, ignoring (and reporting) any that cannot be trusted, and notes the other
-    /// identities present.
-    pub async fn load(&mut self) -> Result<(), JobError> {
+    /// Reads this identity's parts, `threads` at a time, ignoring (and reporting) any that cannot be trusted,
+    /// and notes the other identities present.
+    pub async fn load(&mut self, threads: usize) -> Result<(), JobError> {
         let identity_file = format!("{}/identity.json", self.folder);
         if !self.store.exists(&identity_file).await? {
             let json = serde_json::to_vec_pretty(&self.identity).expect("identity serializes");
@@ -273,15 +273,30 @@ impl FeatureCache {
                 "the cache holds features of other pipeline identities; not used"
             );
         }
+        // Read and checked `threads` at a time, indexed in name order.
         let prefix = format!("{}/part-", self.folder);
-        for name in files
-            .iter()
-            .filter(|f| f.starts_with(&prefix) && f.ends_with(".parquet"))
-        {
-            let checked = match self.store.get(name).await {
-                Ok(bytes) => read_part(name, bytes),
+        let store = &self.store;
+        let parts: Vec<(&String, Result<Checked, String>)> = futures::stream::iter(
+            files
+                .iter()
+                .filter(|f| f.starts_with(&prefix) && f.ends_with(".parquet")),
+        )
+        .map(|name| async move {
+            let checked = match store.get(name).await {
+                Ok(bytes) => {
+                    let owned = name.clone();
+                    tokio::task::spawn_blocking(move || read_part(&owned, bytes))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()))
+                }
                 Err(e) => Err(e.to_string()),
             };
+            (name, checked)
+        })
+        .buffered(threads.max(1))
+        .collect()
+        .await;
+        for (name, checked) in parts {
             match checked {
                 Ok((part, checksum)) => self.index(part, checksum),
                 Err(why) => {
@@ -550,8 +565,11 @@ fn checksum(part: &RecordBatch) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// A part read whole and checked against its name; returns it with its checksum.
-fn read_part(name: &str, bytes: Bytes) -> Result<(RecordBatch, String), String> {
+/// A part's rows and its checksum (its name).
+type Checked = (RecordBatch, String);
+
+/// A part read whole and checked against its name.
+fn read_part(name: &str, bytes: Bytes) -> Result<Checked, String> {
     let batch = decode_parquet(bytes).map_err(|e| format!("unreadable ({e})"))?;
     let mut columns = batch.columns().to_vec();
     if columns.len() == part_schema().fields().len() - 1 {
@@ -620,7 +638,7 @@ mod tests {
         let location = location.to_str().unwrap();
         let store = StoreOptions::default();
         let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
-        cache.load().await.unwrap();
+        cache.load(1).await.unwrap();
         let features = result(&[Some(vec![1.0, 2.5]), Some(vec![-0.0, 3.0])]);
         let (a, b) = (entry("file:///a.jpg", 10), entry("file:///b.jpg", 20));
         let added = cache
@@ -633,7 +651,7 @@ mod tests {
             let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity, false)
                 .await
                 .unwrap();
-            cache.load().await.unwrap();
+            cache.load(1).await.unwrap();
             cache
         };
         let mut again = reopen(identity()).await;
@@ -692,7 +710,7 @@ mod tests {
         let location = tmp.path().to_str().unwrap();
         let store = StoreOptions::default();
         let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
-        cache.load().await.unwrap();
+        cache.load(1).await.unwrap();
         let features = result(&[Some(vec![1.0])]);
         let tagged = |modified_ms, etag| ImageEntry {
             modified_ms,
@@ -704,7 +722,7 @@ mod tests {
             .await
             .unwrap();
         let mut again = FeatureCache::open(location, &store, identity(), false).await.unwrap();
-        again.load().await.unwrap();
+        again.load(2).await.unwrap();
         // Uploaded again (a new modification time, the same tag): known without reading; a new tag is not.
         let images = ImageList::from_iter([tagged(99, "\"e1\"")]);
         assert_eq!(

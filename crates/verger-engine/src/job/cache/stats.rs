@@ -312,7 +312,7 @@ mod tests {
         let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity(), false)
             .await
             .unwrap();
-        cache.load().await.unwrap();
+        cache.load(2).await.unwrap();
         cache
     }
 
