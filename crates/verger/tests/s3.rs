@@ -654,6 +654,16 @@ fn a_cache_in_a_bucket_serves_later_runs_here_and_on_a_cluster() {
         files[n].clone()
     };
     let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let stats_objects = || {
+        let listed = server.python("s3_list.py", &["s3://caches/fruits/"]);
+        assert_success(&listed, "listing the cache");
+        let keys = String::from_utf8_lossy(&listed.stdout);
+        keys.lines()
+            .filter(|key| key.contains("/pca-stats-"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let merged = stats_objects();
     std::fs::copy(nth("Lemon", 8), local.join("Lemon/new.jpg")).unwrap();
     std::fs::copy(nth("Kiwi", 8), local.join("Kiwi").join(name(&nth("Kiwi", 0)))).unwrap();
     std::fs::remove_file(local.join("Orange").join(name(&nth("Orange", 0)))).unwrap();
@@ -663,6 +673,9 @@ fn a_cache_in_a_bucket_serves_later_runs_here_and_on_a_cluster() {
     assert_success(&server.python("s3_delete.py", &[&deleted]), "deleting an image");
     let changed = run_on_disk(&local, &tmp.path().join("changed-from-disk"));
     assert_eq!(cache_of("changed", &["--cluster", &url], &changed), [22, 4, 22]);
+    // The PCA statistics stored with the new parts replace those the run merged: one object, another one.
+    let stored = stats_objects();
+    assert!(stored.len() == 1 && stored != merged, "{merged:?} then {stored:?}");
 
     // The same bytes uploaded again (a later modification time, the same entity tag): not even read.
     server.upload("images", "fruits/Lemon", &local.join("Lemon/new.jpg"));
