@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, StructArray, UInt64Array};
-use datafusion::arrow::compute::{interleave, take_record_batch};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::{interleave, take, take_record_batch};
 use datafusion::arrow::datatypes::Float32Type;
 use datafusion::datasource::MemTable;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
@@ -204,59 +204,113 @@ async fn stage_with_cache(
         )
         .await
     };
-    // Each fresh partition goes to the cache as soon as it is staged.
+    // Each fresh partition goes to the cache as soon as it is staged; the rows the cache does not take
+    // (failed, or without a content hash) are kept from its result, the others are read back from the cache.
     let caching = async {
-        let mut results: Vec<Option<StructArray>> = vec![None; fresh_parts.count()];
+        let mut staged = vec![false; fresh_parts.count()];
+        let mut kept: Vec<ArrayRef> = Vec::new();
+        let mut kept_at: HashMap<usize, (usize, usize)> = HashMap::new();
         while let Some(part) = fresh_rx.recv().await {
-            let staged = staging::read_file(out, &fresh_parts.staged(part)).await?;
-            let result = staged.column(2).as_struct().clone();
+            let file = staging::read_file(out, &fresh_parts.staged(part)).await?;
+            let result = file.column(2).as_struct().clone();
             let range = fresh_parts.ranges[part].clone();
             let cached_rows = range.clone().filter_map(|f| {
                 let at = fresh[f];
                 hashes[at].map(|hash| (images.get(rows[at]), hash, Some((&result, f - range.start))))
             });
             cache.add(cached_rows).await?;
-            results[part] = Some(result);
+            let uncached: Vec<usize> = range
+                .clone()
+                .filter(|&n| hashes[fresh[n]].and_then(|h| cache.position(&h)).is_none())
+                .collect();
+            if !uncached.is_empty() {
+                let indices = UInt64Array::from_iter_values(uncached.iter().map(|&n| (n - range.start) as u64));
+                for (i, &n) in uncached.iter().enumerate() {
+                    kept_at.insert(n, (kept.len(), i));
+                }
+                kept.push(take(&result, &indices, None)?);
+            }
+            staged[part] = true;
         }
-        Ok::<_, JobError>(results)
+        Ok::<_, JobError>((staged, kept, kept_at))
     };
-    let (featurized, results) = tokio::join!(featurizing, caching);
+    let (featurized, caching) = tokio::join!(featurizing, caching);
     featurized?;
-    let results = results?;
+    let (staged, kept, kept_at) = caching?;
+    if !staged.iter().all(|&s| s) {
+        return Err(JobError::Task("a fresh partition was not staged".into()));
+    }
     if !fresh.is_empty() {
         let per_image = started.elapsed().as_secs_f64() / fresh.len() as f64;
         cache.summary.saved_s = Some(per_image * cache.summary.hits as f64);
     }
 
-    // Every partition assembled from the cache and the fresh rows.
-    let fresh_results: Vec<&dyn Array> = results
+    // Every partition assembled from the cache and the kept rows, each partition's cache parts read as it
+    // comes (a few at a time: the cache's features are never all in memory).
+    let located: Vec<Row> = found
         .iter()
-        .map(|r| r.as_ref().map(|r| r as &dyn Array))
-        .collect::<Option<_>>()
-        .ok_or_else(|| JobError::Task("a fresh partition was not staged".into()))?;
-    let mut sources: Vec<&dyn Array> = cache.featurized().iter().map(|a| a.as_ref()).collect();
-    let first_fresh = sources.len();
-    sources.extend(fresh_results);
-    let fresh_part_of: Vec<usize> = fresh_parts
-        .ranges
-        .iter()
-        .enumerate()
-        .flat_map(|(p, r)| std::iter::repeat_n(p, r.len()))
+        .map(|f| match *f {
+            Found::Cached(part, row) => Row::Cache(part, row),
+            Found::Fresh(n) => match hashes[fresh[n]].and_then(|h| cache.position(&h)) {
+                Some((part, row)) => Row::Cache(part, row),
+                None => {
+                    let (k, i) = kept_at[&n];
+                    Row::Kept(k, i)
+                }
+            },
+        })
         .collect();
+    // The staged rows by where the cache holds their features; rows that failed are not in the statistics,
+    // and those the cache could not take (no content hash) are summarised from their results.
+    let mut uses: HashMap<(usize, usize), u64> = HashMap::new();
+    let mut extra: Vec<f32> = Vec::new();
+    for row in &located {
+        match *row {
+            Row::Cache(part, row) => *uses.entry((part, row)).or_default() += 1,
+            Row::Kept(k, i) => {
+                let result = kept[k].as_struct();
+                let values = result.column(0).as_list::<i32>();
+                if result.column(1).is_valid(i) || !values.is_valid(i) {
+                    continue;
+                }
+                extra.extend_from_slice(values.value(i).as_primitive::<Float32Type>().values());
+            }
+        }
+    }
+    // Their statistics take the rows they need from the cache parts as the partitions read them.
+    let mut stats = cache.plan_stats(
+        verger_model::FEATURE_DIM,
+        &uses,
+        extra.len() / verger_model::FEATURE_DIM,
+    );
     let mut at = 0;
     for &part in partitions {
         let range = parts.ranges[part].clone();
-        let indices: Vec<(usize, usize)> = found[at..at + range.len()]
-            .iter()
-            .map(|f| match *f {
-                Found::Cached(source, row) => (source, row),
-                Found::Fresh(n) => {
-                    let p = fresh_part_of[n];
-                    (first_fresh + p, n - fresh_parts.ranges[p].start)
+        let here = &located[at..at + range.len()];
+        let mut sources: Vec<ArrayRef> = Vec::new();
+        let mut source_of: HashMap<usize, usize> = HashMap::new();
+        for row in here {
+            if let Row::Cache(p, _) = *row {
+                if let std::collections::hash_map::Entry::Vacant(slot) = source_of.entry(p) {
+                    slot.insert(sources.len());
+                    let features = cache.part(p).await?;
+                    stats.collect(p, &features);
+                    sources.push(features);
                 }
+            }
+        }
+        let first_kept = sources.len();
+        sources.extend(kept.iter().cloned());
+        let indices: Vec<(usize, usize)> = here
+            .iter()
+            .map(|row| match *row {
+                Row::Cache(p, r) => (source_of[&p], r),
+                Row::Kept(k, i) => (first_kept + k, i),
             })
             .collect();
-        let featurized = interleave(&sources, &indices)?;
+        let refs: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
+        let featurized = interleave(&refs, &indices)?;
+        drop(sources);
         let images = input.slice(range.start, range.len());
         let batch = RecordBatch::try_new(
             staging::schema(),
@@ -265,7 +319,8 @@ async fn stage_with_cache(
         let mut file = out.staging_parquet(&parts.staged(part), staging::schema())?;
         file.write(&batch).await?;
         file.commit().await?;
-        crate::report::release_free_memory();
+        // No trim here: each partition frees what the next one needs again (a part's features), and
+        // handing those pages back only to fault them in again cost more than the assembly itself.
         fault::checkpoint("featurize");
         // Fresh rows were counted as they were featurized.
         let fresh_here = found[at..at + range.len()]
@@ -284,35 +339,15 @@ async fn stage_with_cache(
     });
     cache.add(aliases).await?;
 
-    // The staged rows by where the cache holds their features; fresh rows that failed are not in the
-    // statistics, and those the cache could not take (no content hash) are summarised from their results.
-    let mut uses: HashMap<(usize, usize), u64> = HashMap::new();
-    let mut extra: Vec<f32> = Vec::new();
-    for f in &found {
-        let position = match *f {
-            Found::Cached(part, row) => Some((part, row)),
-            Found::Fresh(n) => {
-                let p = fresh_part_of[n];
-                let result = results[p].as_ref().expect("every fresh partition was staged");
-                let row = n - fresh_parts.ranges[p].start;
-                let values = result.column(0).as_list::<i32>();
-                if result.column(1).is_valid(row) || !values.is_valid(row) {
-                    continue;
-                }
-                match hashes[fresh[n]].and_then(|h| cache.position(&h)) {
-                    Some(position) => Some(position),
-                    None => {
-                        extra.extend_from_slice(values.value(row).as_primitive::<Float32Type>().values());
-                        None
-                    }
-                }
-            }
-        };
-        if let Some(position) = position {
-            *uses.entry(position).or_default() += 1;
-        }
-    }
-    cache.run_stats(verger_model::FEATURE_DIM, &uses, &extra).await
+    cache.finish_stats(stats, &extra).await
+}
+
+/// Where a staged row's features are: (part, row) in the cache, or (array, row) of the fresh rows it did not
+/// take.
+#[derive(Clone, Copy)]
+enum Row {
+    Cache(usize, usize),
+    Kept(usize, usize),
 }
 
 /// Where the partitions in `todo` are featurized.

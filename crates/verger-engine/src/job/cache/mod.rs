@@ -12,11 +12,13 @@
 //! Next to the parts, `pca-stats-<sha256>.bin` holds the PCA statistics of the parts it names ([`stats`]), so
 //! that a run merges them rather than re-reading every cached image's features.
 //!
-//! It does not evict or compact, and a run holds its identity's parts in memory (5 KiB per image).
+//! A run holds the parts' listings and content hashes in memory (a few hundred bytes per image), not
+//! their features: those are read again, a few parts at a time, when partitions are assembled. It does not
+//! evict or compact.
 
 mod stats;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -174,10 +176,10 @@ pub struct FeatureCache {
     by_key: HashMap<ListingKey, ContentHash>,
     /// Where each content's features are: (part, row).
     by_hash: HashMap<ContentHash, (usize, usize)>,
-    /// Each loaded part's features as `featurize`'s result (no errors).
-    featurized: Vec<ArrayRef>,
-    /// Each loaded part's name: the SHA-256 of its rows.
-    part_names: Vec<String>,
+    /// The parts read, in name order: [`Found::Cached`] points into them.
+    parts: Vec<Part>,
+    /// The features of the parts used last, as `featurize`'s result: at most [`LOADED_PARTS`].
+    loaded: VecDeque<(usize, ArrayRef)>,
     /// The PCA statistics read from the cache, and every statistics file seen.
     stored: stats::Stored,
     /// The PCA statistics of the parts this run added.
@@ -185,10 +187,21 @@ pub struct FeatureCache {
     pub summary: CacheSummary,
 }
 
+/// Parts whose features a run keeps at once: partitions are assembled from a few parts each (parts are
+/// written in manifest order), and each part is about as large as a partition.
+const LOADED_PARTS: usize = 8;
+
+/// A part a run read: its file, its checksum (its name), and which of its rows hold features.
+struct Part {
+    file: String,
+    checksum: String,
+    featured: Vec<bool>,
+}
+
 /// Where an image's staged row comes from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Found {
-    /// The cache: (part, row) of [`FeatureCache::featurized`].
+    /// The cache: (part, row) of [`FeatureCache::part`].
     Cached(usize, usize),
     /// The `n`-th image this run featurizes.
     Fresh(usize),
@@ -245,8 +258,8 @@ impl FeatureCache {
             verify,
             by_key: HashMap::new(),
             by_hash: HashMap::new(),
-            featurized: Vec::new(),
-            part_names: Vec::new(),
+            parts: Vec::new(),
+            loaded: VecDeque::new(),
             stored: stats::Stored::default(),
             added: stats::Added::default(),
         })
@@ -273,47 +286,40 @@ impl FeatureCache {
                 "the cache holds features of other pipeline identities; not used"
             );
         }
-        // Read and checked `threads` at a time, indexed in name order.
+        // Read and checked `threads` at a time, indexed in name order; their features are not kept.
         let prefix = format!("{}/part-", self.folder);
-        let store = &self.store;
-        let parts: Vec<(&String, Result<Checked, String>)> = futures::stream::iter(
-            files
-                .iter()
-                .filter(|f| f.starts_with(&prefix) && f.ends_with(".parquet")),
-        )
-        .map(|name| async move {
-            let checked = match store.get(name).await {
-                Ok(bytes) => {
-                    let owned = name.clone();
-                    tokio::task::spawn_blocking(move || read_part(&owned, bytes))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()))
+        let names: Vec<String> = files
+            .iter()
+            .filter(|f| f.starts_with(&prefix) && f.ends_with(".parquet"))
+            .cloned()
+            .collect();
+        let store = self.store.clone();
+        let mut reads = futures::stream::iter(names)
+            .map(move |name| {
+                let store = store.clone();
+                async move {
+                    let checked = read_checked(&store, &name).await;
+                    (name, checked)
                 }
-                Err(e) => Err(e.to_string()),
-            };
-            (name, checked)
-        })
-        .buffered(threads.max(1))
-        .collect()
-        .await;
-        for (name, checked) in parts {
+            })
+            .buffered(threads.max(1));
+        while let Some((name, checked)) = reads.next().await {
             match checked {
-                Ok((part, checksum)) => self.index(part, checksum),
+                Ok((part, checksum)) => self.index(&part, checksum, name),
                 Err(why) => {
                     tracing::warn!("cache part {name} ignored: {why}; its images are featurized again");
                     self.summary.ignored_parts.push(format!("{name}: {why}"));
                 }
             }
         }
-        self.summary.parts = self.featurized.len() as u64;
+        self.summary.parts = self.parts.len() as u64;
         self.load_stats(&files).await;
         Ok(())
     }
 
-    fn index(&mut self, part: RecordBatch, checksum: String) {
-        self.part_names.push(checksum);
-        let index = self.featurized.len();
-        let (keys, hashes, features) = columns(&part);
+    fn index(&mut self, part: &RecordBatch, checksum: String, file: String) {
+        let index = self.parts.len();
+        let (keys, hashes, features) = columns(part);
         for row in 0..part.num_rows() {
             let hash: ContentHash = hashes.value(row).try_into().expect("32-byte hashes");
             self.by_key.insert(keys(row), hash);
@@ -321,28 +327,42 @@ impl FeatureCache {
                 self.by_hash.entry(hash).or_insert((index, row));
             }
         }
-        let DataType::Struct(fields) = result_type() else {
-            unreachable!("featurize returns a struct")
-        };
-        let rows = part.num_rows();
-        let result = StructArray::new(
-            fields,
-            vec![
-                part.column(4).clone(),
-                new_null_array(&DataType::Utf8, rows),
-                new_null_array(&DataType::Utf8, rows),
-            ],
-            None,
-        );
-        self.featurized.push(Arc::new(result));
+        self.parts.push(Part {
+            file,
+            checksum,
+            featured: (0..part.num_rows()).map(|r| features.is_valid(r)).collect(),
+        });
     }
 
-    /// Every loaded part's features, as `featurize`'s result: the sources [`Found::Cached`] points into.
-    pub fn featurized(&self) -> &[ArrayRef] {
-        &self.featurized
+    /// The features of part `part` as `featurize`'s result (no errors): kept from its last use, else read
+    /// again and checked against its name again, so that a part changed since the run indexed it fails the
+    /// run rather than give it wrong rows.
+    pub async fn part(&mut self, part: usize) -> Result<ArrayRef, JobError> {
+        if let Some(at) = self.loaded.iter().position(|(p, _)| *p == part) {
+            let (_, result) = self.loaded.remove(at).expect("found");
+            self.keep(part, result.clone());
+            return Ok(result);
+        }
+        let file = &self.parts[part].file;
+        tracing::debug!(part, "cache part read again");
+        let (batch, _) = read_checked(&self.store, file).await.map_err(|why| {
+            JobError::Task(format!(
+                "cache part {file} changed while this run used it ({why}); run again"
+            ))
+        })?;
+        let result = as_result(&batch);
+        self.keep(part, result.clone());
+        Ok(result)
     }
 
-    /// Where the cache holds the features of `hash`: (part, row) of [`FeatureCache::featurized`].
+    fn keep(&mut self, part: usize, result: ArrayRef) {
+        if self.loaded.len() == LOADED_PARTS {
+            self.loaded.pop_front();
+        }
+        self.loaded.push_back((part, result));
+    }
+
+    /// Where the cache holds the features of `hash`: (part, row) of [`FeatureCache::part`].
     pub fn position(&self, hash: &ContentHash) -> Option<(usize, usize)> {
         self.by_hash.get(hash).copied()
     }
@@ -470,8 +490,11 @@ impl FeatureCache {
             .write_batches(&name, part_schema(), std::slice::from_ref(&batch))
             .await?;
         self.summary.added_rows += rows;
-        self.index(batch, checksum);
-        self.add_stats(self.featurized.len() - 1);
+        self.index(&batch, checksum, name);
+        let part = self.parts.len() - 1;
+        let result = as_result(&batch);
+        self.add_stats(part, &result);
+        self.keep(part, result);
         Ok(rows)
     }
 }
@@ -537,6 +560,9 @@ fn columns(part: &RecordBatch) -> (impl Fn(usize) -> ListingKey + '_, &FixedSize
 fn checksum(part: &RecordBatch) -> String {
     let (keys, hashes, features) = columns(part);
     let features = features.as_list::<i32>();
+    let offsets = features.value_offsets();
+    let values = features.values().as_primitive::<Float32Type>().values();
+    let value_bytes = values.inner().as_slice();
     let mut hasher = Sha256::new();
     for row in 0..part.num_rows() {
         let key = keys(row);
@@ -552,11 +578,12 @@ fn checksum(part: &RecordBatch) -> String {
         }
         hasher.update(hashes.value(row));
         if features.is_valid(row) {
-            let values = features.value(row);
-            let values = values.as_primitive::<Float32Type>();
-            hasher.update((values.len() as u64).to_le_bytes());
-            for v in values.values() {
-                hasher.update(v.to_le_bytes());
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            hasher.update(((end - start) as u64).to_le_bytes());
+            // The values' little-endian bytes, in one update where memory holds them so.
+            match cfg!(target_endian = "little") {
+                true => hasher.update(&value_bytes[start * 4..end * 4]),
+                false => values[start..end].iter().for_each(|v| hasher.update(v.to_le_bytes())),
             }
         } else {
             hasher.update(u64::MAX.to_le_bytes());
@@ -567,6 +594,32 @@ fn checksum(part: &RecordBatch) -> String {
 
 /// A part's rows and its checksum (its name).
 type Checked = (RecordBatch, String);
+
+/// The part `name` read and checked against its name (in a blocking task: decoding and hashing take a while).
+async fn read_checked(store: &OutputStore, name: &str) -> Result<Checked, String> {
+    let bytes = store.get(name).await.map_err(|e| e.to_string())?;
+    let owned = name.to_string();
+    tokio::task::spawn_blocking(move || read_part(&owned, bytes))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+}
+
+/// A part's features as `featurize`'s result (no errors).
+fn as_result(part: &RecordBatch) -> ArrayRef {
+    let DataType::Struct(fields) = result_type() else {
+        unreachable!("featurize returns a struct")
+    };
+    let rows = part.num_rows();
+    Arc::new(StructArray::new(
+        fields,
+        vec![
+            part.column(4).clone(),
+            new_null_array(&DataType::Utf8, rows),
+            new_null_array(&DataType::Utf8, rows),
+        ],
+        None,
+    ))
+}
 
 /// A part read whole and checked against its name.
 fn read_part(name: &str, bytes: Bytes) -> Result<Checked, String> {
@@ -666,7 +719,8 @@ mod tests {
             vec![Found::Cached(0, 1), Found::Fresh(0), Found::Fresh(0), Found::Fresh(1)]
         );
         assert_eq!(fresh, vec![1, 3]);
-        let cached = again.featurized()[0].as_struct().column(0).as_list::<i32>().value(1);
+        let cached = again.part(0).await.unwrap();
+        let cached = cached.as_struct().column(0).as_list::<i32>().value(1);
         assert_eq!(
             cached.as_primitive::<Float32Type>().values().to_vec(),
             vec![-0.0f32, 3.0]
@@ -749,6 +803,66 @@ mod tests {
         );
         assert_eq!(again.hashes(&at(99), &[0], &store, 1).await.unwrap(), vec![None]);
         assert_eq!((again.summary.unread, again.summary.hashed), (2, 2));
+    }
+
+    /// Part names stay what they were when each value was hashed on its own: caches written before keep
+    /// their names.
+    #[test]
+    fn a_part_s_checksum_is_its_rows_hashed_value_by_value() {
+        let keys = [
+            ListingKey::of(entry("file:///a.jpg", 3)),
+            ListingKey::of(entry("file:///b.jpg", 4)),
+        ];
+        let features = [Some(vec![1.5f32, -0.0, 7.25]), None];
+        let batch = part_batch(&keys, &[[5; 32], [6; 32]], &features).unwrap();
+        // A slice of the batch, so that the features' offsets do not start at zero.
+        let both = datafusion::arrow::compute::concat_batches(&batch.schema(), [&batch, &batch]).unwrap();
+        let second = both.slice(2, 2);
+        let mut expected = Sha256::new();
+        for (key, (hash, values)) in keys.iter().zip([[5u8; 32], [6; 32]].iter().zip(&features)) {
+            expected.update((key.uri.len() as u64).to_le_bytes());
+            expected.update(key.uri.as_bytes());
+            expected.update(key.size.to_le_bytes());
+            expected.update(key.modified_ms.to_le_bytes());
+            expected.update(hash);
+            match values {
+                Some(values) => {
+                    expected.update((values.len() as u64).to_le_bytes());
+                    values.iter().for_each(|v| expected.update(v.to_le_bytes()));
+                }
+                None => expected.update(u64::MAX.to_le_bytes()),
+            }
+        }
+        let expected = hex::encode(expected.finalize());
+        assert_eq!(checksum(&batch), expected);
+        assert_eq!(checksum(&second), expected);
+    }
+
+    /// Features are read again when used: a part whose bytes changed since the run indexed it fails the run,
+    /// never gives it other rows.
+    #[tokio::test]
+    async fn a_part_changed_while_a_run_uses_it_fails_the_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = tmp.path().to_str().unwrap();
+        let store = StoreOptions::default();
+        let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        cache.load(1).await.unwrap();
+        let features = result(&[Some(vec![1.0, 2.0])]);
+        cache
+            .add([(entry("file:///a.jpg", 1), [1; 32], Some((&features, 0)))])
+            .await
+            .unwrap();
+        let mut again = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        again.load(1).await.unwrap();
+        assert!(again.loaded.is_empty(), "features are not kept from loading");
+        let file = tmp.path().join(&again.parts[0].file);
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
+        let refused = again.part(0).await.err().unwrap().to_string();
+        assert!(refused.contains("changed while this run used it"), "{refused}");
+        std::fs::write(&file, &bytes).unwrap();
+        let features = again.part(0).await.unwrap();
+        assert_eq!(features.len(), 1);
     }
 
     #[tokio::test]

@@ -11,9 +11,9 @@
 //! After a run, a new file covers every part it read or added, and the files it read are removed: a run that
 //! reads a removed file mid-way, or a torn or corrupt one (its bytes do not hash to its name), goes without it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use datafusion::arrow::array::{Array, AsArray, ListArray};
+use datafusion::arrow::array::{ArrayRef, AsArray, ListArray};
 use datafusion::arrow::datatypes::Float32Type;
 use sha2::{Digest, Sha256};
 use verger_pca::PcaStats;
@@ -41,23 +41,10 @@ pub(super) struct Added {
 }
 
 impl FeatureCache {
-    /// A part's features column.
-    fn features_of(&self, part: usize) -> &ListArray {
-        self.featurized[part].as_struct().column(0).as_list::<i32>()
-    }
-
     /// The rows of `part` that hold features (the others point to features held elsewhere).
     fn featured(&self, part: usize) -> impl Iterator<Item = usize> + '_ {
-        let features = self.features_of(part);
-        (0..features.len()).filter(|&r| features.is_valid(r))
-    }
-
-    /// The features at (part, row).
-    fn row(&self, (part, row): (usize, usize)) -> &[f32] {
-        let features = self.features_of(part);
-        let offsets = features.value_offsets();
-        let values = features.values().as_primitive::<Float32Type>().values();
-        &values[offsets[row] as usize..offsets[row + 1] as usize]
+        let featured = &self.parts[part].featured;
+        (0..featured.len()).filter(|&r| featured[r])
     }
 
     /// Reads the stored statistics among `files` (the cache's), keeping the usable one that covers the most
@@ -65,10 +52,10 @@ impl FeatureCache {
     pub(super) async fn load_stats(&mut self, files: &[String]) {
         let prefix = format!("{}/{PREFIX}", self.folder);
         let parts: HashMap<&str, usize> = self
-            .part_names
+            .parts
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.as_str(), i))
+            .map(|(i, p)| (p.checksum.as_str(), i))
             .collect();
         let mut best: Option<(BTreeSet<usize>, PcaStats)> = None;
         for name in files.iter().filter(|f| f.starts_with(&prefix) && f.ends_with(".bin")) {
@@ -99,26 +86,26 @@ impl FeatureCache {
         self.stored.best = best;
     }
 
-    /// Summarises the featured rows of `part`, just added, into the run's added statistics.
-    pub(super) fn add_stats(&mut self, part: usize) {
+    /// Summarises the featured rows of `part`, just added with features `result`, into the run's added
+    /// statistics.
+    pub(super) fn add_stats(&mut self, part: usize, result: &ArrayRef) {
+        let features = result.as_struct().column(0).as_list::<i32>();
         let rows: Vec<usize> = self.featured(part).collect();
         let Some(&first) = rows.first() else { return };
-        let dim = self.row((part, first)).len();
-        let mut stats = self.added.stats.take().unwrap_or_else(|| PcaStats::new(dim));
-        summarise(&mut stats, rows.iter().map(|&r| self.row((part, r))));
-        self.added.stats = Some(stats);
+        let dim = values(features, first).len();
+        let mut summary = Summary::new(self.added.stats.take().unwrap_or_else(|| PcaStats::new(dim)));
+        for &r in &rows {
+            summary.push(values(features, r));
+        }
+        self.added.stats = Some(summary.finish());
         self.added.parts.insert(part);
     }
 
-    /// The PCA statistics of a run's rows: `uses` counts the rows at each cached (part, row), `extra` holds
-    /// the features of rows the cache does not hold, row-major. Stores statistics covering every part for the
-    /// next run, unless completing them would cost more than this run's own rows.
-    pub async fn run_stats(
-        &mut self,
-        dim: usize,
-        uses: &HashMap<(usize, usize), u64>,
-        extra: &[f32],
-    ) -> Result<PcaStats, JobError> {
+    /// Plans the PCA statistics of a run's rows: `uses` counts the rows at each cached (part, row), and
+    /// `extra_rows` rows the cache does not hold come with [`FeatureCache::finish_stats`]. The plan names the
+    /// cached rows whose features it needs; [`StatsPlan::collect`] takes them from parts as the run reads
+    /// them.
+    pub fn plan_stats(&mut self, dim: usize, uses: &HashMap<(usize, usize), u64>, extra_rows: usize) -> StatsPlan {
         let used = |at: (usize, usize)| uses.get(&at).copied().unwrap_or(0);
         if self.stored.best.as_ref().is_some_and(|(_, s)| s.dim() != dim) {
             self.stored.best = None;
@@ -144,74 +131,80 @@ impl FeatureCache {
             true => stored_parts.union(&self.added.parts).copied().collect(),
             false => self.added.parts.clone(),
         };
-
-        let mut stats = match (&self.stored.best, use_stored) {
-            (Some((_, stored)), true) => stored.clone(),
-            _ => PcaStats::new(dim),
-        };
-        if let Some(added) = &self.added.stats {
-            stats.merge(added);
-        }
-        // Rows in the merged statistics once: taken out when unused, added again when used more than once;
-        // rows outside them added as many times as used.
-        let mut again = PcaStats::new(dim);
-        let mut out = PcaStats::new(dim);
-        let positions: Vec<(usize, usize)> = (0..self.featurized.len())
+        let positions: Vec<(usize, usize)> = (0..self.parts.len())
             .flat_map(|p| self.featured(p).map(move |r| (p, r)))
             .collect();
-        let repeats = positions.iter().flat_map(|&at| {
-            let in_merged = merged_parts.contains(&at.0);
-            let times = used(at).saturating_sub(u64::from(in_merged));
-            std::iter::repeat_n(self.row(at), times as usize)
-        });
-        summarise(&mut again, repeats.chain(extra.chunks_exact(dim)));
-        let removed = positions
-            .iter()
-            .filter(|at| merged_parts.contains(&at.0) && used(**at) == 0);
-        summarise(&mut out, removed.map(|&at| self.row(at)));
+        // New stored statistics cover every part, unless the rows outside the stored and added ones cost more
+        // than the run's own.
+        let is_outside = |p: &usize| !stored_parts.contains(p) && !self.added.parts.contains(p);
+        let outside_rows = positions.iter().filter(|(p, _)| is_outside(p)).count();
+        let run_rows = uses.values().sum::<u64>() as usize + extra_rows;
+        let store = outside_rows <= run_rows;
+        // Rows in the merged statistics once: taken out when unused, added again when used more than once;
+        // rows outside them added as many times as used.
+        let mut wanted: BTreeMap<usize, Vec<(usize, Want)>> = BTreeMap::new();
+        for &(p, r) in &positions {
+            let in_merged = merged_parts.contains(&p);
+            let want = Want {
+                again: used((p, r)).saturating_sub(u64::from(in_merged)),
+                out: in_merged && used((p, r)) == 0,
+                outside: store && is_outside(&p),
+            };
+            if want.again > 0 || want.out || want.outside {
+                wanted.entry(p).or_default().push((r, want));
+            }
+        }
+        StatsPlan {
+            dim,
+            use_stored,
+            store,
+            covers: positions.iter().map(|&(p, _)| p).collect(),
+            wanted,
+            again: Summary::new(PcaStats::new(dim)),
+            out: Summary::new(PcaStats::new(dim)),
+            outside: Summary::new(PcaStats::new(dim)),
+        }
+    }
+
+    /// The statistics `plan` was made for, with `extra` (the rows the cache does not hold, row-major): the
+    /// parts it still needs are read, and new statistics are stored for the next run (see
+    /// [`FeatureCache::plan_stats`]).
+    pub async fn finish_stats(&mut self, mut plan: StatsPlan, extra: &[f32]) -> Result<PcaStats, JobError> {
+        let parts: Vec<usize> = plan.wanted.keys().copied().collect();
+        for part in parts {
+            let result = self.part(part).await?;
+            plan.collect(part, &result);
+        }
+        extra.chunks_exact(plan.dim).for_each(|row| plan.again.push(row));
+        let (again, out, outside) = (plan.again.finish(), plan.out.finish(), plan.outside.finish());
+        let added = self.added.stats.clone().unwrap_or_else(|| PcaStats::new(plan.dim));
+        let stored = match &self.stored.best {
+            Some((_, stored)) => stored.clone(),
+            None => PcaStats::new(plan.dim),
+        };
+        let mut stats = match plan.use_stored {
+            true => stored.clone(),
+            false => PcaStats::new(plan.dim),
+        };
+        stats.merge(&added);
         stats.merge(&again);
         stats.remove(&out);
-        self.summary.pca_rows_merged += match use_stored {
-            true => self.stored.best.as_ref().map_or(0, |(_, s)| s.count()),
-            false => 0,
-        };
-        self.summary.pca_rows_computed +=
-            self.added.stats.as_ref().map_or(0, PcaStats::count) + again.count() + out.count();
-
-        let run_rows = uses.values().sum::<u64>() as usize + extra.len() / dim;
-        self.store_stats(dim, &positions, run_rows).await?;
+        if plan.use_stored {
+            self.summary.pca_rows_merged += stored.count();
+        }
+        self.summary.pca_rows_computed += added.count() + again.count() + out.count();
+        if plan.store {
+            let mut all = stored;
+            all.merge(&added);
+            all.merge(&outside);
+            self.store_stats(&plan.covers, &all).await?;
+        }
         Ok(stats)
     }
 
-    /// Writes statistics covering every part with features, then removes the files read at the start, unless
-    /// the rows outside the stored and added statistics are more than `budget`.
-    async fn store_stats(&mut self, dim: usize, positions: &[(usize, usize)], budget: usize) -> Result<(), JobError> {
-        let stored_parts = self
-            .stored
-            .best
-            .as_ref()
-            .map(|(covers, _)| covers.clone())
-            .unwrap_or_default();
-        let outside: Vec<(usize, usize)> = positions
-            .iter()
-            .copied()
-            .filter(|(p, _)| !stored_parts.contains(p) && !self.added.parts.contains(p))
-            .collect();
-        if outside.len() > budget {
-            return Ok(());
-        }
-        let mut stats = match &self.stored.best {
-            Some((_, stored)) => stored.clone(),
-            None => PcaStats::new(dim),
-        };
-        if let Some(added) = &self.added.stats {
-            stats.merge(added);
-        }
-        let mut rest = PcaStats::new(dim);
-        summarise(&mut rest, outside.iter().map(|&at| self.row(at)));
-        stats.merge(&rest);
-        let covers: BTreeSet<usize> = positions.iter().map(|&(p, _)| p).collect();
-        let bytes = encode(covers.iter().map(|&p| self.part_names[p].as_str()), &stats);
+    /// Writes `stats`, covering `covers`, then removes the statistics files read at the start.
+    async fn store_stats(&mut self, covers: &BTreeSet<usize>, stats: &PcaStats) -> Result<(), JobError> {
+        let bytes = encode(covers.iter().map(|&p| self.parts[p].checksum.as_str()), stats);
         let name = format!("{}/{PREFIX}{}.bin", self.folder, hex::encode(Sha256::digest(&bytes)));
         if self.stored.files.contains(&name) {
             return Ok(()); // nothing new
@@ -228,17 +221,78 @@ impl FeatureCache {
     }
 }
 
-/// Adds `rows` to `stats`, [`CHUNK`] at a time.
-fn summarise<'a>(stats: &mut PcaStats, rows: impl Iterator<Item = &'a [f32]>) {
-    let mut chunk = Vec::with_capacity(CHUNK * stats.dim());
-    for row in rows {
-        chunk.extend_from_slice(row);
-        if chunk.len() == CHUNK * stats.dim() {
-            stats.add_rows(&chunk);
-            chunk.clear();
+/// What a planned row is needed for: added again (times), taken out, added to new stored statistics.
+#[derive(Clone, Copy)]
+struct Want {
+    again: u64,
+    out: bool,
+    outside: bool,
+}
+
+/// The statistics of a run's rows in the making ([`FeatureCache::plan_stats`]).
+pub struct StatsPlan {
+    dim: usize,
+    use_stored: bool,
+    store: bool,
+    covers: BTreeSet<usize>,
+    /// The rows still needed, by part.
+    wanted: BTreeMap<usize, Vec<(usize, Want)>>,
+    again: Summary,
+    out: Summary,
+    outside: Summary,
+}
+
+impl StatsPlan {
+    /// Takes the rows the plan needs from `part`'s features (`featurize`'s result), once.
+    pub fn collect(&mut self, part: usize, result: &ArrayRef) {
+        let Some(rows) = self.wanted.remove(&part) else { return };
+        let features = result.as_struct().column(0).as_list::<i32>();
+        for (row, want) in rows {
+            let v = values(features, row);
+            for _ in 0..want.again {
+                self.again.push(v);
+            }
+            if want.out {
+                self.out.push(v);
+            }
+            if want.outside {
+                self.outside.push(v);
+            }
         }
     }
-    stats.add_rows(&chunk);
+}
+
+/// The features at `row` of a features column.
+fn values(features: &ListArray, row: usize) -> &[f32] {
+    let offsets = features.value_offsets();
+    let values = features.values().as_primitive::<Float32Type>().values();
+    &values[offsets[row] as usize..offsets[row + 1] as usize]
+}
+
+/// Rows added to statistics [`CHUNK`] at a time: bounded memory, whole matrix products.
+struct Summary {
+    stats: PcaStats,
+    chunk: Vec<f32>,
+}
+
+impl Summary {
+    fn new(stats: PcaStats) -> Self {
+        let chunk = Vec::with_capacity(CHUNK * stats.dim());
+        Summary { stats, chunk }
+    }
+
+    fn push(&mut self, row: &[f32]) {
+        self.chunk.extend_from_slice(row);
+        if self.chunk.len() == CHUNK * self.stats.dim() {
+            self.stats.add_rows(&self.chunk);
+            self.chunk.clear();
+        }
+    }
+
+    fn finish(mut self) -> PcaStats {
+        self.stats.add_rows(&self.chunk);
+        self.stats
+    }
 }
 
 /// The file: [`MAGIC`], the number of parts covered, each part's SHA-256, then the statistics.
@@ -328,6 +382,14 @@ mod tests {
         positions(cache, seeds)
     }
 
+    impl FeatureCache {
+        /// Plans and finishes the statistics of a run, as the featurize stage does.
+        async fn run(&mut self, uses: &HashMap<(usize, usize), u64>, extra: &[f32]) -> PcaStats {
+            let plan = self.plan_stats(DIM, uses, extra.len() / DIM);
+            self.finish_stats(plan, extra).await.unwrap()
+        }
+    }
+
     fn positions(cache: &FeatureCache, seeds: &[usize]) -> Vec<(usize, usize)> {
         seeds.iter().map(|&s| cache.position(&[s as u8; 32]).unwrap()).collect()
     }
@@ -349,7 +411,7 @@ mod tests {
         let seeds: Vec<usize> = (0..20).collect();
         let at = add(&mut first, &seeds).await;
         let uses: HashMap<_, _> = at.iter().map(|&p| (p, 1)).collect();
-        let stats = first.run_stats(DIM, &uses, &[]).await.unwrap();
+        let stats = first.run(&uses, &[]).await;
         let rows: Vec<Vec<f32>> = seeds.iter().map(|&s| vector(s)).collect();
         assert_close(&stats, &direct(&rows));
         assert_eq!(stats_files(tmp.path()).len(), 1);
@@ -360,7 +422,7 @@ mod tests {
         let mut uses: HashMap<_, _> = at[3..].iter().map(|&p| (p, 1)).collect();
         uses.insert(at[5], 2);
         uses.extend(new_at.iter().map(|&p| (p, 1)));
-        let stats = daily.run_stats(DIM, &uses, &vector(77)).await.unwrap();
+        let stats = daily.run(&uses, &vector(77)).await;
         let mut expected: Vec<Vec<f32>> = seeds[3..].iter().map(|&s| vector(s)).collect();
         expected.extend([vector(5), vector(40), vector(41), vector(77)]);
         assert_close(&stats, &direct(&expected));
@@ -377,7 +439,7 @@ mod tests {
         let mut few = open(location).await;
         let at = positions(&few, &seeds);
         let uses: HashMap<_, _> = at[..2].iter().map(|&p| (p, 1)).collect();
-        let stats = few.run_stats(DIM, &uses, &[]).await.unwrap();
+        let stats = few.run(&uses, &[]).await;
         assert_close(&stats, &direct(&[vector(0), vector(1)]));
         assert_eq!((few.summary.pca_rows_merged, few.summary.pca_rows_computed), (0, 2));
 
@@ -393,7 +455,7 @@ mod tests {
         );
         let every: Vec<usize> = seeds.iter().copied().chain([40, 41]).collect();
         let uses: HashMap<_, _> = positions(&torn, &every).into_iter().map(|p| (p, 1)).collect();
-        let stats = torn.run_stats(DIM, &uses, &[]).await.unwrap();
+        let stats = torn.run(&uses, &[]).await;
         let mut all: Vec<Vec<f32>> = rows.clone();
         all.extend([vector(40), vector(41)]);
         assert_close(&stats, &direct(&all));
@@ -402,7 +464,7 @@ mod tests {
         let mut after = open(location).await;
         assert!(after.summary.ignored_parts.is_empty());
         let uses: HashMap<_, _> = positions(&after, &every).into_iter().map(|p| (p, 1)).collect();
-        let stats = after.run_stats(DIM, &uses, &[]).await.unwrap();
+        let stats = after.run(&uses, &[]).await;
         assert_close(&stats, &direct(&all));
         assert_eq!(after.summary.pca_rows_merged, 22);
     }
