@@ -46,6 +46,8 @@ def close(a, b, rtol, what):
         assert isinstance(a, dict) and a.keys() == b.keys(), what
         for key in b:
             close(a[key], b[key], rtol, f"{what}.{key}")
+    elif isinstance(b, float):
+        assert abs(a - b) <= rtol * max(1.0, abs(b)), f"{what}: {a} != {b}"
     else:
         assert a == b, f"{what}: {a} != {b}"
 

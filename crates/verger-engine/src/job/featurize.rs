@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use verger_listing::ImageList;
 use verger_pca::PcaStats;
 
-use super::cache::{FeatureCache, Found};
+use super::cache::{self, FeatureCache, Found};
 use super::partitions::Partitions;
 use super::{cluster, pca_fit, staging};
 use crate::error::JobError;
@@ -86,7 +86,7 @@ pub async fn run(
         .sum();
     progress.advance(done_rows as u64);
 
-    // With a cache, the statistics of the partitions to stage come from it ([`FeatureCache::run_stats`]);
+    // With a cache, the statistics of the partitions to stage come from it ([`FeatureCache::plan_stats`]);
     // the aggregator sums those of the partitions staged before, read from their files.
     let done: Vec<usize> = (0..parts.count()).filter(|i| todo.binary_search(i).is_err()).collect();
     let (aggregated, done) = match (&cache, todo.is_empty()) {
@@ -268,12 +268,9 @@ async fn stage_with_cache(
         match *row {
             Row::Cache(part, row) => *uses.entry((part, row)).or_default() += 1,
             Row::Kept(k, i) => {
-                let result = kept[k].as_struct();
-                let values = result.column(0).as_list::<i32>();
-                if result.column(1).is_valid(i) || !values.is_valid(i) {
-                    continue;
+                if let Some(values) = cache::featurized(kept[k].as_struct(), i) {
+                    extra.extend_from_slice(values.as_primitive::<Float32Type>().values());
                 }
-                extra.extend_from_slice(values.value(i).as_primitive::<Float32Type>().values());
             }
         }
     }

@@ -459,13 +459,10 @@ impl FeatureCache {
         for (entry, hash, result) in rows {
             let key = ListingKey::of(entry);
             let values = match result {
-                Some((result, row)) => {
-                    let values = result.column(0).as_list::<i32>();
-                    if result.column(1).is_valid(row) || !values.is_valid(row) {
-                        continue; // failed: featurized again next time, and reported again
-                    }
-                    Some(values.value(row))
-                }
+                Some((result, row)) => match featurized(result, row) {
+                    Some(values) => Some(values),
+                    None => continue, // failed: featurized again next time, and reported again
+                },
                 None => None,
             };
             let known = self.by_hash.contains_key(&hash);
@@ -497,6 +494,12 @@ impl FeatureCache {
         self.keep(part, result);
         Ok(rows)
     }
+}
+
+/// The features of row `row` of a `featurize` result, none when that image failed.
+pub fn featurized(result: &StructArray, row: usize) -> Option<ArrayRef> {
+    let values = result.column(0).as_list::<i32>();
+    (result.column(1).is_null(row) && values.is_valid(row)).then(|| values.value(row))
 }
 
 fn part_schema() -> SchemaRef {
@@ -668,20 +671,9 @@ mod tests {
             .map(|i| ListingKey::of(entry(&i.to_string(), 1)))
             .collect();
         let hashes = vec![[0u8; 32]; features.len()];
-        let part = part_batch(&keys, &hashes, features).unwrap();
-        let DataType::Struct(fields) = result_type() else {
-            unreachable!()
-        };
-        let n = features.len();
-        StructArray::new(
-            fields,
-            vec![
-                part.column(4).clone(),
-                new_null_array(&DataType::Utf8, n),
-                new_null_array(&DataType::Utf8, n),
-            ],
-            None,
-        )
+        as_result(&part_batch(&keys, &hashes, features).unwrap())
+            .as_struct()
+            .clone()
     }
 
     #[tokio::test]
