@@ -19,9 +19,21 @@ struct Loaded {
     environment: Environment,
 }
 
+/// Asks ONNX Runtime not to record or send usage telemetry, unless the user decided otherwise: Microsoft's
+/// builds (the PyPI wheels) otherwise write a device id and an event database under `~/.cache/Microsoft` and
+/// may upload model metadata, errors and run counts. Read once, when the library initialises, so front ends
+/// call this first thing, before other threads run ([`loaded`] calls it again for library users).
+pub fn opt_out_of_telemetry() {
+    const VAR: &str = "ORT_DISABLE_TELEMETRY";
+    if std::env::var_os(VAR).is_none() {
+        std::env::set_var(VAR, "1");
+    }
+}
+
 fn loaded() -> Result<&'static Loaded, ModelError> {
     static LOADED: OnceLock<Result<Loaded, String>> = OnceLock::new();
     let outcome = LOADED.get_or_init(|| {
+        opt_out_of_telemetry();
         let path = locate().map_err(|e| e.to_string())?;
         let load_error = |message: String| {
             ModelError::RuntimeLoad {
@@ -33,6 +45,8 @@ fn loaded() -> Result<&'static Loaded, ModelError> {
         let environment = ort::init_from(&path)
             .map_err(|e| load_error(e.to_string()))?
             .with_name("verger")
+            // Events of a process that opted out anyway (see `opt_out_of_telemetry`).
+            .with_telemetry(false)
             .build()
             .map_err(|e| load_error(e.to_string()))?;
         Ok(Loaded { path, environment })

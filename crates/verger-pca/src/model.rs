@@ -204,8 +204,40 @@ const EXACT_TAG: &[u8] = b"verger-pca-model-v1:";
 
 /// `a · x` with eight running sums, added up in a fixed order: vectorizable (one running sum waits on the
 /// latency of every addition), and the same bits for a row wherever and in whatever batch it is projected.
+/// Σ aᵢxᵢ in [`LANES`] running sums. The same bits on every CPU: the wide versions only hold the lanes in
+/// wider registers (each lane adds its products in the same order, no fused multiply-add), and projecting
+/// every row is most of the write stage's arithmetic.
 fn dot(a: &[f64], x: &[f64]) -> f64 {
-    const LANES: usize = 8;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature this version is compiled for.
+            return unsafe { dot_avx512(a, x) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { dot_avx2(a, x) };
+        }
+    }
+    dot_lanes(a, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f64], x: &[f64]) -> f64 {
+    dot_lanes(a, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[f64], x: &[f64]) -> f64 {
+    dot_lanes(a, x)
+}
+
+const LANES: usize = 8;
+
+#[inline(always)]
+fn dot_lanes(a: &[f64], x: &[f64]) -> f64 {
     let mut sums = [0f64; LANES];
     for (a, x) in a.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
         for lane in 0..LANES {
@@ -220,6 +252,32 @@ fn dot(a: &[f64], x: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_dot_version_gives_the_same_bits() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        for n in [0, 1, 7, 8, 9, 1280, 1283] {
+            let a: Vec<f64> = (0..n).map(|_| next() * 1e3).collect();
+            let x: Vec<f64> = (0..n).map(|_| next()).collect();
+            let portable = dot_lanes(&a, &x);
+            assert_eq!(dot(&a, &x).to_bits(), portable.to_bits(), "n={n}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    assert_eq!(unsafe { dot_avx2(&a, &x) }.to_bits(), portable.to_bits(), "n={n}");
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    assert_eq!(unsafe { dot_avx512(&a, &x) }.to_bits(), portable.to_bits(), "n={n}");
+                }
+            }
+        }
+    }
 
     /// Points on a line y = 2x with small noise: one dominant component along (1, 2)/√5.
     fn line() -> PcaStats {

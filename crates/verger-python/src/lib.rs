@@ -311,6 +311,7 @@ fn runtime_library(py: Python<'_>) -> PyResult<String> {
 
 #[pymodule]
 fn _verger(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    verger::opt_out_of_telemetry();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(featurize, m)?)?;

@@ -65,6 +65,7 @@ pub use verger_engine::store::{Encryption, StoreOptions};
 pub use verger_engine::{ErrorBudget, FeaturizeSettings, JobConfig, JobError, NoProgress, Progress, Stop, StoreError};
 pub use verger_image::Limits;
 pub use verger_listing::{ImageEntry, ImageList, DEFAULT_GLOB, LIST_CONCURRENCY};
+pub use verger_model::runtime::opt_out_of_telemetry;
 pub use verger_pca::Components;
 
 /// What any call can fail with.

@@ -12,6 +12,7 @@ use verger::{ExitStatus, RunOutcome};
 use verger::cli::{self as args, Cli, Command};
 
 fn main() -> ExitCode {
+    verger::opt_out_of_telemetry();
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",

@@ -130,6 +130,25 @@ fn embed_writes_path_and_features() {
     assert_success(&checked, "pyarrow read-back");
 }
 
+/// Microsoft's ONNX Runtime builds record usage events in a database under the user's home unless told not to.
+#[test]
+fn inference_leaves_nothing_in_the_user_s_home() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let image = model_dir().join("reference/images/kiwi.jpg");
+    let file = tmp.path().join("f.parquet");
+    let out = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(["embed", image.to_str().unwrap(), "--out", file.to_str().unwrap()])
+        .env("HOME", &home)
+        .env_remove("XDG_CACHE_HOME")
+        .output()
+        .unwrap();
+    assert_success(&out, "verger embed");
+    let left: Vec<_> = std::fs::read_dir(&home).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "a run wrote to the user's home: {left:?}");
+}
+
 #[test]
 fn pseudonymized_paths_are_keyed_hashes_and_no_photo_path_remains() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,6 +1,9 @@
 """The Python package against the command line and Pillow: the same results, Arrow/pandas back, typed
 errors with the CLI's messages, bad images as error rows, the GIL released, progress reported."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -200,3 +203,15 @@ def test_train_evaluate_identify(small_input, small_run, tmp_path):
     assert len(answers) == 2
     assert answers[0]["identified"]["labels"][0]["label"] == "Kiwi", answers[0]
     assert answers[1]["error"] and "missing.jpg" in str(answers[1]), answers[1]
+
+
+def test_inference_leaves_nothing_in_the_user_s_home(tmp_path):
+    """Microsoft's ONNX Runtime wheels record usage telemetry under ~/.cache/Microsoft unless told not to."""
+    home = tmp_path / "home"
+    home.mkdir()
+    image = training_images("Plum", 1)[0]
+    script = f"import verger; t = verger.featurize([{str(image)!r}]); assert t.column('error').null_count == 1"
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "ORT_DISABLE_TELEMETRY")}
+    env["HOME"] = str(home)
+    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    assert list(home.iterdir()) == [], f"featurizing wrote to the user's home: {list(home.rglob('*'))}"

@@ -2,7 +2,7 @@
 //! model (the `featurize` function), here or on a cluster, and staged; meanwhile the PCA statistics of the
 //! staged partitions are aggregated, so that fitting overlaps inference.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,15 +14,17 @@ use datafusion::datasource::MemTable;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
+use tokio::task::JoinHandle;
 use verger_listing::ImageList;
 use verger_pca::PcaStats;
 
 use super::cache::{self, FeatureCache, Found};
-use super::partitions::Partitions;
+use super::partitions::{self, Partitions};
 use super::{cluster, pca_fit, staging};
 use crate::error::JobError;
 use crate::fault;
 use crate::featurize::FeaturizeSettings;
+use crate::io::StoreError;
 use crate::layout;
 use crate::progress::Progress;
 
@@ -57,11 +59,22 @@ impl Budget {
 }
 
 /// Where partitions are featurized, and how many at once.
+#[derive(Clone, Copy)]
 pub enum Where<'a> {
     /// On this machine's `threads` workers.
     Here { threads: usize },
     /// On a cluster, with `jobs` cluster jobs in flight.
     Cluster { remote: &'a SessionContext, jobs: usize },
+}
+
+impl Where<'_> {
+    /// Partitions worked on at once: one per worker here; on a cluster, its jobs in flight.
+    fn in_flight(&self) -> usize {
+        match *self {
+            Where::Here { threads } => threads.max(1),
+            Where::Cluster { jobs, .. } => jobs.max(1),
+        }
+    }
 }
 
 /// Featurizes every partition not yet staged, and meanwhile aggregates the PCA statistics of each group of
@@ -184,7 +197,8 @@ async fn stage_with_cache(
     out.remove_all(layout::FRESH).await?;
     let fresh_rows = UInt64Array::from_iter_values(fresh.iter().map(|&at| rows[at] as u64));
     let fresh_input = take_record_batch(input, &fresh_rows)?;
-    let fresh_parts = Partitions::in_folder(out, layout::FRESH, fresh.len(), parts.partition_rows());
+    let fresh_ranges = partitions::fresh_ranges(fresh.len(), parts.partition_rows(), place.in_flight());
+    let fresh_parts = Partitions::in_folder(out, layout::FRESH, fresh_ranges);
     let fresh_todo: Vec<usize> = (0..fresh_parts.count()).collect();
     let (fresh_tx, mut fresh_rx) = tokio::sync::mpsc::unbounded_channel();
     let started = Instant::now();
@@ -280,6 +294,17 @@ async fn stage_with_cache(
         &uses,
         extra.len() / verger_model::FEATURE_DIM,
     );
+    // Each assembled partition is written by a task of its own while the next one is read and assembled,
+    // `in_flight` at most; each counts as staged (progress, fault points) once committed, in order.
+    let in_flight = place.in_flight();
+    let mut writing: VecDeque<(JoinHandle<Result<u64, StoreError>>, usize)> = VecDeque::new();
+    let progress = progress.as_ref();
+    let committed = |(task, rows): (JoinHandle<Result<u64, StoreError>>, usize)| async move {
+        task.await.map_err(JobError::task)??;
+        fault::checkpoint("featurize");
+        progress.advance(rows as u64);
+        Ok::<(), JobError>(())
+    };
     let mut at = 0;
     for &part in partitions {
         let range = parts.ranges[part].clone();
@@ -314,19 +339,27 @@ async fn stage_with_cache(
             vec![images.column(2).clone(), images.column(1).clone(), featurized],
         )?;
         let mut file = out.staging_parquet(&parts.staged(part), staging::schema())?;
-        file.write(&batch).await?;
-        file.commit().await?;
-        // No trim here: each partition frees what the next one needs again (a part's features), and
-        // handing those pages back only to fault them in again cost more than the assembly itself.
-        fault::checkpoint("featurize");
+        let write = async move {
+            file.write(&batch).await?;
+            file.commit().await
+        };
         // Fresh rows were counted as they were featurized.
         let fresh_here = found[at..at + range.len()]
             .iter()
             .enumerate()
             .filter(|(i, f)| matches!(f, Found::Fresh(n) if fresh[*n] == at + i))
             .count();
-        progress.advance((range.len() - fresh_here) as u64);
+        let task = tokio::spawn(tracing::Instrument::in_current_span(write));
+        writing.push_back((task, range.len() - fresh_here));
+        if writing.len() >= in_flight {
+            committed(writing.pop_front().expect("in flight")).await?;
+        }
+        // No trim here: each partition frees what the next one needs again (a part's features), and
+        // handing those pages back only to fault them in again cost more than the assembly itself.
         at += range.len();
+    }
+    while let Some(write) = writing.pop_front() {
+        committed(write).await?;
     }
     // Listings new to the cache whose bytes it holds (moved, touched or duplicated images).
     let aliases = found.iter().zip(&hashes).enumerate().filter_map(|(at, (f, hash))| {

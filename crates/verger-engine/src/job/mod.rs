@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use manifest::list_images;
 
-use self::cache::{FeatureCache, Identity};
+use self::cache::{CacheSummary, FeatureCache, Identity};
 use self::featurize::{Budget, Where};
 use self::manifest::ListSettings;
 use self::partitions::Partitions;
@@ -197,7 +197,6 @@ async fn run_claimed(
     let stats = clock.stage("featurize", Some(listed), featurizing).await?;
     drop(input);
     drop(manifest);
-    let cache_summary = cache.map(|c| c.summary);
     fault::pause_point("featurized").await;
     verify::staged(&parts).await?;
     let failed = staging::count_failed(&ctx, parts.all_staged()).await?;
@@ -228,7 +227,7 @@ async fn run_claimed(
                     };
                     let mut report = Report::new(config, &clock, counts, None, &pricing);
                     report.buckets = residency;
-                    report.cache = cache_summary;
+                    report.cache = finish(cache).await?;
                     write_report(out, &report).await?;
                     return Err(e);
                 }
@@ -257,7 +256,7 @@ async fn run_claimed(
     summary.drift_degrees = drift;
     let mut report = Report::new(config, &clock, counts, Some(summary), &pricing);
     report.buckets = residency;
-    report.cache = cache_summary;
+    report.cache = finish(cache).await?;
     report.versions.pca_model_sha256 = Some(hex::encode(Sha256::digest(out.get(layout::PCA_MODEL).await?)));
     write_report(out, &report).await?;
     fault::checkpoint("report");
@@ -265,6 +264,14 @@ async fn run_claimed(
     out.put(layout::SUCCESS, Vec::new()).await?;
     out.remove_all(layout::STAGING).await?;
     Ok(JobOutcome { report })
+}
+
+/// What the run did with its cache, if it has one, once the cache's own writes are done.
+async fn finish(cache: Option<FeatureCache>) -> Result<Option<CacheSummary>, JobError> {
+    match cache {
+        Some(cache) => Ok(Some(cache.finish().await?)),
+        None => Ok(None),
+    }
 }
 
 /// Writes `report.json`, then the page from it.

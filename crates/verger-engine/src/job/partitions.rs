@@ -23,6 +23,19 @@ pub fn partition_ranges(n: usize, rows: usize) -> Vec<Range<usize>> {
     ranges
 }
 
+/// Cuts `n` rows that are not the manifest's (the images a feature cache lacks) for `workers`: as
+/// [`partition_ranges`] when each worker gets more than a partition, else one partition per worker of nearly
+/// equal sizes. A daily run's few fresh rows would otherwise be cut into tapered partitions of unequal work
+/// (109 rows into 64 and 45), or into fewer partitions than workers. Not resumed, so free to depend on `workers`.
+pub fn fresh_ranges(n: usize, rows: usize, workers: usize) -> Vec<Range<usize>> {
+    let workers = workers.max(1);
+    if n > workers * rows.max(1) {
+        return partition_ranges(n, rows);
+    }
+    let count = workers.min(n);
+    (0..count).map(|i| i * n / count..(i + 1) * n / count).collect()
+}
+
 /// The manifest cut into contiguous partitions; partition i is staged at `_staging/part-i.parquet` and
 /// written to `result/part-i.parquet`.
 pub struct Partitions<'a> {
@@ -34,17 +47,13 @@ pub struct Partitions<'a> {
 
 impl<'a> Partitions<'a> {
     pub fn new(out: &'a OutputStore, rows: usize, partition_rows: usize) -> Self {
-        Self::in_folder(out, layout::STAGING, rows, partition_rows)
+        Self::in_folder(out, layout::STAGING, partition_ranges(rows, partition_rows))
     }
 
     /// Partitions of some other rows than the manifest's, staged in `folder` (the images a feature cache
-    /// lacks).
-    pub fn in_folder(out: &'a OutputStore, folder: &'static str, rows: usize, partition_rows: usize) -> Self {
-        Partitions {
-            ranges: partition_ranges(rows, partition_rows),
-            out,
-            folder,
-        }
+    /// lacks, cut by [`fresh_ranges`]).
+    pub fn in_folder(out: &'a OutputStore, folder: &'static str, ranges: Vec<Range<usize>>) -> Self {
+        Partitions { ranges, out, folder }
     }
 
     /// The size partitions are cut by (before the tapered tail).
@@ -110,5 +119,36 @@ mod tests {
         let sizes: Vec<usize> = partition_ranges(7392, 256).iter().map(|r| r.len()).collect();
         assert_eq!(sizes.iter().filter(|&&s| s == 256).count(), 25);
         assert_eq!(sizes.len(), 25 + 16);
+    }
+
+    #[test]
+    fn fresh_rows_give_every_worker_an_equal_share_or_whole_partitions() {
+        for (n, rows, workers) in [
+            (109, 256, 2),
+            (1, 256, 4),
+            (3, 256, 8),
+            (0, 256, 2),
+            (512, 256, 2),
+            (513, 256, 2),
+            (40, 6, 3),
+        ] {
+            let ranges = fresh_ranges(n, rows, workers);
+            let covered: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
+            assert_eq!(
+                covered,
+                (0..n).collect::<Vec<_>>(),
+                "n={n} rows={rows} workers={workers}"
+            );
+            assert!(ranges.iter().all(|r| !r.is_empty() && r.len() <= rows));
+            if n <= rows * workers {
+                assert_eq!(ranges.len(), n.min(workers));
+                let sizes = ranges.iter().map(|r| r.len());
+                assert!(sizes.clone().max().unwrap_or(0) - sizes.min().unwrap_or(0) <= 1);
+            } else {
+                assert_eq!(ranges, partition_ranges(n, rows));
+            }
+        }
+        let sizes: Vec<usize> = fresh_ranges(109, 256, 2).iter().map(|r| r.len()).collect();
+        assert_eq!(sizes, [54, 55]);
     }
 }

@@ -9,7 +9,7 @@ pub mod page;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -44,17 +44,30 @@ impl Usage {
     }
 }
 
-/// Hands the allocator's free pages back to the system, after each partition. glibc keeps what is freed in
-/// its arenas, and its mmap threshold rises as large buffers are freed, so that later ones come from those
-/// arenas too: left alone, a run's peak memory grew by about 0.5 KB per image over 100,000 images
-/// (`bench/scale.py`), with no buffer still alive. A no-op with other C libraries.
+/// Hands the allocator's free pages back to the system, after each partition, at most once per
+/// [`TRIM_INTERVAL`]. glibc keeps what is freed in its arenas, and its mmap threshold rises as large buffers are
+/// freed, so that later ones come from those arenas too: left alone, a run's peak memory grew by about 0.5 KB
+/// per image over 100,000 images (`bench/scale.py`), with no buffer still alive. Not more often, since pages
+/// handed back are faulted in again by the next partition: trimming after each of a daily run's short written
+/// partitions doubled its write stage. A no-op with other C libraries.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages; it takes the allocator's own locks.
-    unsafe {
-        libc::malloc_trim(0);
+    {
+        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| at.elapsed() < TRIM_INTERVAL) {
+            return;
+        }
+        // SAFETY: malloc_trim only returns free pages; it takes the allocator's own locks.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        *last = Some(Instant::now());
     }
 }
+
+/// The least time between two [`release_free_memory`] trims.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Wall and CPU seconds of one stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]

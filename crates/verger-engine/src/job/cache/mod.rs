@@ -30,12 +30,14 @@ use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Sche
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
 use verger_listing::{ImageEntry, ImageList};
 
 use crate::error::JobError;
 use crate::featurize::{features_type, field, result_type, FeaturizeSettings};
 use crate::io::output::{decode_parquet, OutputStore};
 use crate::io::store::StoreOptions;
+use crate::io::StoreError;
 
 /// The file that marks a folder as a verger feature cache.
 pub const MARKER: &str = "verger-cache.json";
@@ -184,6 +186,8 @@ pub struct FeatureCache {
     stored: stats::Stored,
     /// The PCA statistics of the parts this run added.
     added: stats::Added,
+    /// The statistics being written for the next run ([`FeatureCache::finish_stats`]).
+    storing: Option<JoinHandle<Result<(), StoreError>>>,
     pub summary: CacheSummary,
 }
 
@@ -261,6 +265,7 @@ impl FeatureCache {
             parts: Vec::new(),
             loaded: VecDeque::new(),
             stored: stats::Stored::default(),
+            storing: None,
             added: stats::Added::default(),
         })
     }
@@ -360,6 +365,20 @@ impl FeatureCache {
             self.loaded.pop_front();
         }
         self.loaded.push_back((part, result));
+    }
+
+    /// Waits for the statistics this run stores for the next one ([`FeatureCache::finish_stats`]).
+    pub async fn stored_stats(&mut self) -> Result<(), JobError> {
+        match self.storing.take() {
+            Some(task) => Ok(task.await.map_err(JobError::task)??),
+            None => Ok(()),
+        }
+    }
+
+    /// What the run did with the cache, once the statistics it stores are written.
+    pub async fn finish(mut self) -> Result<CacheSummary, JobError> {
+        self.stored_stats().await?;
+        Ok(self.summary)
     }
 
     /// Where the cache holds the features of `hash`: (part, row) of [`FeatureCache::part`].

@@ -93,11 +93,11 @@ impl FeatureCache {
         let rows: Vec<usize> = self.featured(part).collect();
         let Some(&first) = rows.first() else { return };
         let dim = values(features, first).len();
-        let mut summary = Summary::new(self.added.stats.take().unwrap_or_else(|| PcaStats::new(dim)));
+        let mut summary = Summary::new(dim, self.added.stats.take());
         for &r in &rows {
             summary.push(values(features, r));
         }
-        self.added.stats = Some(summary.finish());
+        self.added.stats = summary.finish();
         self.added.parts.insert(part);
     }
 
@@ -160,9 +160,9 @@ impl FeatureCache {
             store,
             covers: positions.iter().map(|&(p, _)| p).collect(),
             wanted,
-            again: Summary::new(PcaStats::new(dim)),
-            out: Summary::new(PcaStats::new(dim)),
-            outside: Summary::new(PcaStats::new(dim)),
+            again: Summary::new(dim, None),
+            out: Summary::new(dim, None),
+            outside: Summary::new(dim, None),
         }
     }
 
@@ -177,47 +177,57 @@ impl FeatureCache {
         }
         extra.chunks_exact(plan.dim).for_each(|row| plan.again.push(row));
         let (again, out, outside) = (plan.again.finish(), plan.out.finish(), plan.outside.finish());
-        let added = self.added.stats.clone().unwrap_or_else(|| PcaStats::new(plan.dim));
-        let stored = match &self.stored.best {
-            Some((_, stored)) => stored.clone(),
-            None => PcaStats::new(plan.dim),
+        // Taken, not cloned: each is 8·dim² bytes, and a run needs them no more.
+        let added = self.added.stats.take();
+        let stored = self.stored.best.take().map(|(_, stored)| stored);
+        let count = |s: &Option<PcaStats>| s.as_ref().map_or(0, PcaStats::count);
+        self.summary.pca_rows_computed += count(&added) + count(&again) + count(&out);
+        let mut stats = match (plan.use_stored, &stored) {
+            (true, Some(stored)) => {
+                self.summary.pca_rows_merged += stored.count();
+                stored.clone()
+            }
+            _ => PcaStats::new(plan.dim),
         };
-        let mut stats = match plan.use_stored {
-            true => stored.clone(),
-            false => PcaStats::new(plan.dim),
-        };
-        stats.merge(&added);
-        stats.merge(&again);
-        stats.remove(&out);
-        if plan.use_stored {
-            self.summary.pca_rows_merged += stored.count();
+        for merged in [&added, &again].into_iter().flatten() {
+            stats.merge(merged);
         }
-        self.summary.pca_rows_computed += added.count() + again.count() + out.count();
+        if let Some(out) = &out {
+            stats.remove(out);
+        }
         if plan.store {
-            let mut all = stored;
-            all.merge(&added);
-            all.merge(&outside);
-            self.store_stats(&plan.covers, &all).await?;
+            let mut all = stored.unwrap_or_else(|| PcaStats::new(plan.dim));
+            for merged in [&added, &outside].into_iter().flatten() {
+                all.merge(merged);
+            }
+            self.store_stats(&plan.covers, all);
         }
         Ok(stats)
     }
 
-    /// Writes `stats`, covering `covers`, then removes the statistics files read at the start.
-    async fn store_stats(&mut self, covers: &BTreeSet<usize>, stats: &PcaStats) -> Result<(), JobError> {
-        let bytes = encode(covers.iter().map(|&p| self.parts[p].checksum.as_str()), stats);
-        let name = format!("{}/{PREFIX}{}.bin", self.folder, hex::encode(Sha256::digest(&bytes)));
-        if self.stored.files.contains(&name) {
-            return Ok(()); // nothing new
-        }
-        self.store.put(&name, bytes).await?;
-        for old in std::mem::take(&mut self.stored.files) {
-            // Another run may have removed it already.
-            if let Err(e) = self.store.remove(&old).await {
-                tracing::debug!("cache statistics {old} not removed: {e}");
+    /// Starts writing `stats`, covering `covers`, then removing the statistics files read at the start: the
+    /// run goes on meanwhile (its PCA fit needs the statistics, not their file), and
+    /// [`FeatureCache::finish`] waits for it.
+    fn store_stats(&mut self, covers: &BTreeSet<usize>, stats: PcaStats) {
+        let checksums: Vec<String> = covers.iter().map(|&p| self.parts[p].checksum.clone()).collect();
+        let (store, folder) = (self.store.clone(), self.folder.clone());
+        let read = self.stored.files.clone();
+        self.storing = Some(tokio::spawn(async move {
+            let bytes = encode(checksums.iter().map(String::as_str), &stats);
+            drop(stats);
+            let name = format!("{folder}/{PREFIX}{}.bin", hex::encode(Sha256::digest(&bytes)));
+            if read.contains(&name) {
+                return Ok(()); // nothing new
             }
-        }
-        self.stored.files.push(name);
-        Ok(())
+            store.put(&name, bytes).await?;
+            for old in read {
+                // Another run may have removed it already.
+                if let Err(e) = store.remove(&old).await {
+                    tracing::debug!("cache statistics {old} not removed: {e}");
+                }
+            }
+            Ok(())
+        }));
     }
 }
 
@@ -269,28 +279,43 @@ fn values(features: &ListArray, row: usize) -> &[f32] {
     &values[offsets[row] as usize..offsets[row + 1] as usize]
 }
 
-/// Rows added to statistics [`CHUNK`] at a time: bounded memory, whole matrix products.
+/// Rows added to statistics [`CHUNK`] at a time: bounded memory, whole matrix products. The statistics are
+/// made with the first rows (8·dim² bytes, which a run's plan mostly does not need).
 struct Summary {
-    stats: PcaStats,
+    dim: usize,
+    stats: Option<PcaStats>,
     chunk: Vec<f32>,
 }
 
 impl Summary {
-    fn new(stats: PcaStats) -> Self {
-        let chunk = Vec::with_capacity(CHUNK * stats.dim());
-        Summary { stats, chunk }
+    fn new(dim: usize, stats: Option<PcaStats>) -> Self {
+        Summary {
+            dim,
+            stats,
+            chunk: Vec::new(),
+        }
     }
 
     fn push(&mut self, row: &[f32]) {
         self.chunk.extend_from_slice(row);
-        if self.chunk.len() == CHUNK * self.stats.dim() {
-            self.stats.add_rows(&self.chunk);
+        if self.chunk.len() == CHUNK * self.dim {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.chunk.is_empty() {
+            let dim = self.dim;
+            self.stats
+                .get_or_insert_with(|| PcaStats::new(dim))
+                .add_rows(&self.chunk);
             self.chunk.clear();
         }
     }
 
-    fn finish(mut self) -> PcaStats {
-        self.stats.add_rows(&self.chunk);
+    /// The statistics of the rows pushed, and of those it started with; `None` when neither.
+    fn finish(mut self) -> Option<PcaStats> {
+        self.flush();
         self.stats
     }
 }
@@ -386,7 +411,9 @@ mod tests {
         /// Plans and finishes the statistics of a run, as the featurize stage does.
         async fn run(&mut self, uses: &HashMap<(usize, usize), u64>, extra: &[f32]) -> PcaStats {
             let plan = self.plan_stats(DIM, uses, extra.len() / DIM);
-            self.finish_stats(plan, extra).await.unwrap()
+            let stats = self.finish_stats(plan, extra).await.unwrap();
+            self.stored_stats().await.unwrap();
+            stats
         }
     }
 
