@@ -197,6 +197,7 @@ async fn run_claimed(
     let stats = clock.stage("featurize", Some(listed), featurizing).await?;
     drop(input);
     drop(manifest);
+    crate::report::release_free_memory_now();
     fault::pause_point("featurized").await;
     verify::staged(&parts).await?;
     let failed = staging::count_failed(&ctx, parts.all_staged()).await?;

@@ -51,11 +51,21 @@ impl Usage {
 /// handed back are faulted in again by the next partition: trimming after each of a daily run's short written
 /// partitions doubled its write stage. A no-op with other C libraries.
 pub fn release_free_memory() {
+    trim(false);
+}
+
+/// [`release_free_memory`] now, whenever the last was: at the end of a stage, before the next one allocates
+/// its own buffers (the PCA fit's matrices on top of the last partitions' freed pages made a run's peak).
+pub fn release_free_memory_now() {
+    trim(true);
+}
+
+fn trim(now: bool) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static LAST: Mutex<Option<Instant>> = Mutex::new(None);
         let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|at| at.elapsed() < TRIM_INTERVAL) {
+        if !now && last.is_some_and(|at| at.elapsed() < TRIM_INTERVAL) {
             return;
         }
         // SAFETY: malloc_trim only returns free pages; it takes the allocator's own locks.
@@ -64,6 +74,8 @@ pub fn release_free_memory() {
         }
         *last = Some(Instant::now());
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = now;
 }
 
 /// The least time between two [`release_free_memory`] trims.

@@ -180,8 +180,10 @@ pub struct FeatureCache {
     by_hash: HashMap<ContentHash, (usize, usize)>,
     /// The parts read, in name order: [`Found::Cached`] points into them.
     parts: Vec<Part>,
-    /// The features of the parts used last, as `featurize`'s result: at most [`LOADED_PARTS`].
+    /// The features of parts read, as `featurize`'s result, the last used at the back: at most `kept_bytes`.
     loaded: VecDeque<(usize, ArrayRef)>,
+    loaded_bytes: usize,
+    kept_bytes: usize,
     /// The PCA statistics read from the cache, and every statistics file seen.
     stored: stats::Stored,
     /// The PCA statistics of the parts this run added.
@@ -191,9 +193,11 @@ pub struct FeatureCache {
     pub summary: CacheSummary,
 }
 
-/// Parts whose features a run keeps at once: partitions are assembled from a few parts each (parts are
-/// written in manifest order), and each part is about as large as a partition.
-const LOADED_PARTS: usize = 8;
+/// Bytes of features a run keeps as read: a small cache is read once per run (its parts kept from loading,
+/// 38 MB for the 7,392 Training images), a large one streams, each partition assembled from a few parts (parts
+/// are written in manifest order, each about as large as a partition) kept as they are used. A constant, so
+/// memory does not grow with the cache.
+const KEPT_BYTES: usize = 64 << 20;
 
 /// A part a run read: its file, its checksum (its name), and which of its rows hold features.
 struct Part {
@@ -264,6 +268,8 @@ impl FeatureCache {
             by_hash: HashMap::new(),
             parts: Vec::new(),
             loaded: VecDeque::new(),
+            loaded_bytes: 0,
+            kept_bytes: KEPT_BYTES,
             stored: stats::Stored::default(),
             storing: None,
             added: stats::Added::default(),
@@ -291,7 +297,7 @@ impl FeatureCache {
                 "the cache holds features of other pipeline identities; not used"
             );
         }
-        // Read and checked `threads` at a time, indexed in name order; their features are not kept.
+        // Read and checked `threads` at a time, indexed in name order; their features kept up to `kept_bytes`.
         let prefix = format!("{}/part-", self.folder);
         let names: Vec<String> = files
             .iter()
@@ -310,7 +316,13 @@ impl FeatureCache {
             .buffered(threads.max(1));
         while let Some((name, checked)) = reads.next().await {
             match checked {
-                Ok((part, checksum)) => self.index(&part, checksum, name),
+                Ok((part, checksum)) => {
+                    self.index(&part, checksum, name);
+                    let result = as_result(&part);
+                    if self.loaded_bytes + result.get_array_memory_size() <= self.kept_bytes {
+                        self.keep(self.parts.len() - 1, result);
+                    }
+                }
                 Err(why) => {
                     tracing::warn!("cache part {name} ignored: {why}; its images are featurized again");
                     self.summary.ignored_parts.push(format!("{name}: {why}"));
@@ -344,8 +356,9 @@ impl FeatureCache {
     /// run rather than give it wrong rows.
     pub async fn part(&mut self, part: usize) -> Result<ArrayRef, JobError> {
         if let Some(at) = self.loaded.iter().position(|(p, _)| *p == part) {
-            let (_, result) = self.loaded.remove(at).expect("found");
-            self.keep(part, result.clone());
+            let used = self.loaded.remove(at).expect("found");
+            let result = used.1.clone();
+            self.loaded.push_back(used);
             return Ok(result);
         }
         let file = &self.parts[part].file;
@@ -360,10 +373,15 @@ impl FeatureCache {
         Ok(result)
     }
 
+    /// Keeps `part`'s features as the last used, letting go of the least recently used beyond `kept_bytes`
+    /// (the one in use is kept even alone beyond it).
     fn keep(&mut self, part: usize, result: ArrayRef) {
-        if self.loaded.len() == LOADED_PARTS {
-            self.loaded.pop_front();
+        let size = result.get_array_memory_size();
+        while self.loaded_bytes + size > self.kept_bytes {
+            let Some((_, old)) = self.loaded.pop_front() else { break };
+            self.loaded_bytes -= old.get_array_memory_size();
         }
+        self.loaded_bytes += size;
         self.loaded.push_back((part, result));
     }
 
@@ -864,8 +882,12 @@ mod tests {
             .await
             .unwrap();
         let mut again = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        again.kept_bytes = 0;
         again.load(1).await.unwrap();
-        assert!(again.loaded.is_empty(), "features are not kept from loading");
+        assert!(
+            again.loaded.is_empty(),
+            "features beyond the budget are not kept from loading"
+        );
         let file = tmp.path().join(&again.parts[0].file);
         let bytes = std::fs::read(&file).unwrap();
         std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
@@ -874,6 +896,42 @@ mod tests {
         std::fs::write(&file, &bytes).unwrap();
         let features = again.part(0).await.unwrap();
         assert_eq!(features.len(), 1);
+    }
+
+    /// A small cache is read once per run: its parts, checked when loaded, serve the run without being read
+    /// again; beyond the budget, the least recently used are let go.
+    #[tokio::test]
+    async fn a_small_cache_is_read_once_and_a_large_one_streams() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = tmp.path().to_str().unwrap();
+        let store = StoreOptions::default();
+        let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        cache.load(1).await.unwrap();
+        for seed in 1..=3u8 {
+            let features = result(&[Some(vec![f32::from(seed); 2])]);
+            let uri = format!("file:///{seed}.jpg");
+            cache
+                .add([(entry(&uri, 1), [seed; 32], Some((&features, 0)))])
+                .await
+                .unwrap();
+        }
+        let mut again = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        again.load(1).await.unwrap();
+        assert_eq!(again.loaded.len(), 3, "a small cache is kept from loading");
+        for part in &again.parts {
+            std::fs::remove_file(tmp.path().join(&part.file)).unwrap();
+        }
+        for part in 0..3 {
+            assert_eq!(again.part(part).await.unwrap().len(), 1, "part {part} read again");
+        }
+
+        let one = again.loaded[0].1.get_array_memory_size();
+        again.kept_bytes = 2 * one;
+        let extra = again.loaded[0].1.clone();
+        again.keep(7, extra);
+        let kept: Vec<usize> = again.loaded.iter().map(|(p, _)| *p).collect();
+        assert_eq!(kept, [2, 7], "the least recently used let go");
+        assert_eq!(again.loaded_bytes, 2 * one);
     }
 
     #[tokio::test]
