@@ -202,11 +202,10 @@ impl PcaModel {
 
 const EXACT_TAG: &[u8] = b"verger-pca-model-v1:";
 
-/// `a · x` with eight running sums, added up in a fixed order: vectorizable (one running sum waits on the
-/// latency of every addition), and the same bits for a row wherever and in whatever batch it is projected.
-/// Σ aᵢxᵢ in [`LANES`] running sums. The same bits on every CPU: the wide versions only hold the lanes in
-/// wider registers (each lane adds its products in the same order, no fused multiply-add), and projecting
-/// every row is most of the write stage's arithmetic.
+/// `a · x` with [`LANES`] running sums, added up in a fixed order: vectorizable (one running sum waits on the
+/// latency of every addition), and the same bits for a row wherever and in whatever batch it is projected, on
+/// every CPU: the AVX versions only hold the lanes in wider registers (each lane adds its products in the same
+/// order, no fused multiply-add). Projecting every row is most of the write stage's arithmetic.
 fn dot(a: &[f64], x: &[f64]) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {

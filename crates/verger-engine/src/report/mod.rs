@@ -79,7 +79,7 @@ fn trim(now: bool) {
 }
 
 /// The least time between two [`release_free_memory`] trims.
-pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Wall and CPU seconds of one stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -351,8 +351,8 @@ impl FeatureCache {
         });
     }
 
-    /// The features of part `part` as `featurize`'s result (no errors): kept from its last use, else read
-    /// again and checked against its name again, so that a part changed since the run indexed it fails the
+    /// The features of part `part` as `featurize`'s result (no errors): kept from loading or its last use
+    /// (checked then), else read again and checked against its name again, so that a part changed since the run indexed it fails the
     /// run rather than give it wrong rows.
     pub async fn part(&mut self, part: usize) -> Result<ArrayRef, JobError> {
         if let Some(at) = self.loaded.iter().position(|(p, _)| *p == part) {
@@ -386,7 +386,7 @@ impl FeatureCache {
     }
 
     /// Waits for the statistics this run stores for the next one ([`FeatureCache::finish_stats`]).
-    pub async fn stored_stats(&mut self) -> Result<(), JobError> {
+    async fn stored_stats(&mut self) -> Result<(), JobError> {
         match self.storing.take() {
             Some(task) => Ok(task.await.map_err(JobError::task)??),
             None => Ok(()),
@@ -703,6 +703,16 @@ mod tests {
         }
     }
 
+    /// The cache at `location`, opened and loaded keeping at most `kept_bytes` of features.
+    async fn loaded(location: &str, kept_bytes: usize) -> FeatureCache {
+        let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity(), false)
+            .await
+            .unwrap();
+        cache.kept_bytes = kept_bytes;
+        cache.load(1).await.unwrap();
+        cache
+    }
+
     pub(super) fn result(features: &[Option<Vec<f32>>]) -> StructArray {
         let keys: Vec<ListingKey> = (0..features.len())
             .map(|i| ListingKey::of(entry(&i.to_string(), 1)))
@@ -873,17 +883,13 @@ mod tests {
     async fn a_part_changed_while_a_run_uses_it_fails_the_run() {
         let tmp = tempfile::tempdir().unwrap();
         let location = tmp.path().to_str().unwrap();
-        let store = StoreOptions::default();
-        let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
-        cache.load(1).await.unwrap();
+        let mut cache = loaded(location, KEPT_BYTES).await;
         let features = result(&[Some(vec![1.0, 2.0])]);
         cache
             .add([(entry("file:///a.jpg", 1), [1; 32], Some((&features, 0)))])
             .await
             .unwrap();
-        let mut again = FeatureCache::open(location, &store, identity(), false).await.unwrap();
-        again.kept_bytes = 0;
-        again.load(1).await.unwrap();
+        let mut again = loaded(location, 0).await;
         assert!(
             again.loaded.is_empty(),
             "features beyond the budget are not kept from loading"
@@ -904,9 +910,7 @@ mod tests {
     async fn a_small_cache_is_read_once_and_a_large_one_streams() {
         let tmp = tempfile::tempdir().unwrap();
         let location = tmp.path().to_str().unwrap();
-        let store = StoreOptions::default();
-        let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
-        cache.load(1).await.unwrap();
+        let mut cache = loaded(location, KEPT_BYTES).await;
         for seed in 1..=3u8 {
             let features = result(&[Some(vec![f32::from(seed); 2])]);
             let uri = format!("file:///{seed}.jpg");
@@ -915,8 +919,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut again = FeatureCache::open(location, &store, identity(), false).await.unwrap();
-        again.load(1).await.unwrap();
+        let mut again = loaded(location, KEPT_BYTES).await;
         assert_eq!(again.loaded.len(), 3, "a small cache is kept from loading");
         for part in &again.parts {
             std::fs::remove_file(tmp.path().join(&part.file)).unwrap();

@@ -211,7 +211,7 @@ impl FeatureCache {
     fn store_stats(&mut self, covers: &BTreeSet<usize>, stats: PcaStats) {
         let checksums: Vec<String> = covers.iter().map(|&p| self.parts[p].checksum.clone()).collect();
         let (store, folder) = (self.store.clone(), self.folder.clone());
-        let read = self.stored.files.clone();
+        let read = std::mem::take(&mut self.stored.files);
         self.storing = Some(tokio::spawn(async move {
             let bytes = encode(checksums.iter().map(String::as_str), &stats);
             drop(stats);
