@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_success, json, python, run_args, small_input, text, verger};
+use common::{assert_success, cluster, json, python, run_args, small_input, text, verger};
 use verger_testdata::fruits360_dir;
 
 /// `verger run` (k = 3, partitions of 8) into `output`, with `extra`; exit status 3: the broken inputs.
@@ -73,26 +73,14 @@ fn first_file(dir: &Path) -> PathBuf {
     files[0].clone()
 }
 
-#[test]
-fn a_daily_run_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    small_input(&input);
-    let cache = tmp.path().join("cache");
-    // The same bytes under two paths: featurized once.
+/// The same bytes under two paths: featurized once.
+fn copy_first_kiwi(input: &Path) {
     let kiwi = first_file(&input.join("Kiwi"));
     std::fs::copy(&kiwi, input.join("Kiwi/copy-of-first.jpg")).unwrap();
+}
 
-    // The first run fills the cache, and equals a run without one.
-    let first = cached_run(&input, &tmp.path().join("first"), &cache, &[]);
-    // 27 listed: 24 images, their copy and 2 broken files (hashed like the others; never cached).
-    assert_eq!(counts(&first), [0, 26, 1, 0, 27], "{first}");
-    assert_eq!(first["added_rows"], 25, "24 images and the copy's listing: {first}");
-    assert_eq!(pca_rows(&first), [0, 25], "24 images and the copy summarised: {first}");
-    run(&input, &tmp.path().join("first-from-scratch"), &[]);
-    assert_same_runs(&tmp.path().join("first"), &tmp.path().join("first-from-scratch"));
-
-    // A day later: 2 new images, 1 changed, 1 deleted, 1 new path holding bytes the cache has.
+/// A day later: 2 new images, 1 changed, 1 deleted, 1 new path holding bytes the cache has.
+fn a_day_later(input: &Path) {
     for i in 0..2 {
         std::fs::copy(other_image("Lemon", i), input.join(format!("Lemon/new-{i}.jpg"))).unwrap();
     }
@@ -105,7 +93,26 @@ fn a_daily_run_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
     kiwis.sort();
     std::fs::remove_file(&kiwis[1]).unwrap();
     std::fs::copy(first_file(&input.join("Lemon")), input.join("Orange/moved-lemon.jpg")).unwrap();
+}
 
+#[test]
+fn a_daily_run_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    small_input(&input);
+    let cache = tmp.path().join("cache");
+    copy_first_kiwi(&input);
+
+    // The first run fills the cache, and equals a run without one.
+    let first = cached_run(&input, &tmp.path().join("first"), &cache, &[]);
+    // 27 listed: 24 images, their copy and 2 broken files (hashed like the others; never cached).
+    assert_eq!(counts(&first), [0, 26, 1, 0, 27], "{first}");
+    assert_eq!(first["added_rows"], 25, "24 images and the copy's listing: {first}");
+    assert_eq!(pca_rows(&first), [0, 25], "24 images and the copy summarised: {first}");
+    run(&input, &tmp.path().join("first-from-scratch"), &[]);
+    assert_same_runs(&tmp.path().join("first"), &tmp.path().join("first-from-scratch"));
+
+    a_day_later(&input);
     let daily = cached_run(&input, &tmp.path().join("daily"), &cache, &[]);
     // 29 listed: 2 new + 1 changed + 2 broken featurized; the moved image and the rest from the cache; only
     // the new, changed, moved and broken files read.
@@ -176,6 +183,49 @@ fn a_daily_run_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
     );
     // Both copies are of images still there: featurized once each.
     assert_eq!(counts(&other), [0, 27, 2, 0, 29], "{other}");
+}
+
+/// The same days on a cluster (a scheduler and two executors, processes of their own): the cache's misses
+/// featurized by the executors, the rest from the cache, and each day's output that of a local run from scratch.
+#[test]
+fn a_daily_run_on_a_cluster_featurizes_only_what_changed_and_equals_a_local_run_from_scratch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    small_input(&input);
+    copy_first_kiwi(&input);
+    let cache = tmp.path().join("cache");
+    let (_processes, url) = cluster(tmp.path(), 0, &[]);
+    let on_cluster = ["--cluster", url.as_str()];
+    let executor_logs = || -> String {
+        (0..2)
+            .map(|i| std::fs::read_to_string(tmp.path().join(format!("executor-{i}.log"))).unwrap())
+            .collect()
+    };
+
+    let first = cached_run(&input, &tmp.path().join("first"), &cache, &on_cluster);
+    assert_eq!(counts(&first), [0, 26, 1, 0, 27], "{first}");
+    assert_eq!(pca_rows(&first), [0, 25], "{first}");
+    run(&input, &tmp.path().join("first-from-scratch"), &[]);
+    assert_same_runs(&tmp.path().join("first"), &tmp.path().join("first-from-scratch"));
+    // The executors featurized the misses: they wrote the fresh partitions.
+    let fresh_files = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("output_file: written") && l.contains("_staging/fresh/part-"))
+            .count()
+    };
+    let written_first = fresh_files(&executor_logs());
+    assert!(written_first > 0, "no executor featurized the misses");
+
+    a_day_later(&input);
+    let daily = cached_run(&input, &tmp.path().join("daily"), &cache, &on_cluster);
+    assert_eq!(counts(&daily), [24, 5, 0, 23, 6], "{daily}");
+    assert_eq!(pca_rows(&daily), [24, 7], "{daily}");
+    run(&input, &tmp.path().join("daily-from-scratch"), &[]);
+    assert_same_runs(&tmp.path().join("daily"), &tmp.path().join("daily-from-scratch"));
+    assert!(
+        fresh_files(&executor_logs()) > written_first,
+        "no executor featurized the second day's misses"
+    );
 }
 
 #[test]
