@@ -109,6 +109,7 @@ fn unusable_settings() -> FeaturizeSettings {
         batch_size: 1,
         max_pixels: 0,
         store: Default::default(),
+        device: Default::default(),
     }
 }
 

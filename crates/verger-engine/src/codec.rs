@@ -338,6 +338,7 @@ mod tests {
             batch_size: 1,
             max_pixels: 1000,
             store: Default::default(),
+            device: Default::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use verger_model::{ModelSpec, MOBILENET_V2_SHA256};
+use verger_model::{Device, ModelSpec, MOBILENET_V2_SHA256};
 use verger_pca::Components;
 
 use crate::featurize::FeaturizeSettings;
@@ -109,9 +109,23 @@ impl FeaturizeSettings {
             batch_size: 1,
             max_pixels: verger_image::Limits::default().max_pixels,
             store: StoreOptions::default(),
+            device: Device::Cpu,
         }
     }
+
+    /// These settings on `device`, with [`GPU_BATCH`] images per inference call on a GPU.
+    pub fn on(mut self, device: Device) -> Self {
+        if device.is_gpu() && !self.device.is_gpu() {
+            self.batch_size = GPU_BATCH;
+        }
+        self.device = device;
+        self
+    }
 }
+
+/// Images per inference call on a GPU: one image per call leaves it idle between launches; several workers'
+/// batches are in flight at once.
+pub const GPU_BATCH: usize = 32;
 
 /// How many bad inputs a run tolerates.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

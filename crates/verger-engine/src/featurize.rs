@@ -12,7 +12,7 @@ use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl,
 use serde::{Deserialize, Serialize};
 use verger_image::preprocess::scale_into;
 use verger_image::Limits;
-use verger_model::{FeaturizerPool, ModelError, ModelSpec, FEATURE_DIM, INPUT_LEN};
+use verger_model::{Device, Featurizer, FeaturizerPool, ModelError, ModelInput, ModelSpec, FEATURE_DIM, INPUT_LEN};
 
 use crate::io::source;
 use crate::io::store::StoreOptions;
@@ -25,13 +25,16 @@ pub struct FeaturizeSettings {
     pub max_pixels: u64,
     /// How to reach images (and the model) in object stores.
     pub store: StoreOptions,
+    /// Where inference runs (decoding and resizing stay on the CPU).
+    #[serde(default)]
+    pub device: Device,
 }
 
 impl FeaturizeSettings {
     /// This process's sessions for the model, which is fetched (from disk or the store) and verified once.
     pub fn featurizers(&self) -> Result<Arc<FeaturizerPool>, ModelError> {
         let store = self.store.clone();
-        FeaturizerPool::shared(&self.model, &move |location| {
+        FeaturizerPool::shared(&self.model, self.device, &move |location| {
             source::read_location(location, &store).map_err(|e| e.to_string())
         })
     }
@@ -173,15 +176,15 @@ fn featurize_each<'a>(
     let batch_size = settings.batch_size.max(1);
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(n);
     let mut pending: Vec<usize> = Vec::with_capacity(batch_size);
-    let mut inputs = vec![0f32; batch_size * INPUT_LEN];
+    let mut inputs = Inputs::new(pool.input(), batch_size);
 
-    let flush = |pending: &mut Vec<usize>, inputs: &[f32], outcomes: &mut Vec<Outcome>| -> Result<()> {
+    let flush = |pending: &mut Vec<usize>, inputs: &Inputs, outcomes: &mut Vec<Outcome>| -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         let mut featurizer = pool.get().map_err(|e| exec_datafusion_err!("{e}"))?;
         let embedded = tracing::debug_span!("infer", images = pending.len())
-            .in_scope(|| featurizer.embed(&inputs[..pending.len() * INPUT_LEN]));
+            .in_scope(|| inputs.embed(&mut featurizer, pending.len()));
         match embedded {
             Ok(features) => {
                 for (row, f) in pending.iter().zip(features.chunks_exact(FEATURE_DIM)) {
@@ -202,8 +205,7 @@ fn featurize_each<'a>(
         let outcome = read(i).and_then(|bytes| decode(&bytes, &limits).map_err(|e| (stage::DECODE, e.to_string())));
         match outcome {
             Ok(rgb) => {
-                let slot = pending.len();
-                scale_into(&rgb, &mut inputs[slot * INPUT_LEN..(slot + 1) * INPUT_LEN]);
+                inputs.put(pending.len(), &rgb);
                 pending.push(i);
                 outcomes.push(Ok(Vec::new()));
                 if pending.len() == batch_size {
@@ -215,6 +217,39 @@ fn featurize_each<'a>(
     }
     flush(&mut pending, &inputs, &mut outcomes)?;
     Ok(outcomes)
+}
+
+/// A batch's inputs as the sessions take them: scaled floats (the CPU), or the pixels themselves (a GPU, which
+/// scales them in the graph).
+enum Inputs {
+    Scaled(Vec<f32>),
+    Pixels(Vec<u8>),
+}
+
+impl Inputs {
+    fn new(input: ModelInput, batch_size: usize) -> Inputs {
+        match input {
+            ModelInput::Scaled => Inputs::Scaled(vec![0f32; batch_size * INPUT_LEN]),
+            ModelInput::Pixels => Inputs::Pixels(vec![0u8; batch_size * INPUT_LEN]),
+        }
+    }
+
+    /// Puts image `slot` of the batch.
+    fn put(&mut self, slot: usize, rgb: &[u8]) {
+        let at = slot * INPUT_LEN..(slot + 1) * INPUT_LEN;
+        match self {
+            Inputs::Scaled(floats) => scale_into(rgb, &mut floats[at]),
+            Inputs::Pixels(pixels) => pixels[at].copy_from_slice(rgb),
+        }
+    }
+
+    /// Features of the batch's first `n` images.
+    fn embed(&self, featurizer: &mut Featurizer, n: usize) -> std::result::Result<Vec<f32>, ModelError> {
+        match self {
+            Inputs::Scaled(floats) => featurizer.embed(&floats[..n * INPUT_LEN]),
+            Inputs::Pixels(pixels) => featurizer.embed_pixels(&pixels[..n * INPUT_LEN]),
+        }
+    }
 }
 
 /// The model's 224×224 RGB pixels of one encoded image.
@@ -241,8 +276,6 @@ pub fn featurize_bytes(bytes: &[u8], settings: &FeaturizeSettings) -> std::resul
         too_large: matches!(e, verger_image::ImageError::TooLarge { .. }),
         message: e.to_string(),
     })?;
-    let mut input = vec![0f32; INPUT_LEN];
-    scale_into(&rgb, &mut input);
     let infer_failed = |e: ModelError| ImageFailure {
         stage: stage::INFER,
         message: e.to_string(),
@@ -250,7 +283,9 @@ pub fn featurize_bytes(bytes: &[u8], settings: &FeaturizeSettings) -> std::resul
     };
     let pool = settings.featurizers().map_err(infer_failed)?;
     let mut featurizer = pool.get().map_err(infer_failed)?;
-    tracing::debug_span!("infer", images = 1).in_scope(|| featurizer.embed(&input).map_err(infer_failed))
+    let mut input = Inputs::new(pool.input(), 1);
+    input.put(0, &rgb);
+    tracing::debug_span!("infer", images = 1).in_scope(|| input.embed(&mut featurizer, 1).map_err(infer_failed))
 }
 
 /// `featurize`'s result column for `outcomes`: a struct of [`field`]s, a row each.

@@ -29,6 +29,7 @@ fn missing_and_unreadable_files_are_recorded_per_row() {
         batch_size: 4,
         max_pixels: Limits::default().max_pixels,
         store: Default::default(),
+        device: Default::default(),
     };
     let outcomes = featurize_files(&uris, &settings).unwrap();
     assert_eq!(outcomes.len(), 4);

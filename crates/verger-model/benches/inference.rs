@@ -13,7 +13,7 @@ fn inference(c: &mut Criterion) {
         &read_local,
     )
     .unwrap();
-    let mut featurizer = Featurizer::new(&model).unwrap();
+    let mut featurizer = Featurizer::new(&model, verger_model::Device::Cpu).unwrap();
     let one: Vec<f32> = synthetic_pattern()
         .iter()
         .map(|&v| f32::from(v) / 127.5 - 1.0)

@@ -100,7 +100,7 @@ pub fn build(featurizer: &[u8], head: &Head) -> Result<Vec<u8>, ModelError> {
         match (field.number, &field.payload) {
             (MODEL_GRAPH, Some(graph)) => {
                 graphs += 1;
-                let graph = splice_graph(graph, head)?;
+                let graph = splice_graph(graph, Some(head))?;
                 encode_bytes(MODEL_GRAPH, &graph, &mut out);
             }
             // A property of the featurizer's with a name verger sets is replaced.
@@ -120,11 +120,34 @@ pub fn build(featurizer: &[u8], head: &Head) -> Result<Vec<u8>, ModelError> {
     Ok(out)
 }
 
-/// The featurizer's graph with the scaling nodes first, its `input` and `features` no longer the graph's
-/// input and output, then the head's nodes, weights, and the new input and output.
-fn splice_graph(graph: &[u8], head: &Head) -> Result<Vec<u8>, ModelError> {
+/// The featurizer with the scaling in front only: uint8 NHWC pixels in (input [`APP_INPUT`]), its features out
+/// (output `features`), so that a GPU receives a quarter of the bytes and scales them itself.
+pub fn with_pixel_input(featurizer: &[u8]) -> Result<Vec<u8>, ModelError> {
+    let mut out = Vec::with_capacity(featurizer.len() + 4096);
+    let mut graphs = 0;
+    for field in fields(featurizer)? {
+        match (field.number, field.payload) {
+            (MODEL_GRAPH, Some(graph)) => {
+                graphs += 1;
+                encode_bytes(MODEL_GRAPH, &splice_graph(graph, None)?, &mut out);
+            }
+            _ => out.extend_from_slice(field.raw),
+        }
+    }
+    if graphs != 1 {
+        return Err(ModelError::AppModel(format!(
+            "the featurizer holds {graphs} graphs, not one"
+        )));
+    }
+    Ok(out)
+}
+
+/// The featurizer's graph with the scaling nodes first and its `input` no longer the graph's input; with a
+/// head, `features` is no longer its output either: the head's nodes, weights and output follow.
+fn splice_graph(graph: &[u8], head: Option<&Head>) -> Result<Vec<u8>, ModelError> {
     let features = crate::FEATURE_DIM;
-    let mut out = Vec::with_capacity(graph.len() + 4 * (head.weights.len() + head.bias.len()) + 4096);
+    let head_len = head.map_or(0, |h| 4 * (h.weights.len() + h.bias.len()));
+    let mut out = Vec::with_capacity(graph.len() + head_len + 4096);
     // Nodes must be in topological order: the scaling comes before every node of the featurizer.
     let scale = [
         node(
@@ -148,7 +171,12 @@ fn splice_graph(graph: &[u8], head: &Head) -> Result<Vec<u8>, ModelError> {
     for field in fields(graph)? {
         match (field.number, field.payload) {
             (GRAPH_INPUT, Some(value)) if ValueInfo::decode(value)?.name == FEATURIZER_INPUT => had_input = true,
-            (GRAPH_OUTPUT, Some(value)) if ValueInfo::decode(value)?.name == FEATURIZER_OUTPUT => had_output = true,
+            (GRAPH_OUTPUT, Some(value)) if ValueInfo::decode(value)?.name == FEATURIZER_OUTPUT => {
+                had_output = true;
+                if head.is_none() {
+                    out.extend_from_slice(field.raw);
+                }
+            }
             (GRAPH_INPUT | GRAPH_OUTPUT, Some(value)) => {
                 return Err(ModelError::AppModel(format!(
                     "the featurizer has another input or output ({:?}); verger expects only `{FEATURIZER_INPUT}` and `{FEATURIZER_OUTPUT}`",
@@ -167,6 +195,14 @@ fn splice_graph(graph: &[u8], head: &Head) -> Result<Vec<u8>, ModelError> {
         tensor("verger/half_range", &[], &[127.5]),
         tensor("verger/one", &[], &[1.0]),
     ];
+    let image = value_info(APP_INPUT, DATA_UINT8, &[None, Some(224), Some(224), Some(3)]);
+    let Some(head) = head else {
+        for t in &initializers {
+            encode_message(GRAPH_INITIALIZER, t, &mut out);
+        }
+        encode_message(GRAPH_INPUT, &image, &mut out);
+        return Ok(out);
+    };
     let mut x = FEATURIZER_OUTPUT.to_string();
     if let Some(center) = &head.center {
         initializers.push(tensor("verger/pca_mean", &[features], center));
@@ -203,7 +239,6 @@ fn splice_graph(graph: &[u8], head: &Head) -> Result<Vec<u8>, ModelError> {
     for t in &initializers {
         encode_message(GRAPH_INITIALIZER, t, &mut out);
     }
-    let image = value_info(APP_INPUT, DATA_UINT8, &[None, Some(224), Some(224), Some(3)]);
     encode_message(GRAPH_INPUT, &image, &mut out);
     let probabilities = value_info(APP_OUTPUT, DATA_FLOAT, &[None, Some(classes as i64)]);
     encode_message(GRAPH_OUTPUT, &probabilities, &mut out);
@@ -234,7 +269,7 @@ pub struct AppSession {
 
 impl AppSession {
     pub fn new(bytes: &[u8], classes: usize) -> Result<Self, ModelError> {
-        let session = Session::builder(runtime::environment()?)?
+        let session = Session::builder(runtime::environment(crate::Device::Cpu)?)?
             .with_optimization_level(GraphOptimizationLevel::All)?
             .with_intra_threads(1)?
             .with_intra_op_spinning(false)?

@@ -10,6 +10,20 @@ pub enum ModelError {
          VERGER_ORT_LIB at libonnxruntime.so, e.g. after `pip install onnxruntime==1.32.0`."
     )]
     RuntimeNotFound { searched: String },
+    #[error(
+        "--device cuda needs ONNX Runtime's GPU build, which was not found (looked in: {searched}).\n\
+         Install it with `scripts/setup-gpu` (it puts onnxruntime-gpu and NVIDIA's CUDA and cuDNN wheels into \
+         .venv-gpu), or point VERGER_ORT_GPU_LIB at the libonnxruntime.so of an onnxruntime-gpu install."
+    )]
+    GpuRuntimeNotFound { searched: String },
+    #[error(
+        "--device cuda: the ONNX Runtime this process loaded ({path}) has no CUDA execution provider (it is \
+         the CPU build). Install the GPU build with `scripts/setup-gpu`, or point VERGER_ORT_GPU_LIB at the \
+         libonnxruntime.so of an onnxruntime-gpu install (in a new process: one runtime serves a process)."
+    )]
+    NoCudaProvider { path: PathBuf },
+    #[error("--device cuda: {0}")]
+    GpuUnavailable(String),
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     RuntimeLoad { path: PathBuf, message: String },
     #[error("cannot read model {location}: {message}")]

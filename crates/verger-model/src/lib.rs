@@ -6,17 +6,22 @@
 //! images costs less CPU than parallelism inside one image. The runtime library is loaded dynamically from the
 //! `onnxruntime` Python wheel the setup step installs ([`runtime`]).
 //!
-//! Scope: float32 NHWC batches in, 1280-d features out; and [`app_model`], the featurizer spliced with a
+//! With [`Device::Cuda`], sessions run on an NVIDIA GPU through ONNX Runtime's CUDA execution provider (TF32
+//! off, so that the GPU computes in fp32 as the CPU does).
+//!
+//! Scope: float32 NHWC batches in (uint8 pixels on a GPU, scaled in the graph), 1280-d features out; and [`app_model`], the featurizer spliced with a
 //! linear head into the one ONNX file an app runs. No image decoding, no files other than the model.
 
 pub mod app_model;
+mod device;
 mod error;
 mod featurizer;
 mod model;
 pub mod runtime;
 
+pub use device::Device;
 pub use error::ModelError;
-pub use featurizer::{Featurizer, FeaturizerPool, PooledFeaturizer};
+pub use featurizer::{Featurizer, FeaturizerPool, ModelInput, PooledFeaturizer};
 pub use model::{read_local, ModelReader, ModelSpec, VerifiedModel};
 
 /// Length of one feature vector (MobileNetV2's global-average-pool layer).

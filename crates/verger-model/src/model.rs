@@ -33,7 +33,7 @@ pub struct VerifiedModel {
 impl VerifiedModel {
     /// Reads and verifies the model once per process; later calls with the same spec share the bytes.
     pub fn load(spec: &ModelSpec, read: &ModelReader) -> Result<Arc<VerifiedModel>, ModelError> {
-        static LOADED: PerSpec<VerifiedModel> = OnceLock::new();
+        static LOADED: PerSpec<ModelSpec, VerifiedModel> = OnceLock::new();
         per_spec(&LOADED, spec, || Self::read(spec, read))
     }
 
@@ -51,24 +51,25 @@ impl VerifiedModel {
     }
 }
 
-/// A process-wide cache of one value per model: the original pipeline's "broadcast once per worker".
-pub(crate) type PerSpec<V> = OnceLock<Mutex<HashMap<ModelSpec, Arc<V>>>>;
+/// A process-wide cache of one value per model (and whatever else `K` holds): the original pipeline's
+/// "broadcast once per worker".
+pub(crate) type PerSpec<K, V> = OnceLock<Mutex<HashMap<K, Arc<V>>>>;
 
-/// The cached value for `spec`, made by `make` on first use.
-pub(crate) fn per_spec<V>(
-    cache: &PerSpec<V>,
-    spec: &ModelSpec,
+/// The cached value for `key`, made by `make` on first use.
+pub(crate) fn per_spec<K: Clone + Eq + std::hash::Hash, V>(
+    cache: &PerSpec<K, V>,
+    key: &K,
     make: impl FnOnce() -> Result<V, ModelError>,
 ) -> Result<Arc<V>, ModelError> {
     let mut values = cache
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(value) = values.get(spec) {
+    if let Some(value) = values.get(key) {
         return Ok(value.clone());
     }
     let value = Arc::new(make()?);
-    values.insert(spec.clone(), value.clone());
+    values.insert(key.clone(), value.clone());
     Ok(value)
 }
 

@@ -1,14 +1,20 @@
-//! Finding and loading the ONNX Runtime shared library (`ort` with `load-dynamic`).
+//! Finding and loading the ONNX Runtime shared library (`ort` with `load-dynamic`), one per process.
 //!
-//! Search order: `VERGER_ORT_LIB`, `ORT_DYLIB_PATH`, the executable's folder (for deployments that ship the
-//! library beside the binary), the active Python virtual environment, then this checkout's `.venv`, which
-//! `scripts/setup` fills. The first hit is loaded once per process.
+//! For the CPU, the search order is: `VERGER_ORT_LIB`, `ORT_DYLIB_PATH`, the executable's folder (for
+//! deployments that ship the library beside the binary), the active Python virtual environment, then this
+//! checkout's `.venv`, which `scripts/setup` fills. For `--device cuda`, the GPU build (`onnxruntime-gpu`, its
+//! own version): `VERGER_ORT_GPU_LIB`, then this checkout's `.venv-gpu` (`scripts/setup-gpu`), then the active
+//! virtual environment; the NVIDIA libraries of the pip wheels beside it are loaded first, so that the CUDA
+//! provider finds them without `LD_LIBRARY_PATH`. The first library loaded serves the whole process (the GPU
+//! build runs on the CPU too; the CPU build cannot run on a GPU).
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
+use ort::ep::ExecutionProvider;
 
+use crate::device::Device;
 use crate::error::ModelError;
 
 const LIBRARY_PREFIX: &str = "libonnxruntime.so";
@@ -17,6 +23,9 @@ const LIBRARY_PREFIX: &str = "libonnxruntime.so";
 struct Loaded {
     path: PathBuf,
     environment: Environment,
+    /// Whether the library has the CUDA execution provider (the GPU build), and the GPU set-up's outcome.
+    cuda: bool,
+    gpu_ready: OnceLock<Result<(), String>>,
 }
 
 /// Asks ONNX Runtime not to record or send usage telemetry, unless the user decided otherwise: Microsoft's
@@ -30,41 +39,227 @@ pub fn opt_out_of_telemetry() {
     }
 }
 
-fn loaded() -> Result<&'static Loaded, ModelError> {
-    static LOADED: OnceLock<Result<Loaded, String>> = OnceLock::new();
-    let outcome = LOADED.get_or_init(|| {
-        opt_out_of_telemetry();
-        let path = locate().map_err(|e| e.to_string())?;
-        let load_error = |message: String| {
-            ModelError::RuntimeLoad {
-                path: path.clone(),
-                message,
+static LOADED: OnceLock<Loaded> = OnceLock::new();
+
+/// The process's library, loaded for `device` on first use; a later call for a GPU device fails when the
+/// library loaded first cannot run there. A failed load is not remembered: the next call tries again.
+fn loaded(device: Device) -> Result<&'static Loaded, ModelError> {
+    static LOADING: Mutex<()> = Mutex::new(());
+    let loaded = match LOADED.get() {
+        Some(loaded) => loaded,
+        None => {
+            let _one_at_a_time = LOADING.lock().unwrap_or_else(|p| p.into_inner());
+            match LOADED.get() {
+                Some(loaded) => loaded,
+                None => {
+                    let loading = load(device)?;
+                    LOADED.get_or_init(|| loading)
+                }
             }
-            .to_string()
+        }
+    };
+    if device.is_gpu() {
+        if !loaded.cuda {
+            return Err(ModelError::NoCudaProvider {
+                path: loaded.path.clone(),
+            });
+        }
+        loaded
+            .gpu_ready
+            .get_or_init(|| prepare_gpu(&loaded.path))
+            .clone()
+            .map_err(ModelError::GpuUnavailable)?;
+    }
+    Ok(loaded)
+}
+
+fn load(device: Device) -> Result<Loaded, ModelError> {
+    opt_out_of_telemetry();
+    let path = locate_for(device)?;
+    if device.is_gpu() {
+        // Before loading anything: a process refused a GPU goes on with the CPU build.
+        nvidia_driver().map_err(ModelError::GpuUnavailable)?;
+    }
+    let load_error = |message: String| ModelError::RuntimeLoad {
+        path: path.clone(),
+        message,
+    };
+    let environment = ort::init_from(&path)
+        .map_err(|e| load_error(e.to_string()))?
+        .with_name("verger")
+        // Events of a process that opted out anyway (see `opt_out_of_telemetry`).
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| load_error(e.to_string()))?;
+    let cuda = ort::ep::CUDA::is_available().unwrap_or(false);
+    tracing::info!(library = %path.display(), cuda, "ONNX Runtime loaded");
+    Ok(Loaded {
+        path,
+        environment,
+        cuda,
+        gpu_ready: OnceLock::new(),
+    })
+}
+
+/// The NVIDIA driver's library, loaded for the life of the process.
+fn nvidia_driver() -> Result<(), String> {
+    // SAFETY: loading a shared library runs its initialisers; libcuda's are the driver's own.
+    match unsafe { libloading::Library::new("libcuda.so.1") } {
+        Ok(driver) => {
+            std::mem::forget(driver);
+            Ok(())
+        }
+        Err(e) => {
+            // libloading keeps dlerror's text (which says why) as the error's source.
+            let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            Err(format!(
+                "no NVIDIA driver on this machine (libcuda.so.1 cannot be loaded: {why}); --device cuda needs an \
+                 NVIDIA GPU with its driver installed"
+            ))
+        }
+    }
+}
+
+/// What the CUDA provider needs before its first session: the NVIDIA driver, then the CUDA and cuDNN
+/// libraries of the pip wheels in the library's `site-packages` (if any; otherwise the system's are used).
+fn prepare_gpu(library: &Path) -> Result<(), String> {
+    nvidia_driver()?;
+    let site_packages = library.ancestors().nth(3).map(Path::to_path_buf);
+    let preloaded = site_packages.map(|dir| preload_nvidia_libraries(&dir.join("nvidia")));
+    tracing::info!(?preloaded, "NVIDIA libraries loaded from pip wheels");
+    Ok(())
+}
+
+/// Libraries the CUDA provider links or opens (CUDA runtime, cuBLAS, cuRAND, cuFFT, NVRTC, nvJitLink, cuDNN).
+const NVIDIA_LIBRARIES: &[&str] = &[
+    "libcudart.so",
+    "libcublasLt.so",
+    "libcublas.so",
+    "libcurand.so",
+    "libcufft.so",
+    "libnvrtc.so",
+    "libnvJitLink.so",
+    "libcudnn",
+];
+
+/// Loads, globally and for the life of the process, the NVIDIA libraries under `nvidia/*/lib` (and
+/// `nvidia/*/*/lib`, the CUDA 13 wheels' layout), so that the provider's own loading finds them by name.
+/// Their dependencies on each other decide the order: each round loads what it can until none is left or a
+/// round loads nothing (what is left is then missing something, and the provider's error will name it).
+/// Returns how many were loaded.
+fn preload_nvidia_libraries(nvidia: &Path) -> usize {
+    let mut folders = Vec::new();
+    for package in std::fs::read_dir(nvidia).into_iter().flatten().flatten() {
+        folders.push(package.path().join("lib"));
+        for nested in std::fs::read_dir(package.path()).into_iter().flatten().flatten() {
+            folders.push(nested.path().join("lib"));
+        }
+    }
+    let mut left: Vec<PathBuf> = folders
+        .iter()
+        .flat_map(|folder| std::fs::read_dir(folder).into_iter().flatten().flatten())
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(".so") && NVIDIA_LIBRARIES.iter().any(|p| n.starts_with(p)))
+        })
+        .collect();
+    left.sort();
+    let mut loaded = 0;
+    loop {
+        let before = left.len();
+        left.retain(|path| {
+            // SAFETY: NVIDIA's libraries, as the CUDA provider would load them; kept for the process's life.
+            let opened = unsafe {
+                libloading::os::unix::Library::open(
+                    Some(path),
+                    libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+                )
+            };
+            match opened {
+                Ok(library) => {
+                    std::mem::forget(library);
+                    false
+                }
+                Err(_) => true,
+            }
+        });
+        loaded += before - left.len();
+        if left.is_empty() || left.len() == before {
+            break;
+        }
+    }
+    if !left.is_empty() {
+        tracing::warn!(?left, "NVIDIA libraries that could not be loaded");
+    }
+    loaded
+}
+
+/// Loads ONNX Runtime for `device` (once per process) and returns the library's path.
+pub fn ensure_loaded(device: Device) -> Result<&'static Path, ModelError> {
+    Ok(loaded(device)?.path.as_path())
+}
+
+/// The process's ONNX Runtime environment, loading the library for `device` on first use.
+pub fn environment(device: Device) -> Result<&'static Environment, ModelError> {
+    Ok(&loaded(device)?.environment)
+}
+
+/// The library this process uses for `device`: the one loaded, else the one [`ensure_loaded`] would load.
+pub fn library_for(device: Device) -> Result<PathBuf, ModelError> {
+    match LOADED.get() {
+        Some(loaded) if loaded.cuda || !device.is_gpu() => Ok(loaded.path.clone()),
+        _ => locate_for(device),
+    }
+}
+
+/// The library file that [`ensure_loaded`] would load for `device`.
+pub fn locate_for(device: Device) -> Result<PathBuf, ModelError> {
+    match device {
+        Device::Cpu => locate(),
+        Device::Cuda(_) => locate_gpu(),
+    }
+}
+
+/// The GPU build: `VERGER_ORT_GPU_LIB` (when set, the only place looked at), else this checkout's
+/// `.venv-gpu`, then the active virtual environment.
+fn locate_gpu() -> Result<PathBuf, ModelError> {
+    let var = "VERGER_ORT_GPU_LIB";
+    if let Some(path) = std::env::var_os(var).map(PathBuf::from) {
+        return match path.is_file() {
+            true => Ok(path),
+            false => Err(ModelError::GpuRuntimeNotFound {
+                searched: format!("${var}={}", path.display()),
+            }),
         };
-        let environment = ort::init_from(&path)
-            .map_err(|e| load_error(e.to_string()))?
-            .with_name("verger")
-            // Events of a process that opted out anyway (see `opt_out_of_telemetry`).
-            .with_telemetry(false)
-            .build()
-            .map_err(|e| load_error(e.to_string()))?;
-        Ok(Loaded { path, environment })
-    });
-    outcome.as_ref().map_err(|message| ModelError::Ort(message.clone()))
+    }
+    let searched = Vec::new();
+    let mut venvs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-gpu")];
+    venvs.extend(std::env::var_os("VIRTUAL_ENV").map(PathBuf::from));
+    search(venv_folders(venvs), searched).map_err(|e| match e {
+        ModelError::RuntimeNotFound { searched } => ModelError::GpuRuntimeNotFound { searched },
+        other => other,
+    })
 }
 
-/// Loads ONNX Runtime (once per process) and returns the library's path.
-pub fn ensure_loaded() -> Result<&'static Path, ModelError> {
-    Ok(loaded()?.path.as_path())
+/// The `onnxruntime/capi` folders of the Python installations in `venvs`.
+fn venv_folders(venvs: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut folders = Vec::new();
+    for venv in venvs {
+        for lib in ["lib", "lib64"] {
+            let Ok(entries) = std::fs::read_dir(venv.join(lib)) else {
+                continue;
+            };
+            for python in entries.flatten() {
+                folders.push(python.path().join("site-packages/onnxruntime/capi"));
+            }
+        }
+    }
+    folders
 }
 
-/// The process's ONNX Runtime environment, loading the library on first use.
-pub fn environment() -> Result<&'static Environment, ModelError> {
-    Ok(&loaded()?.environment)
-}
-
-/// The library file that [`ensure_loaded`] would load.
+/// The CPU library file that [`ensure_loaded`] would load.
 pub fn locate() -> Result<PathBuf, ModelError> {
     let mut searched = Vec::new();
     for var in ["VERGER_ORT_LIB", "ORT_DYLIB_PATH"] {
@@ -84,16 +279,7 @@ pub fn locate() -> Result<PathBuf, ModelError> {
     }
     let mut venvs: Vec<PathBuf> = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from).into_iter().collect();
     venvs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
-    for venv in venvs {
-        for lib in ["lib", "lib64"] {
-            let Ok(entries) = std::fs::read_dir(venv.join(lib)) else {
-                continue;
-            };
-            for python in entries.flatten() {
-                folders.push(python.path().join("site-packages/onnxruntime/capi"));
-            }
-        }
-    }
+    folders.extend(venv_folders(venvs));
     search(folders, searched)
 }
 

@@ -16,16 +16,20 @@ fn model() -> std::sync::Arc<VerifiedModel> {
     .unwrap()
 }
 
-fn reference_inputs() -> Vec<f32> {
+fn reference_pixels() -> Vec<u8> {
     reference_entries()
         .iter()
-        .flat_map(|e| {
-            let rgb = match &e.image {
-                Some(p) => load_rgb224(&std::fs::read(p).unwrap(), &Limits::default()).unwrap(),
-                None => synthetic_pattern(),
-            };
-            scale(&rgb)
+        .flat_map(|e| match &e.image {
+            Some(p) => load_rgb224(&std::fs::read(p).unwrap(), &Limits::default()).unwrap(),
+            None => synthetic_pattern(),
         })
+        .collect()
+}
+
+fn reference_inputs() -> Vec<f32> {
+    reference_pixels()
+        .chunks_exact(verger_model::INPUT_LEN)
+        .flat_map(scale)
         .collect()
 }
 
@@ -39,7 +43,7 @@ fn features_match_keras_at_batch_sizes_1_and_14() {
     let (shape, keras) = read_npy_f32(&model_dir().join("reference/features_keras.npy"));
     assert_eq!(shape, [14, FEATURE_DIM]);
     let inputs = reference_inputs();
-    let mut featurizer = Featurizer::new(&model()).unwrap();
+    let mut featurizer = Featurizer::new(&model(), verger_model::Device::Cpu).unwrap();
 
     let batched = featurizer.embed(&inputs).unwrap();
     let diff = max_abs_diff(&batched, &keras);
@@ -65,7 +69,28 @@ fn a_model_with_the_wrong_checksum_is_refused() {
 
 #[test]
 fn a_partial_image_is_refused() {
-    let mut featurizer = Featurizer::new(&model()).unwrap();
+    let mut featurizer = Featurizer::new(&model(), verger_model::Device::Cpu).unwrap();
     assert!(featurizer.embed(&[0.0; 100]).is_err());
     assert!(featurizer.embed(&[]).unwrap().is_empty());
+}
+
+/// The pixel-fed model a GPU runs (the scaling in its graph), run here on the CPU: the scaled model's features
+/// bit for bit, so the GPU's input path adds no difference of its own.
+#[test]
+fn the_pixel_fed_model_gives_the_scaled_model_s_features_bit_for_bit() {
+    use verger_model::{Device, ModelInput};
+    let model = model();
+    let mut scaled = Featurizer::with_input(&model, Device::Cpu, ModelInput::Scaled).unwrap();
+    let mut pixel_fed = Featurizer::with_input(&model, Device::Cpu, ModelInput::Pixels).unwrap();
+    let expected = scaled.embed(&reference_inputs()).unwrap();
+    let got = pixel_fed.embed_pixels(&reference_pixels()).unwrap();
+    assert_eq!(got.len(), 14 * FEATURE_DIM);
+    assert!(
+        got.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "max |Δ| = {}",
+        max_abs_diff(&got, &expected)
+    );
+    // Each session takes only its own input.
+    assert!(pixel_fed.embed(&reference_inputs()).is_err());
+    assert!(scaled.embed_pixels(&reference_pixels()).is_err());
 }

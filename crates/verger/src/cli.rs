@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use crate as verger;
 use clap::{Args, Parser, Subcommand};
 use verger::{Components, Encryption, ErrorBudget, ExitStatus, FeaturizeSettings, JobConfig, Limits, StoreOptions};
-use verger_model::MOBILENET_V2_SHA256;
+use verger_model::{Device, MOBILENET_V2_SHA256};
 
 /// Why a command ends without its result.
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +319,10 @@ pub struct ModelArgs {
     /// Refuse images with more pixels than this, before decoding (default: Pillow's decompression-bomb limit).
     #[arg(long, default_value_t = Limits::default().max_pixels)]
     max_pixels: u64,
+    /// Where inference runs: cpu, or cuda[:N] for NVIDIA GPU N through ONNX Runtime's GPU build (installed by
+    /// scripts/setup-gpu; 32 images per call unless --batch-size says otherwise). Decoding stays on the CPU.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 impl ModelArgs {
@@ -328,7 +332,7 @@ impl ModelArgs {
             None => verger::default_model()
                 .ok_or_else(|| Failure::Usage("no model given: pass --model PATH or set VERGER_MODEL".into()))?,
         };
-        let mut settings = FeaturizeSettings::new(verger::absolute(&location)?);
+        let mut settings = FeaturizeSettings::new(verger::absolute(&location)?).on(self.device);
         settings.model.sha256 = self.model_sha256.clone();
         if let Some(batch_size) = self.batch_size {
             settings.batch_size = batch_size;

@@ -66,6 +66,7 @@ pub use verger_engine::{ErrorBudget, FeaturizeSettings, JobConfig, JobError, NoP
 pub use verger_image::Limits;
 pub use verger_listing::{ImageEntry, ImageList, DEFAULT_GLOB, LIST_CONCURRENCY};
 pub use verger_model::runtime::opt_out_of_telemetry;
+pub use verger_model::Device;
 pub use verger_pca::Components;
 
 /// What any call can fail with.
@@ -133,7 +134,7 @@ impl ExitStatus {
 /// The ONNX Runtime library this process uses, loaded on first call (see `verger_model::runtime` for where
 /// it is looked for).
 pub fn runtime_library() -> Result<&'static Path, Error> {
-    Ok(verger_model::runtime::ensure_loaded()?)
+    Ok(verger_model::runtime::ensure_loaded(verger_model::Device::Cpu)?)
 }
 
 /// `$VERGER_MODEL`, else `shared/models/...` beside the checkout this library was built from.
@@ -196,7 +197,7 @@ pub fn run_until(config: &JobConfig, progress: Arc<dyn Progress>, stop: &Stop) -
     }
     config.featurize.store.check_transport()?;
     // Fail before anything else when the runtime is unusable (the job verifies the model first thing).
-    verger_model::runtime::ensure_loaded()?;
+    verger_model::runtime::ensure_loaded(config.featurize.device)?;
     let runtime = runtime(config.threads)?;
     let cluster = match &config.cluster {
         Some(url) => {
@@ -225,7 +226,7 @@ pub fn run_until(config: &JobConfig, progress: Arc<dyn Progress>, stop: &Stop) -
 /// sample featurized here; writes nothing.
 pub fn estimate(config: &EstimateConfig) -> Result<Estimate, Error> {
     config.featurize.store.check_transport()?;
-    verger_model::runtime::ensure_loaded()?;
+    verger_model::runtime::ensure_loaded(config.featurize.device)?;
     Ok(runtime(config.threads)?.block_on(verger_engine::estimate::estimate(config))?)
 }
 
@@ -320,7 +321,7 @@ pub fn preprocess_file(image: &Path, out: &Path, limits: &Limits) -> Result<Path
 /// Writes the features of `images` (paths or `s3://` URIs) to the Parquet file `out` (a path or `s3://`).
 pub fn embed(images: &[String], settings: &FeaturizeSettings, out: &str) -> Result<EmbedOutcome, Error> {
     settings.store.check_transport()?;
-    verger_model::runtime::ensure_loaded()?;
+    verger_model::runtime::ensure_loaded(settings.device)?;
     let out = absolute(out)?;
     let outcome = runtime(default_threads())?.block_on(verger_engine::embed::embed(images, settings, &out))?;
     Ok(outcome)
@@ -336,7 +337,7 @@ pub fn featurize(
     threads: usize,
 ) -> Result<datafusion::arrow::array::RecordBatch, Error> {
     settings.store.check_transport()?;
-    verger_model::runtime::ensure_loaded()?;
+    verger_model::runtime::ensure_loaded(settings.device)?;
     // Verified once here, so that a wrong model fails the call instead of every row.
     settings.featurizers()?;
     let runtime = runtime(1)?;
@@ -427,7 +428,7 @@ pub fn identify(
     top: usize,
     neighbours: usize,
 ) -> Result<Vec<Identification>, Error> {
-    verger_model::runtime::ensure_loaded()?;
+    verger_model::runtime::ensure_loaded(settings.device)?;
     let identifying = verger_engine::classify::identify(classifier, photos, settings, top, neighbours);
     Ok(runtime(default_threads())?.block_on(identifying)?)
 }
@@ -441,7 +442,7 @@ pub fn serve(
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), Error> {
     settings.store.check_transport()?;
-    verger_model::runtime::ensure_loaded()?;
+    verger_model::runtime::ensure_loaded(settings.device)?;
     let serving = verger_serve::serve(classifier, settings, config, ready, std::future::pending());
     Ok(runtime(default_threads())?.block_on(serving)?)
 }
@@ -450,7 +451,7 @@ pub fn serve(
 /// checking it against verger's own pipeline; returns its size, checksum and single-photo latency.
 pub fn export(classifier: &Classifier, settings: &FeaturizeSettings, onnx: &str) -> Result<Exported, Error> {
     settings.store.check_transport()?;
-    verger_model::runtime::ensure_loaded()?;
+    verger_model::runtime::ensure_loaded(settings.device)?;
     let onnx = absolute(onnx)?;
     let exporting = verger_engine::classify::export(classifier, settings, &onnx);
     Ok(runtime(default_threads())?.block_on(exporting)?)

@@ -30,6 +30,7 @@ fn settings() -> FeaturizeSettings {
         batch_size: 1,
         max_pixels: verger_image::Limits::default().max_pixels,
         store: Default::default(),
+        device: Default::default(),
     }
 }
 

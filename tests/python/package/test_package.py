@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import verger
-from conftest import LABELS, MODEL, ODD_IMAGES, copy_images, training_images, verger_cli
+from conftest import LABELS, MODEL, ODD_IMAGES, REPO, copy_images, training_images, verger_cli
 
 
 def features(table: pa.Table, column: str = "features") -> np.ndarray:
@@ -215,3 +215,41 @@ def test_inference_leaves_nothing_in_the_user_s_home(tmp_path):
     env["HOME"] = str(home)
     subprocess.run([sys.executable, "-c", script], env=env, check=True)
     assert list(home.iterdir()) == [], f"featurizing wrote to the user's home: {list(home.rglob('*'))}"
+
+
+def test_a_gpu_where_there_is_none_is_a_model_error_and_the_cpu_still_works(tmp_path):
+    """``device="cuda"`` where ONNX Runtime's GPU build is not installed, then where it is (scripts/setup puts it
+    in .venv-gpu) but the machine has no NVIDIA driver: a ModelError naming what is missing, and the process
+    goes on featurizing on the CPU, with the CPU build; asked for a GPU again, it says the CPU build it loaded has
+    no CUDA provider."""
+    image = str(training_images("Plum", 1)[0])
+    gpu_build = sorted((REPO / ".venv-gpu/lib/python3.11/site-packages/onnxruntime/capi").glob("libonnxruntime.so*"))
+    assert gpu_build, "no GPU build of ONNX Runtime in .venv-gpu: run scripts/setup"
+    for library, missing in ((tmp_path / "nowhere" / "libonnxruntime.so", "GPU build"),
+                             (gpu_build[0], "no NVIDIA driver")):
+        script = f"""
+import verger
+try:
+    verger.featurize([{image!r}], device="cuda")
+except verger.ModelError as e:
+    assert {missing!r} in str(e), str(e)
+else:
+    raise AssertionError("no error")
+t = verger.featurize([{image!r}])
+assert t.column("error").null_count == 1, t
+assert "1.32" in verger._verger.runtime_library(), verger._verger.runtime_library()
+try:
+    verger.featurize([{image!r}], device="cuda:1")
+except verger.ModelError as e:
+    assert "no CUDA execution provider" in str(e) and "new process" in str(e), str(e)
+else:
+    raise AssertionError("no error once the CPU build is loaded")
+try:
+    verger.featurize([{image!r}], device="tpu")
+except verger.UsageError as e:
+    assert "expected cpu, cuda or cuda:N" in str(e), str(e)
+else:
+    raise AssertionError("no usage error")
+"""
+        env = dict(os.environ, VERGER_ORT_GPU_LIB=str(library))
+        subprocess.run([sys.executable, "-c", script], env=env, check=True)

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use verger_model::Device;
 use verger_pca::PcaModel;
 
 use crate::config::JobConfig;
@@ -281,6 +282,9 @@ pub struct Versions {
     pub verger: String,
     pub datafusion: String,
     pub onnxruntime_library: String,
+    /// Where inference ran: `cpu` or `cuda:N`.
+    #[serde(default)]
+    pub device: Device,
     pub model_sha256: String,
     /// Of `pca/model.json` as written.
     #[serde(default)]
@@ -370,9 +374,10 @@ impl Report {
             versions: Versions {
                 verger: env!("CARGO_PKG_VERSION").into(),
                 datafusion: datafusion::DATAFUSION_VERSION.into(),
-                onnxruntime_library: verger_model::runtime::locate()
+                onnxruntime_library: verger_model::runtime::library_for(config.featurize.device)
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
+                device: config.featurize.device,
                 model_sha256: config.featurize.model.sha256.clone(),
                 pca_model_sha256: None,
             },

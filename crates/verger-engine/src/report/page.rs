@@ -756,6 +756,10 @@ impl Page {
                 value: v.onnxruntime_library.clone(),
             },
             Fact {
+                name: "inference device",
+                value: v.device.to_string(),
+            },
+            Fact {
                 name: "model sha256",
                 value: v.model_sha256.clone(),
             },

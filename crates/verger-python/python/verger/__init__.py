@@ -186,6 +186,7 @@ def run(
     model_sha256: str | None = None,
     batch_size: int | None = None,
     max_pixels: int | None = None,
+    device: str | None = None,
     region: str | None = None,
     endpoint: str | None = None,
     allow_http: bool = False,
@@ -237,6 +238,7 @@ def run(
         model_sha256=model_sha256,
         batch_size=batch_size,
         max_pixels=max_pixels,
+        device=device,
         allowed_regions=list(allowed_regions) if allowed_regions is not None else None,
         sse=sse,
         sse_kms_key_id=sse_kms_key_id,
@@ -355,6 +357,7 @@ def featurize(
     model_sha256: str | None = None,
     batch_size: int | None = None,
     max_pixels: int | None = None,
+    device: str | None = None,
     threads: int | None = None,
     region: str | None = None,
     endpoint: str | None = None,
@@ -368,7 +371,9 @@ def featurize(
     Each image is a path, an ``s3://`` URI, or the encoded image's bytes (already in memory). Features are
     bit-identical to a run's. An image that cannot be read or decoded (or ``None``) gives a row with null
     ``features`` and the reason in ``error``, never an exception for the whole batch. ``threads``: worker
-    threads (default: all cores). The model is loaded and verified once per process.
+    threads (default: all cores). The model is loaded and verified once per process. ``device``: ``"cpu"``
+    (default) or ``"cuda"``/``"cuda:N"`` (ONNX Runtime's GPU build, from ``scripts/setup-gpu``; a process runs
+    one ONNX Runtime, the one its first call loads).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -380,6 +385,7 @@ def featurize(
         model_sha256=model_sha256,
         batch_size=batch_size,
         max_pixels=max_pixels,
+        device=device,
         **_store(region, endpoint, allow_http, max_retries, timeout),
     )
     batch = _verger.featurize([items[i] for i in present], argv, threads)

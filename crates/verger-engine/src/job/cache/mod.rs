@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use verger_listing::{ImageEntry, ImageList};
+use verger_model::Device;
 
 use crate::error::JobError;
 use crate::featurize::{features_type, field, result_type, FeaturizeSettings};
@@ -68,7 +69,7 @@ pub struct Identity {
 
 impl Identity {
     pub fn of(settings: &FeaturizeSettings) -> Result<Self, JobError> {
-        let library = verger_model::runtime::locate()?;
+        let library = verger_model::runtime::library_for(settings.device)?;
         Ok(Identity {
             model_sha256: settings.model.sha256.clone(),
             preprocess_version: verger_image::PREPROCESS_VERSION,
@@ -76,7 +77,11 @@ impl Identity {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            provider: "cpu".into(),
+            // The CPU's features keep the folder they always had.
+            provider: match settings.device {
+                Device::Cpu => "cpu".into(),
+                gpu => gpu.provider().into(),
+            },
             precision: "fp32".into(),
         })
     }

@@ -1,0 +1,83 @@
+//! `--device cuda` on a machine without a GPU (this one, and CI's): what is missing (the GPU build of ONNX
+//! Runtime, the NVIDIA driver) is named, with what to do, before the output is touched. (A process that loaded
+//! the CPU build first is told the CPU build has no CUDA provider: the Python package's tests.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{repo_root, run_args, small_input, text};
+
+/// `verger run --device DEVICE` over the small input, with `VERGER_ORT_GPU_LIB` set to `gpu_library`.
+fn gpu_run(tmp: &Path, device: &str, gpu_library: &Path) -> (Output, PathBuf) {
+    let (input, output) = (tmp.join("in"), tmp.join("out"));
+    small_input(&input);
+    let out = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(run_args(&input, &output, &["--device", device]))
+        .env("VERGER_ORT_GPU_LIB", gpu_library)
+        .output()
+        .unwrap();
+    (out, output)
+}
+
+fn assert_refused(out: &Output, output: &Path, expected: &[&str]) {
+    assert_eq!(out.status.code(), Some(1), "{}", text(out));
+    for part in expected {
+        assert!(text(out).contains(part), "no {part:?} in:\n{}", text(out));
+    }
+    assert!(!output.exists(), "the output was touched");
+}
+
+#[test]
+fn without_the_gpu_runtime_the_run_says_what_to_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nowhere/libonnxruntime.so");
+    let (out, output) = gpu_run(tmp.path(), "cuda", &missing);
+    assert_refused(
+        &out,
+        &output,
+        &[
+            "GPU build",
+            "scripts/setup-gpu",
+            "VERGER_ORT_GPU_LIB",
+            missing.to_str().unwrap(),
+        ],
+    );
+}
+
+/// The GPU build itself (installed by scripts/setup, without NVIDIA's libraries), on a machine without an
+/// NVIDIA driver: the driver is named as what is missing.
+#[test]
+fn the_gpu_runtime_without_a_gpu_names_the_missing_driver() {
+    let capi = repo_root().join(".venv-gpu/lib/python3.11/site-packages/onnxruntime/capi");
+    let library = std::fs::read_dir(&capi)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("libonnxruntime.so")
+        })
+        .unwrap_or_else(|| panic!("no GPU build of ONNX Runtime in {}: run scripts/setup", capi.display()));
+    if Path::new("/dev/nvidiactl").exists() {
+        eprintln!("SKIPPED: this machine has an NVIDIA driver; the test is for machines without one");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, output) = gpu_run(tmp.path(), "cuda", &library);
+    assert_refused(&out, &output, &["--device cuda", "no NVIDIA driver", "libcuda.so.1"]);
+}
+
+#[test]
+fn an_unknown_device_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, output) = gpu_run(tmp.path(), "tpu", Path::new("/nowhere"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("expected cpu, cuda or cuda:N"), "{}", text(&out));
+    assert!(!output.exists());
+}
