@@ -43,8 +43,12 @@ def fidelity(cpu, gpu):
 def sample_gpu(samples, stop):
     """GPU utilisation (%) every 200 ms while the GPU run goes on."""
     while not stop.is_set():
-        out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True)
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True)
+        except FileNotFoundError:
+            return  # no nvidia-smi: no utilisation figure
+
         if out.returncode == 0 and out.stdout.strip():
             samples.append(float(out.stdout.split()[0]))
         time.sleep(0.2)
