@@ -315,6 +315,57 @@ fn library_in(folder: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    /// Builds the shared library `dir/file` (soname `file`) with gcc, linked against `needs` (a library file
+    /// and its folder) when given, which must then be found by name when it is loaded.
+    fn shared_library(dir: &Path, file: &str, symbol: &str, needs: Option<(&Path, &str)>) {
+        std::fs::create_dir_all(dir).unwrap();
+        let source = dir.join(format!("{symbol}.c"));
+        let body = match needs {
+            Some(_) => format!("int dependency(void); int {symbol}(void) {{ return dependency() + 1; }}"),
+            None => format!("int {symbol}(void) {{ return 41; }}"),
+        };
+        std::fs::write(&source, body).unwrap();
+        let mut gcc = std::process::Command::new("gcc");
+        gcc.args(["-shared", "-fPIC", "-o"])
+            .arg(dir.join(file))
+            .arg(&source)
+            .arg(format!("-Wl,-soname,{file}"));
+        if let Some((folder, library)) = needs {
+            gcc.arg(format!("-L{}", folder.display())).arg(format!("-l:{library}"));
+        }
+        assert!(gcc.status().unwrap().success(), "gcc failed");
+    }
+
+    /// A library whose dependency sorts after it loads in a second round, once the dependency is loaded; one
+    /// whose dependency is nowhere is left out, and unrelated libraries are not loaded.
+    #[test]
+    fn nvidia_libraries_load_in_the_order_their_dependencies_need() {
+        let tmp = tempfile::tempdir().unwrap();
+        let nvidia = tmp.path().join("nvidia");
+        let (runtime, blas) = (nvidia.join("zz_runtime/lib"), nvidia.join("cublas/lib"));
+        shared_library(&runtime, "libcudart.so.99", "dependency", None);
+        shared_library(&blas, "libcublas.so.99", "blas", Some((&runtime, "libcudart.so.99")));
+        // Linked against a library that is then taken away: it can never load.
+        let gone = tmp.path().join("gone");
+        shared_library(&gone, "libgone.so.1", "dependency", None);
+        shared_library(
+            &nvidia.join("cu99/cufft/lib"),
+            "libcufft.so.99",
+            "fft",
+            Some((&gone, "libgone.so.1")),
+        );
+        std::fs::remove_dir_all(&gone).unwrap();
+        shared_library(&nvidia.join("other/lib"), "libunrelated.so.1", "unrelated", None);
+
+        assert_eq!(preload_nvidia_libraries(&nvidia), 2);
+        // Loaded globally: the soname now resolves without a path, and the dependent library works.
+        let blas = unsafe { libloading::Library::new("libcublas.so.99") }.unwrap();
+        let call = unsafe { blas.get::<unsafe extern "C" fn() -> i32>(b"blas") }.unwrap();
+        assert_eq!(unsafe { call() }, 42);
+        assert!(unsafe { libloading::Library::new("libunrelated.so.1") }.is_err());
+        assert_eq!(preload_nvidia_libraries(&tmp.path().join("no-such-folder")), 0);
+    }
+
     #[test]
     fn a_missing_runtime_says_what_to_run() {
         let empty = std::env::temp_dir().join("verger-no-onnxruntime-here");
