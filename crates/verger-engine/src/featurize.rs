@@ -12,7 +12,9 @@ use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl,
 use serde::{Deserialize, Serialize};
 use verger_image::preprocess::scale_into;
 use verger_image::Limits;
-use verger_model::{Device, Featurizer, FeaturizerPool, ModelError, ModelInput, ModelSpec, FEATURE_DIM, INPUT_LEN};
+use verger_model::{
+    Device, Featurizer, FeaturizerPool, ModelError, ModelInput, ModelSpec, VerifiedModel, FEATURE_DIM, INPUT_LEN,
+};
 
 use crate::io::source;
 use crate::io::store::StoreOptions;
@@ -33,10 +35,17 @@ pub struct FeaturizeSettings {
 impl FeaturizeSettings {
     /// This process's sessions for the model, which is fetched (from disk or the store) and verified once.
     pub fn featurizers(&self) -> Result<Arc<FeaturizerPool>, ModelError> {
+        FeaturizerPool::shared(&self.model, self.device, &self.model_reader())
+    }
+
+    /// The model, fetched and verified (once per process), without a session.
+    pub fn verified_model(&self) -> Result<Arc<VerifiedModel>, ModelError> {
+        VerifiedModel::load(&self.model, &self.model_reader())
+    }
+
+    fn model_reader(&self) -> impl Fn(&str) -> Result<Vec<u8>, String> + Send + Sync + 'static {
         let store = self.store.clone();
-        FeaturizerPool::shared(&self.model, self.device, &move |location| {
-            source::read_location(location, &store).map_err(|e| e.to_string())
-        })
+        move |location| source::read_location(location, &store).map_err(|e| e.to_string())
     }
 }
 

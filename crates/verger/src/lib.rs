@@ -196,8 +196,13 @@ pub fn run_until(config: &JobConfig, progress: Arc<dyn Progress>, stop: &Stop) -
         return Err(Error::Config("threads must be at least 1".into()));
     }
     config.featurize.store.check_transport()?;
-    // Fail before anything else when the runtime is unusable (the job verifies the model first thing).
-    verger_model::runtime::ensure_loaded(config.featurize.device)?;
+    // Fail before anything else when the runtime is unusable (the job verifies the model first thing). On a
+    // cluster the executors run the model on their devices: this process needs no GPU.
+    let device = match &config.cluster {
+        Some(_) => verger_model::Device::Cpu,
+        None => config.featurize.device,
+    };
+    verger_model::runtime::ensure_loaded(device)?;
     let runtime = runtime(config.threads)?;
     let cluster = match &config.cluster {
         Some(url) => {

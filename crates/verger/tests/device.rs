@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{repo_root, run_args, small_input, text};
+use common::{cluster, repo_root, run_args, small_input, text};
 
 /// `verger run --device DEVICE` over the small input, with `VERGER_ORT_GPU_LIB` set to `gpu_library`.
 fn gpu_run(tmp: &Path, device: &str, gpu_library: &Path) -> (Output, PathBuf) {
@@ -46,12 +46,10 @@ fn without_the_gpu_runtime_the_run_says_what_to_install() {
     );
 }
 
-/// The GPU build itself (installed by scripts/setup, without NVIDIA's libraries), on a machine without an
-/// NVIDIA driver: the driver is named as what is missing.
-#[test]
-fn the_gpu_runtime_without_a_gpu_names_the_missing_driver() {
+/// The GPU build that scripts/setup installs (without NVIDIA's libraries) in `.venv-gpu`.
+fn gpu_build() -> PathBuf {
     let capi = repo_root().join(".venv-gpu/lib/python3.11/site-packages/onnxruntime/capi");
-    let library = std::fs::read_dir(&capi)
+    std::fs::read_dir(&capi)
         .ok()
         .into_iter()
         .flatten()
@@ -63,9 +61,24 @@ fn the_gpu_runtime_without_a_gpu_names_the_missing_driver() {
                 .to_string_lossy()
                 .starts_with("libonnxruntime.so")
         })
-        .unwrap_or_else(|| panic!("no GPU build of ONNX Runtime in {}: run scripts/setup", capi.display()));
-    if Path::new("/dev/nvidiactl").exists() {
+        .unwrap_or_else(|| panic!("no GPU build of ONNX Runtime in {}: run scripts/setup", capi.display()))
+}
+
+/// Whether this machine has an NVIDIA driver (the tests below are for machines without one).
+fn has_nvidia_driver() -> bool {
+    let found = Path::new("/dev/nvidiactl").exists();
+    if found {
         eprintln!("SKIPPED: this machine has an NVIDIA driver; the test is for machines without one");
+    }
+    found
+}
+
+/// The GPU build itself (installed by scripts/setup, without NVIDIA's libraries), on a machine without an
+/// NVIDIA driver: the driver is named as what is missing.
+#[test]
+fn the_gpu_runtime_without_a_gpu_names_the_missing_driver() {
+    let library = gpu_build();
+    if has_nvidia_driver() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -80,4 +93,28 @@ fn an_unknown_device_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("expected cpu, cuda or cuda:N"), "{}", text(&out));
     assert!(!output.exists());
+}
+
+/// On a cluster the client runs no model, so it needs no GPU: the executors do, and one without a driver fails
+/// the run with the executor's reason, committing nothing.
+#[test]
+fn on_a_cluster_the_executors_gpu_is_what_counts() {
+    let library = gpu_build();
+    if has_nvidia_driver() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let executors_env = [("VERGER_ORT_GPU_LIB", library.to_str().unwrap())];
+    let (_processes, url) = cluster(tmp.path(), 0, &executors_env);
+    let (input, output) = (tmp.path().join("in"), tmp.path().join("out"));
+    small_input(&input);
+    let out = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(run_args(&input, &output, &["--device", "cuda", "--cluster", &url]))
+        // The client's own GPU runtime is nowhere: it must not need one.
+        .env("VERGER_ORT_GPU_LIB", tmp.path().join("nowhere/libonnxruntime.so"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no NVIDIA driver"), "{}", text(&out));
+    assert!(!output.join("_SUCCESS").exists() && !output.join("result").exists());
 }

@@ -81,9 +81,14 @@ pub async fn run_job(
     // Priced before anything runs: a price table that cannot price the run stops it here.
     let pricing = Pricing::new(&config.cost)?;
     let settings = config.featurize.clone();
-    tokio::task::spawn_blocking(move || settings.featurizers().map(drop))
-        .await
-        .map_err(JobError::task)??;
+    // On a cluster the executors run the model (on their devices): here it is only verified.
+    let on_cluster = cluster.is_some();
+    tokio::task::spawn_blocking(move || match on_cluster {
+        true => settings.verified_model().map(drop),
+        false => settings.featurizers().map(drop),
+    })
+    .await
+    .map_err(JobError::task)??;
     // A folder that is not a cache is refused before the output is touched.
     let cache = match &config.cache {
         Some(location) => {
