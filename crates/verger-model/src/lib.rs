@@ -9,8 +9,9 @@
 //! With [`Device::Cuda`], sessions run on an NVIDIA GPU through ONNX Runtime's CUDA execution provider (TF32
 //! off, so that the GPU computes in fp32 as the CPU does).
 //!
-//! Scope: float32 NHWC batches in (uint8 pixels on a GPU, scaled in the graph), 1280-d features out; and [`app_model`], the featurizer spliced with a
-//! linear head into the one ONNX file an app runs. No image decoding, no files other than the model.
+//! Scope: float32 NHWC batches in (uint8 pixels on a GPU, scaled in the graph), 1280-d features out; and
+//! [`app_model`], the featurizer spliced with a linear head into the one ONNX file an app runs. No image
+//! decoding, no files other than the model.
 
 pub mod app_model;
 mod device;
