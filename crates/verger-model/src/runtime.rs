@@ -121,12 +121,22 @@ fn nvidia_driver() -> Result<(), String> {
 }
 
 /// What the CUDA provider needs before its first session: the NVIDIA driver, then the CUDA and cuDNN
-/// libraries of the pip wheels in the library's `site-packages` (if any; otherwise the system's are used).
+/// libraries of the pip wheels in the library's `site-packages` and in the `nvidia` folders that
+/// `VERGER_NVIDIA_LIBS` lists (`:`-separated, such as another environment's `site-packages/nvidia`); where
+/// none holds them, the system's are used.
 fn prepare_gpu(library: &Path) -> Result<(), String> {
     nvidia_driver()?;
-    let site_packages = library.ancestors().nth(3).map(Path::to_path_buf);
-    let preloaded = site_packages.map(|dir| preload_nvidia_libraries(&dir.join("nvidia")));
-    tracing::info!(?preloaded, "NVIDIA libraries loaded from pip wheels");
+    let mut roots: Vec<PathBuf> = library
+        .ancestors()
+        .nth(3)
+        .map(|site_packages| site_packages.join("nvidia"))
+        .into_iter()
+        .collect();
+    if let Some(listed) = std::env::var_os("VERGER_NVIDIA_LIBS") {
+        roots.extend(std::env::split_paths(&listed));
+    }
+    let preloaded = preload_nvidia_libraries(&roots);
+    tracing::info!(preloaded, ?roots, "NVIDIA libraries loaded from pip wheels");
     Ok(())
 }
 
@@ -142,14 +152,18 @@ const NVIDIA_LIBRARIES: &[&str] = &[
     "libcudnn",
 ];
 
-/// Loads, globally and for the life of the process, the NVIDIA libraries under `nvidia/*/lib` (and
-/// `nvidia/*/*/lib`, the CUDA 13 wheels' layout), so that the provider's own loading finds them by name.
+/// Loads, globally and for the life of the process, the NVIDIA libraries under each of `roots` (the `nvidia`
+/// folder of a `site-packages`) in `*/lib` (and `*/*/lib`, the CUDA 13 wheels' layout), so that the
+/// provider's own loading finds them by name.
 /// Their dependencies on each other decide the order: each round loads what it can until none is left or a
 /// round loads nothing (what is left is then missing something, and the provider's error will name it).
 /// Returns how many were loaded.
-fn preload_nvidia_libraries(nvidia: &Path) -> usize {
+fn preload_nvidia_libraries(roots: &[PathBuf]) -> usize {
     let mut folders = Vec::new();
-    for package in std::fs::read_dir(nvidia).into_iter().flatten().flatten() {
+    for package in roots
+        .iter()
+        .flat_map(|root| std::fs::read_dir(root).into_iter().flatten().flatten())
+    {
         folders.push(package.path().join("lib"));
         for nested in std::fs::read_dir(package.path()).into_iter().flatten().flatten() {
             folders.push(nested.path().join("lib"));
@@ -341,8 +355,9 @@ mod tests {
     #[test]
     fn nvidia_libraries_load_in_the_order_their_dependencies_need() {
         let tmp = tempfile::tempdir().unwrap();
-        let nvidia = tmp.path().join("nvidia");
-        let (runtime, blas) = (nvidia.join("zz_runtime/lib"), nvidia.join("cublas/lib"));
+        // Two environments' `nvidia` folders, the dependency in the second.
+        let (nvidia, other) = (tmp.path().join("nvidia"), tmp.path().join("other-env/nvidia"));
+        let (runtime, blas) = (other.join("zz_runtime/lib"), nvidia.join("cublas/lib"));
         shared_library(&runtime, "libcudart.so.99", "dependency", None);
         shared_library(&blas, "libcublas.so.99", "blas", Some((&runtime, "libcudart.so.99")));
         // Linked against a library that is then taken away: it can never load.
@@ -357,13 +372,13 @@ mod tests {
         std::fs::remove_dir_all(&gone).unwrap();
         shared_library(&nvidia.join("other/lib"), "libunrelated.so.1", "unrelated", None);
 
-        assert_eq!(preload_nvidia_libraries(&nvidia), 2);
+        assert_eq!(preload_nvidia_libraries(&[nvidia, other]), 2);
         // Loaded globally: the soname now resolves without a path, and the dependent library works.
         let blas = unsafe { libloading::Library::new("libcublas.so.99") }.unwrap();
         let call = unsafe { blas.get::<unsafe extern "C" fn() -> i32>(b"blas") }.unwrap();
         assert_eq!(unsafe { call() }, 42);
         assert!(unsafe { libloading::Library::new("libunrelated.so.1") }.is_err());
-        assert_eq!(preload_nvidia_libraries(&tmp.path().join("no-such-folder")), 0);
+        assert_eq!(preload_nvidia_libraries(&[tmp.path().join("no-such-folder")]), 0);
     }
 
     #[test]
