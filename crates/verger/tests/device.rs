@@ -64,23 +64,24 @@ fn gpu_build() -> PathBuf {
         .unwrap_or_else(|| panic!("no GPU build of ONNX Runtime in {}: run scripts/setup", capi.display()))
 }
 
-/// Whether this machine has an NVIDIA driver (the tests below are for machines without one).
-fn has_nvidia_driver() -> bool {
-    let found = Path::new("/dev/nvidiactl").exists();
-    if found {
+/// [`gpu_build`], on a machine without an NVIDIA driver (the tests below are for those); None, said so, where
+/// there is one.
+fn gpu_build_without_a_driver() -> Option<PathBuf> {
+    let library = gpu_build();
+    if Path::new("/dev/nvidiactl").exists() {
         eprintln!("SKIPPED: this machine has an NVIDIA driver; the test is for machines without one");
+        return None;
     }
-    found
+    Some(library)
 }
 
 /// The GPU build itself (installed by scripts/setup, without NVIDIA's libraries), on a machine without an
 /// NVIDIA driver: the driver is named as what is missing.
 #[test]
 fn the_gpu_runtime_without_a_gpu_names_the_missing_driver() {
-    let library = gpu_build();
-    if has_nvidia_driver() {
+    let Some(library) = gpu_build_without_a_driver() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let (out, output) = gpu_run(tmp.path(), "cuda", &library);
     assert_refused(&out, &output, &["--device cuda", "no NVIDIA driver", "libcuda.so.1"]);
@@ -99,10 +100,9 @@ fn an_unknown_device_is_a_usage_error() {
 /// the run with the executor's reason, committing nothing.
 #[test]
 fn on_a_cluster_the_executors_gpu_is_what_counts() {
-    let library = gpu_build();
-    if has_nvidia_driver() {
+    let Some(library) = gpu_build_without_a_driver() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let executors_env = [("VERGER_ORT_GPU_LIB", library.to_str().unwrap())];
     let (_processes, url) = cluster(tmp.path(), 0, &executors_env);
