@@ -284,10 +284,14 @@ fn serves_identify_with_limits_metrics_and_graceful_shutdown() {
 }
 
 /// The value of the sample `name{labels}` in Prometheus text.
-fn metric(text: &str, sample: &str) -> f64 {
+fn metric(text: &str, name: &str) -> f64 {
+    sample(text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// The value of the sample `name{labels}` in Prometheus text, if the service has recorded it.
+fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
 }
 
 #[test]
@@ -357,7 +361,27 @@ fn tokens_guard_the_service_and_sigterm_lets_requests_finish() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
+    // SIGTERM closes the listener, so wait until every request is inside the service (admitted or already
+    // answered): a connection still being opened at the signal would rightly be refused.
+    let started = Instant::now();
+    loop {
+        let (status, metrics) = get(&agent, &format!("{url}/metrics"), Some("s3cret-token"));
+        assert_eq!(status, 200);
+        let inside = sample(&metrics, "verger_serve_admitted_requests").unwrap_or(0.0)
+            + sample(
+                &metrics,
+                "verger_serve_requests_total{route=\"/identify\",status=\"200\"}",
+            )
+            .unwrap_or(0.0);
+        if inside >= 64.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the 64 requests never all reached the service:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     server.signal("TERM");
     let signalled = Instant::now();
     let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
