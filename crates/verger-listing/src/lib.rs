@@ -6,12 +6,14 @@
 //! (`s3://bucket/prefix`, listed through `object_store`). Scope: names and metadata only, no image bytes.
 
 use std::fmt::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, Int64Builder, RecordBatch, StringArray, StringBuilder, UInt64Builder,
+    new_null_array, Array, ArrayBuilder, ArrayRef, AsArray, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    UInt64Builder,
 };
 use arrow::compute::{cast, sort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt64Type};
@@ -251,6 +253,10 @@ struct Collector {
 }
 
 impl Collector {
+    fn len(&self) -> usize {
+        self.uris.len()
+    }
+
     fn push(&mut self, uri: &str, label: &str, size: u64, modified_ms: i64, etag: Option<&str>) {
         self.uris.append_value(uri);
         self.labels.append_value(label);
@@ -318,6 +324,23 @@ impl NameFilter {
 
 /// Lists a local folder recursively; entries sorted by URI.
 pub fn list_folder(root: &Path, filter: &NameFilter) -> Result<ImageList, ListingError> {
+    let mut list = None;
+    walk_folder(root, filter, usize::MAX, |chunk| {
+        list = Some(chunk);
+        ControlFlow::Continue(())
+    })?;
+    Ok(list.unwrap_or_else(|| Collector::default().finish()))
+}
+
+/// Lists a local folder recursively, handing the entries to `each` in URI order, `chunk_rows` at a time (the
+/// last chunk may be shorter; none for an empty folder), so that a listing of any size is written out as it
+/// goes. `each` may stop the walk.
+pub fn walk_folder(
+    root: &Path,
+    filter: &NameFilter,
+    chunk_rows: usize,
+    mut each: impl FnMut(ImageList) -> ControlFlow<()>,
+) -> Result<(), ListingError> {
     let root = std::path::absolute(root).map_err(|e| ListingError::Io {
         path: root.into(),
         message: e.to_string(),
@@ -359,8 +382,14 @@ pub fn list_folder(root: &Path, filter: &NameFilter) -> Result<ImageList, Listin
         uri.clear();
         write!(uri, "file://{}", path.display()).expect("writing to a String");
         images.push(&uri, &label_of(path), metadata.len(), modified_ms, None);
+        if images.len() >= chunk_rows && each(std::mem::take(&mut images).finish()).is_break() {
+            return Ok(());
+        }
     }
-    Ok(images.finish())
+    if images.len() > 0 {
+        let _ = each(images.finish());
+    }
+    Ok(())
 }
 
 /// The bytes an entry adds to the URIs under it.
@@ -429,6 +458,49 @@ mod tests {
 
         let both = list_folder(dir.path(), &NameFilter::new(&["*.jpg", "*.png"]).unwrap()).unwrap();
         assert_eq!(both.len(), 5);
+    }
+
+    #[test]
+    fn a_walk_in_chunks_gives_the_listing_in_order_and_can_be_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        for folder in 0..7 {
+            for file in 0..3 {
+                let folder = dir.path().join(format!("f{folder}"));
+                std::fs::create_dir_all(&folder).unwrap();
+                std::fs::write(folder.join(format!("{file}.jpg")), b"x").unwrap();
+            }
+        }
+        let all = NameFilter::new::<&str>(&[]).unwrap();
+        let whole = list_folder(dir.path(), &all).unwrap();
+        let mut chunks = Vec::new();
+        walk_folder(dir.path(), &all, 4, |chunk| {
+            chunks.push(chunk);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let sizes: Vec<usize> = chunks.iter().map(ImageList::len).collect();
+        assert_eq!(sizes, [4, 4, 4, 4, 4, 1]);
+        let uris: Vec<String> = chunks
+            .iter()
+            .flat_map(|c| c.iter().map(|e| e.uri.to_string()))
+            .collect();
+        assert_eq!(uris, whole.iter().map(|e| e.uri.to_string()).collect::<Vec<_>>());
+
+        let mut seen = 0;
+        walk_folder(dir.path(), &all, 4, |chunk| {
+            seen += chunk.len();
+            ControlFlow::Break(())
+        })
+        .unwrap();
+        assert_eq!(seen, 4, "the walk stops when asked");
+        let empty = tempfile::tempdir().unwrap();
+        let mut calls = 0;
+        walk_folder(empty.path(), &all, 4, |_| {
+            calls += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(calls, 0, "an empty folder has no chunk");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! marks a complete output on any store. The few local-only steps (removing folders and the staging files a
 //! killed process left) live here too.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,12 +13,18 @@ use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector};
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
 use datafusion::parquet::basic::Compression;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::prelude::SessionContext;
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
@@ -337,6 +344,21 @@ impl OutputStore {
         Ok(ParquetObject { writer, rows: 0 })
     }
 
+    /// Parquet file `name`, to read a range of rows at a time (its footer is read here, once).
+    pub async fn parquet_ranges(&self, name: &str) -> Result<ParquetRanges, StoreError> {
+        let path = self.path(name);
+        let size = self.store.head(&path).await.map_err(|e| self.error(name, e))?.size;
+        let mut reader = ObjectReader {
+            store: self.store.clone(),
+            path,
+            size,
+        };
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+            .await
+            .map_err(|e| StoreError::Unreadable(format!("{}: {e}", self.url(name))))?;
+        Ok(ParquetRanges { reader, metadata })
+    }
+
     /// File `name`, read whole (a file of one partition: a few MB).
     pub async fn read_batch(&self, name: &str) -> Result<RecordBatch, StoreError> {
         decode_parquet(self.get(name).await?)
@@ -375,14 +397,109 @@ pub fn decode_parquet(bytes: Bytes) -> Result<RecordBatch, StoreError> {
     Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
 }
 
+/// Rows per row group of the files verger writes: what [`ParquetRanges`] decodes to read a few rows (16,384
+/// manifest rows are about 2 MB), and what a writer holds before flushing.
+pub const ROW_GROUP_ROWS: usize = 16 * 1024;
+
 /// No dictionaries but for labels: feature values and paths hardly repeat, and trying to build a dictionary
 /// for every float costs more CPU than the rest of the write.
 fn properties(compression: Compression) -> WriterProperties {
     WriterProperties::builder()
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_compression(compression)
         .set_dictionary_enabled(false)
         .set_column_dictionary_enabled(ColumnPath::from("label"), true)
         .build()
+}
+
+/// A Parquet file read a range of rows at a time, decoding only the row groups ([`ROW_GROUP_ROWS`]) the range
+/// touches: a file of millions of rows (the manifest) is never held whole.
+pub struct ParquetRanges {
+    reader: ObjectReader,
+    metadata: ArrowReaderMetadata,
+}
+
+impl ParquetRanges {
+    pub fn rows(&self) -> usize {
+        self.metadata.metadata().file_metadata().num_rows() as usize
+    }
+
+    /// Rows `range` (within [`ParquetRanges::rows`]) as one batch.
+    pub async fn read(&self, range: Range<usize>) -> Result<RecordBatch, StoreError> {
+        assert!(
+            range.end <= self.rows(),
+            "rows {range:?} beyond the file's {}",
+            self.rows()
+        );
+        let schema = self.metadata.schema().clone();
+        if range.is_empty() {
+            return Ok(RecordBatch::new_empty(schema));
+        }
+        // The row groups that hold the range, and where the range starts in the first of them.
+        let (mut groups, mut first_row, mut start) = (Vec::new(), None, 0);
+        for (i, group) in self.metadata.metadata().row_groups().iter().enumerate() {
+            let end = start + group.num_rows() as usize;
+            if start < range.end && range.start < end {
+                groups.push(i);
+                first_row.get_or_insert(start);
+            }
+            start = end;
+        }
+        let skip = range.start - first_row.unwrap_or(range.start);
+        let selection = RowSelection::from(vec![RowSelector::skip(skip), RowSelector::select(range.len())]);
+        let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(self.reader.clone(), self.metadata.clone())
+            .with_row_groups(groups)
+            .with_row_selection(selection)
+            .build()?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        Ok(datafusion::arrow::compute::concat_batches(&schema, &batches)?)
+    }
+}
+
+/// A Parquet file in a store, for the Parquet reader: byte ranges on request, the footer from its tail.
+#[derive(Clone)]
+struct ObjectReader {
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    size: u64,
+}
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, datafusion::parquet::errors::Result<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, datafusion::parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, datafusion::parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            Ok(Arc::new(
+                ParquetMetaDataReader::new().load_and_finish(self, size).await?,
+            ))
+        }
+        .boxed()
+    }
 }
 
 /// An open Parquet file, invisible until [`ParquetObject::commit`].
@@ -441,8 +558,37 @@ pub fn split_file(file: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::Int32Array;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::array::{AsArray, Int32Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema};
+
+    #[tokio::test]
+    async fn ranges_of_rows_are_read_across_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputStore::open(dir.path().to_str().unwrap(), &StoreOptions::default()).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int32, false)]));
+        let n = 2 * ROW_GROUP_ROWS + 100;
+        let mut file = out.parquet("many.parquet", schema.clone()).unwrap();
+        // Written in uneven batches: row groups are cut by rows, not by the batches written.
+        for chunk in (0..n as i32).collect::<Vec<_>>().chunks(5000) {
+            let column = Arc::new(Int32Array::from(chunk.to_vec()));
+            file.write(&RecordBatch::try_new(schema.clone(), vec![column]).unwrap())
+                .await
+                .unwrap();
+        }
+        file.commit().await.unwrap();
+
+        let ranges = out.parquet_ranges("many.parquet").await.unwrap();
+        assert_eq!(ranges.rows(), n);
+        assert_eq!(ranges.metadata.metadata().num_row_groups(), 3);
+        let g = ROW_GROUP_ROWS;
+        for range in [0..1, 0..n, 5..300, g - 3..g + 3, g..2 * g, 2 * g - 1..n, n - 1..n, 7..7] {
+            let batch = ranges.read(range.clone()).await.unwrap();
+            let read: Vec<i32> = batch.column(0).as_primitive::<Int32Type>().values().to_vec();
+            let expected: Vec<i32> = range.clone().map(|i| i as i32).collect();
+            assert_eq!(read, expected, "rows {range:?}");
+        }
+        assert!(out.parquet_ranges("missing.parquet").await.is_err());
+    }
 
     #[tokio::test]
     async fn local_files_appear_whole_and_are_read_back_by_url() {

@@ -3,6 +3,7 @@
 //! staged partitions are aggregated, so that fitting overlaps inference.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +20,7 @@ use verger_listing::ImageList;
 use verger_pca::PcaStats;
 
 use super::cache::{self, FeatureCache, Found};
+use super::manifest::ManifestRows;
 use super::partitions::{self, Partitions};
 use super::{cluster, pca_fit, staging};
 use crate::error::JobError;
@@ -87,7 +89,7 @@ pub async fn run(
     place: Where<'_>,
     settings: &FeaturizeSettings,
     parts: &Partitions<'_>,
-    input: &RecordBatch,
+    manifest: &ManifestRows,
     cache: Option<Cached<'_>>,
     budget: &Budget,
     progress: Arc<dyn Progress>,
@@ -122,21 +124,23 @@ pub async fn run(
         (true, _) => Ok(None),
         (false, Some(cache)) => {
             drop(staged_tx);
+            // The cache's lookups take the listing whole, so its input is whole too.
+            let input = manifest.input(0..manifest.count()).await?;
             let todo = Todo {
                 parts,
-                input,
+                input: &input,
                 partitions: &todo,
             };
             stage_with_cache(ctx, place, settings, todo, cache, budget, progress)
                 .await
                 .map(Some)
         }
-        (false, None) => match source(ctx, place, settings, parts, input, &todo).await {
-            Ok(source) => stage_partitions(ctx, &source, parts, &todo, budget, progress, staged_tx)
+        (false, None) => {
+            let source = source(place, settings, Rows::Manifest(manifest));
+            stage_partitions(ctx, &source, parts, &todo, budget, progress, staged_tx)
                 .await
-                .map(|()| None),
-            Err(e) => Err(e),
-        },
+                .map(|()| None)
+        }
     };
     match featurized {
         Ok(from_cache) => {
@@ -206,7 +210,7 @@ async fn stage_with_cache(
         if fresh.is_empty() {
             return Ok(());
         }
-        let source = source(ctx, place, settings, &fresh_parts, &fresh_input, &fresh_todo).await?;
+        let source = source(place, settings, Rows::Batch(&fresh_input));
         stage_partitions(
             ctx,
             &source,
@@ -380,63 +384,54 @@ enum Row {
     Kept(usize, usize),
 }
 
-/// Where the partitions in `todo` are featurized.
-enum Source<'a> {
-    /// One partition of this plan per partition to stage, in the order of `todo`.
-    Local {
-        plan: Arc<dyn ExecutionPlan>,
-        threads: usize,
-    },
-    /// A context connected to a cluster and the featurization input: each partition is one cluster job.
-    Cluster {
-        remote: &'a SessionContext,
-        input: RecordBatch,
-        jobs: usize,
-    },
+/// The rows partitions are cut from.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// The committed manifest, read a partition at a time.
+    Manifest(&'a ManifestRows),
+    /// Rows already in memory (the images a feature cache lacks).
+    Batch(&'a RecordBatch),
 }
 
-async fn source<'a>(
-    ctx: &SessionContext,
+impl Rows<'_> {
+    async fn get(&self, range: Range<usize>) -> Result<RecordBatch, JobError> {
+        match *self {
+            Rows::Manifest(manifest) => manifest.input(range).await,
+            Rows::Batch(batch) => Ok(batch.slice(range.start, range.len())),
+        }
+    }
+}
+
+/// Where partitions are featurized, and the rows they are cut from.
+struct Source<'a> {
     place: Where<'a>,
-    settings: &FeaturizeSettings,
-    parts: &Partitions<'_>,
-    input: &RecordBatch,
-    todo: &[usize],
-) -> Result<Source<'a>, JobError> {
-    Ok(match place {
-        Where::Here { threads } => Source::Local {
-            plan: local_plan(ctx, settings, parts, input, todo).await?,
-            threads: threads.max(1),
-        },
-        Where::Cluster { remote, jobs } => Source::Cluster {
-            remote,
-            input: input.clone(),
-            jobs: jobs.max(1),
-        },
-    })
+    rows: Rows<'a>,
+    /// Rows per record batch fed to `featurize` here.
+    per_batch: usize,
+}
+
+fn source<'a>(place: Where<'a>, settings: &FeaturizeSettings, rows: Rows<'a>) -> Source<'a> {
+    // Enough rows per batch to amortise per-batch overhead, and whole model batches.
+    let per_batch = settings.batch_size.max(ROWS_PER_BATCH);
+    Source { place, rows, per_batch }
 }
 
 impl Source<'_> {
-    /// Partitions staged at once: one per worker here; on a cluster, enough jobs to keep every slot busy.
-    fn in_flight(&self) -> usize {
-        match self {
-            Source::Local { threads, .. } => *threads,
-            Source::Cluster { jobs, .. } => *jobs,
-        }
-    }
-
-    /// Featurizes and stages partition `part` (the `todo_index`-th to do); returns its failed rows.
+    /// Featurizes and stages partition `part`; returns its failed rows.
     async fn stage(
         &self,
         local: &SessionContext,
         parts: &Partitions<'_>,
-        (todo_index, part): (usize, usize),
+        part: usize,
         progress: Arc<dyn Progress>,
     ) -> Result<u64, JobError> {
         let name = parts.staged(part);
-        match self {
-            Source::Local { plan, .. } => {
-                let stream = plan.execute(todo_index, local.task_ctx())?;
+        let range = parts.ranges[part].clone();
+        let input = self.rows.get(range.clone()).await?;
+        match self.place {
+            Where::Here { .. } => {
+                let plan = local_plan(local, &input, self.per_batch).await?;
+                let stream = plan.execute(0, local.task_ctx())?;
                 let file = parts.out.staging_parquet(&name, staging::schema())?;
                 // Featurization is CPU work: its own task, so that partitions run in parallel.
                 let task = async move { staging::write(file, stream, progress.as_ref()).await };
@@ -444,10 +439,9 @@ impl Source<'_> {
                     .await
                     .map_err(JobError::task)?
             }
-            Source::Cluster { remote, input, .. } => {
+            Where::Cluster { remote, .. } => {
                 // The partition's rows travel inside the plan; the executors write the staged file.
-                let range = parts.ranges[part].clone();
-                let images = cluster::values(remote, &input.slice(range.start, range.len()))?;
+                let images = cluster::values(remote, &input)?;
                 cluster::write(remote, parts.out, staging::staged_rows(images, remote)?, &name).await?;
                 progress.advance(range.len() as u64);
                 staging::count_failed(local, vec![parts.staged_url(part)]).await
@@ -466,15 +460,15 @@ async fn stage_partitions(
     progress: Arc<dyn Progress>,
     staged: tokio::sync::mpsc::UnboundedSender<usize>,
 ) -> Result<(), JobError> {
-    futures::stream::iter(todo.iter().copied().enumerate())
-        .map(|(todo_index, part)| {
+    futures::stream::iter(todo.iter().copied())
+        .map(|part| {
             let progress = progress.clone();
             async move {
-                let failed = source.stage(ctx, parts, (todo_index, part), progress).await?;
+                let failed = source.stage(ctx, parts, part, progress).await?;
                 Ok::<_, JobError>((part, failed))
             }
         })
-        .buffer_unordered(source.in_flight())
+        .buffer_unordered(source.place.in_flight())
         .map(|done| {
             let (part, failed) = done?;
             budget.add(failed)?;
@@ -489,35 +483,24 @@ async fn stage_partitions(
     Ok(())
 }
 
-/// One plan partition per manifest partition in `todo`: the staged rows of its images.
+/// The plan that featurizes one partition's `input` into staged rows, `per_batch` rows per record batch.
 async fn local_plan(
     ctx: &SessionContext,
-    settings: &FeaturizeSettings,
-    parts: &Partitions<'_>,
     input: &RecordBatch,
-    todo: &[usize],
+    per_batch: usize,
 ) -> Result<Arc<dyn ExecutionPlan>, JobError> {
-    // Rows per record batch: enough to amortise per-batch overhead, and whole model batches.
-    let per_batch = settings.batch_size.max(ROWS_PER_BATCH);
-    let tables: Vec<Vec<RecordBatch>> = todo
-        .iter()
-        .map(|&i| {
-            let range = parts.ranges[i].clone();
-            range
-                .clone()
-                .step_by(per_batch)
-                .map(|s| input.slice(s, per_batch.min(range.end - s)))
-                .collect()
-        })
+    let batches: Vec<RecordBatch> = (0..input.num_rows())
+        .step_by(per_batch)
+        .map(|s| input.slice(s, per_batch.min(input.num_rows() - s)))
         .collect();
-    ctx.register_table("images", Arc::new(MemTable::try_new(input.schema(), tables)?))?;
-    let plan = staging::staged_rows(ctx.table("images").await?, ctx)?
+    let table = MemTable::try_new(input.schema(), vec![batches])?;
+    let plan = staging::staged_rows(ctx.read_table(Arc::new(table))?, ctx)?
         .create_physical_plan()
         .await?;
     assert_eq!(
         plan.output_partitioning().partition_count(),
-        todo.len(),
-        "one plan partition per manifest partition"
+        1,
+        "one manifest partition, one plan partition"
     );
     Ok(plan)
 }

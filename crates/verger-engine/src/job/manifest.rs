@@ -1,18 +1,24 @@
 //! The list stage: the images under the input, committed as the run's manifest (with the partitioning it is
-//! cut by), or read back when resuming a run that committed one.
+//! cut by), or read back when resuming a run that committed one. A local listing is written as the walk goes;
+//! a bucket's, listed folders side by side, is sorted whole first. Featurization then reads the manifest a
+//! partition at a time ([`ManifestRows`]): the listing is not held while images are featurized, except by a
+//! run with a feature cache, whose lookups take it whole.
 
+use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use serde::{Deserialize, Serialize};
-use verger_listing::{list_bucket, list_folder, ImageList, Location, NameFilter, LIST_CONCURRENCY};
+use verger_listing::{list_bucket, list_folder, walk_folder, ImageList, Location, NameFilter, LIST_CONCURRENCY};
 
 use crate::error::JobError;
 use crate::fault;
-use crate::io::output::OutputStore;
+use crate::io::output::{OutputStore, ParquetObject, ParquetRanges, ROW_GROUP_ROWS};
 use crate::io::store::StoreOptions;
 use crate::layout;
 use crate::pseudonym::Pseudonymizer;
+
+use super::staging;
 
 /// The partitioning a run commits to with its manifest, so that a resumed run cuts the same partitions.
 #[derive(Debug, Serialize, Deserialize)]
@@ -20,10 +26,13 @@ struct Plan {
     partition_rows: usize,
 }
 
-/// What the list stage settled: the images, in URI order, and the partition size they are cut by.
+/// What the list stage settled: the committed manifest (images in URI order), the partition size it is cut
+/// by, and, when asked for, the images themselves.
 pub struct Manifest {
-    pub images: ImageList,
+    pub rows: ManifestRows,
     pub partition_rows: usize,
+    /// The whole listing, kept only for a run that needs it whole (a feature cache's lookups).
+    pub images: Option<ImageList>,
 }
 
 /// What to list, and whether a committed manifest may be reused instead.
@@ -33,13 +42,15 @@ pub struct ListSettings<'a> {
     pub store: &'a StoreOptions,
     pub partition_rows: usize,
     pub resume: bool,
+    /// Keep the listing in memory ([`Manifest::images`]) rather than only in the committed file.
+    pub keep_images: bool,
 }
 
 /// This run's manifest: read back when resuming one that committed it, else listed and committed.
 pub async fn load_or_list(
     settings: &ListSettings<'_>,
     out: &OutputStore,
-    pseudonymizer: Option<&Pseudonymizer>,
+    pseudonymizer: Option<Arc<Pseudonymizer>>,
 ) -> Result<Manifest, JobError> {
     let public = layout::manifest();
     // With pseudonyms, the real paths a resumed run needs stay in staging, which is removed on success.
@@ -47,41 +58,159 @@ pub async fn load_or_list(
         Some(_) => layout::REAL_MANIFEST.to_string(),
         None => public.clone(),
     };
-    if settings.resume && out.exists(&real).await? {
-        let plan: Plan = serde_json::from_slice(&out.get(layout::PLAN).await?)
-            .map_err(|e| JobError::Task(format!("{}: {e}", layout::PLAN)))?;
-        let images = ImageList::from_batch(&out.read_batch(&real).await?)?;
-        tracing::info!(images = images.len(), "resuming from the committed manifest");
-        return Ok(Manifest {
-            images,
-            partition_rows: plan.partition_rows,
-        });
-    }
-    let images = list_images(settings.input, settings.globs, settings.store, LIST_CONCURRENCY).await?;
-    if images.is_empty() {
+    let partition_rows = match settings.resume && out.exists(&real).await? {
+        true => {
+            let plan: Plan = serde_json::from_slice(&out.get(layout::PLAN).await?)
+                .map_err(|e| JobError::Task(format!("{}: {e}", layout::PLAN)))?;
+            tracing::info!("resuming from the committed manifest");
+            plan.partition_rows
+        }
+        false => list_and_commit(settings, out, &real, &public, pseudonymizer.clone()).await?,
+    };
+    let rows = ManifestRows::open(out, &real, pseudonymizer).await?;
+    let images = match settings.keep_images {
+        true => Some(ImageList::from_batch(&rows.file.read(0..rows.count()).await?)?),
+        false => None,
+    };
+    Ok(Manifest {
+        rows,
+        partition_rows,
+        images,
+    })
+}
+
+/// Lists the input into a new manifest and commits it with its plan; returns the plan's partition size.
+async fn list_and_commit(
+    settings: &ListSettings<'_>,
+    out: &OutputStore,
+    real: &str,
+    public: &str,
+    pseudonymizer: Option<Arc<Pseudonymizer>>,
+) -> Result<usize, JobError> {
+    let plan = Plan {
+        partition_rows: settings.partition_rows.max(1),
+    };
+    let mut manifest = ManifestWriter::new(out, real, public, pseudonymizer)?;
+    list_into(settings, &mut manifest).await?;
+    if manifest.rows == 0 {
         return Err(JobError::NoImages {
             input: settings.input.to_string(),
             globs: settings.globs.to_vec(),
         });
     }
-    tracing::info!(images = images.len(), "listed");
+    tracing::info!(images = manifest.rows, "listed");
     fault::checkpoint("listed");
-    let plan = Plan {
-        partition_rows: settings.partition_rows.max(1),
-    };
     out.put(layout::PLAN, serde_json::to_vec(&plan).expect("plan serializes"))
         .await?;
-    out.write_batches(&real, ImageList::schema(), std::slice::from_ref(images.batch()))
-        .await?;
-    if let Some(p) = pseudonymizer {
-        let shared = with_paths(images.batch(), pseudonyms(&images, p))?;
-        out.write_batches(&public, ImageList::schema(), &[shared]).await?;
-    }
+    manifest.commit().await?;
     fault::checkpoint("manifest");
-    Ok(Manifest {
-        images,
-        partition_rows: plan.partition_rows,
-    })
+    Ok(plan.partition_rows)
+}
+
+/// Rows per chunk a local listing is written in.
+const LIST_CHUNK_ROWS: usize = ROW_GROUP_ROWS;
+
+/// Lists the input into `manifest`: a local folder a chunk at a time as the walk goes (never held whole); a
+/// bucket, whose folders are listed side by side, as one list sorted at the end.
+async fn list_into(settings: &ListSettings<'_>, manifest: &mut ManifestWriter) -> Result<(), JobError> {
+    let filter = NameFilter::new(settings.globs)?;
+    match Location::parse(settings.input) {
+        Location::Local(path) => {
+            let (chunks, mut listed) = tokio::sync::mpsc::channel(2);
+            let walk = tokio::task::spawn_blocking(move || {
+                walk_folder(&path, &filter, LIST_CHUNK_ROWS, |chunk| {
+                    match chunks.blocking_send(chunk) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        // The writer failed: its error is the run's.
+                        Err(_) => ControlFlow::Break(()),
+                    }
+                })
+            });
+            let mut written = Ok(());
+            while let Some(chunk) = listed.recv().await {
+                if written.is_ok() {
+                    written = manifest.write(&chunk).await;
+                }
+            }
+            walk.await.map_err(JobError::task)??;
+            written
+        }
+        Location::S3 { .. } => {
+            let images = list_images(settings.input, settings.globs, settings.store, LIST_CONCURRENCY).await?;
+            manifest.write(&images).await
+        }
+    }
+}
+
+/// The manifest being written: the listing as it comes, and, with pseudonyms, the shared copy showing those.
+struct ManifestWriter {
+    real: ParquetObject,
+    shared: Option<(ParquetObject, Arc<Pseudonymizer>)>,
+    rows: usize,
+}
+
+impl ManifestWriter {
+    fn new(
+        out: &OutputStore,
+        real: &str,
+        public: &str,
+        pseudonymizer: Option<Arc<Pseudonymizer>>,
+    ) -> Result<Self, JobError> {
+        let shared = match pseudonymizer {
+            Some(p) => Some((out.parquet(public, ImageList::schema())?, p)),
+            None => None,
+        };
+        Ok(ManifestWriter {
+            real: out.parquet(real, ImageList::schema())?,
+            shared,
+            rows: 0,
+        })
+    }
+
+    async fn write(&mut self, images: &ImageList) -> Result<(), JobError> {
+        self.real.write(images.batch()).await?;
+        if let Some((file, p)) = &mut self.shared {
+            file.write(&with_paths(images.batch(), pseudonyms(images, p))?).await?;
+        }
+        self.rows += images.len();
+        Ok(())
+    }
+
+    /// The real manifest first: a resumed run goes by it.
+    async fn commit(self) -> Result<(), JobError> {
+        self.real.commit().await?;
+        if let Some((file, _)) = self.shared {
+            file.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The committed manifest, read a partition at a time: featurization holds the rows it works on, never the
+/// whole listing.
+pub struct ManifestRows {
+    file: ParquetRanges,
+    pseudonymizer: Option<Arc<Pseudonymizer>>,
+}
+
+impl ManifestRows {
+    async fn open(out: &OutputStore, name: &str, pseudonymizer: Option<Arc<Pseudonymizer>>) -> Result<Self, JobError> {
+        Ok(ManifestRows {
+            file: out.parquet_ranges(name).await?,
+            pseudonymizer,
+        })
+    }
+
+    /// Rows in the manifest: the images listed.
+    pub fn count(&self) -> usize {
+        self.file.rows()
+    }
+
+    /// Manifest rows `range` as featurization's input ([`staging::input`]).
+    pub async fn input(&self, range: Range<usize>) -> Result<RecordBatch, JobError> {
+        let images = ImageList::from_batch(&self.file.read(range).await?)?;
+        staging::input(&images, self.pseudonymizer.as_deref())
+    }
 }
 
 /// The images under `input` (a folder or `s3://bucket/prefix`) whose names match `globs`, sorted by URI;

@@ -168,39 +168,39 @@ async fn run_claimed(
         store: &config.featurize.store,
         partition_rows: config.partition_rows,
         resume: config.resume,
+        keep_images: cache.is_some(),
     };
     let manifest = clock
-        .stage(
-            "list",
-            None,
-            manifest::load_or_list(&listing, out, pseudonymizer.as_deref()),
-        )
+        .stage("list", None, manifest::load_or_list(&listing, out, pseudonymizer))
         .await?;
-    let listed = manifest.images.len() as u64;
-    let parts = Partitions::new(out, manifest.images.len(), manifest.partition_rows);
-    let input = staging::input(&manifest.images, pseudonymizer.as_deref())?;
+    // Without a cache the listing lives on in the committed manifest only, read a partition at a time.
+    crate::report::release_free_memory_now();
+    let listed = manifest.rows.count() as u64;
+    let parts = Partitions::new(out, manifest.rows.count(), manifest.partition_rows);
     if let Some(cache) = cache.as_mut() {
         clock.stage("cache_load", None, cache.load(config.threads)).await?;
     }
 
     let budget = Budget::new(config.max_errors.map(|b| b.limit(listed)));
-    let cached = cache.as_mut().map(|cache| featurize::Cached {
-        cache,
-        images: &manifest.images,
-        threads: config.threads,
-    });
+    let cached = match (cache.as_mut(), &manifest.images) {
+        (Some(cache), Some(images)) => Some(featurize::Cached {
+            cache,
+            images,
+            threads: config.threads,
+        }),
+        _ => None,
+    };
     let featurizing = featurize::run(
         &ctx,
         place(),
         &config.featurize,
         &parts,
-        &input,
+        &manifest.rows,
         cached,
         &budget,
         clock.progress(),
     );
     let stats = clock.stage("featurize", Some(listed), featurizing).await?;
-    drop(input);
     drop(manifest);
     crate::report::release_free_memory_now();
     fault::pause_point("featurized").await;
