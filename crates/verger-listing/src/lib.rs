@@ -80,12 +80,139 @@ pub async fn list_bucket(
     filter: &NameFilter,
     concurrency: usize,
 ) -> Result<ImageList, ListingError> {
+    let parts = bucket_parts(store, bucket, prefix, concurrency).await?;
+    let lists: Vec<ImageList> = list_parts(store, bucket, filter, parts, concurrency)
+        .try_collect()
+        .await?;
+    let batch = arrow::compute::concat_batches(&ImageList::schema(), lists.iter().map(ImageList::batch))
+        .expect("lists share the schema");
+    Ok(ImageList { batch })
+}
+
+/// A bucket listing cut into parts whose listings, concatenated in order, are in URI order: the objects met
+/// while splitting folder levels, and the folders left to list flat.
+pub struct BucketParts {
+    parts: Vec<Part>,
+    /// `s3://bucket/prefix`, for messages.
+    uri: String,
+}
+
+enum Part {
+    /// Consecutive objects (in key order) of the split levels.
+    Objects(Vec<ObjectMeta>),
+    Folder(Option<ObjectPath>),
+}
+
+/// Splits the folder levels under `prefix` (delimiter listings) until there are enough folders to keep
+/// `concurrency` requests busy; the result, in key order, is what [`list_parts`] lists.
+pub async fn bucket_parts(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    prefix: &str,
+    concurrency: usize,
+) -> Result<BucketParts, ListingError> {
+    let uri = format!("s3://{bucket}/{prefix}");
+    let error = |e: object_store::Error| ListingError::Store {
+        uri: uri.clone(),
+        message: e.to_string(),
+    };
+    // The level's entries in key order: a folder's keys all sort where its prefix does (a key outside it
+    // compares with all of them as with the prefix itself), so each folder can be replaced by its listing.
+    enum Entry {
+        Object(ObjectMeta),
+        Folder(Option<ObjectPath>),
+    }
     let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+    let mut entries = vec![Entry::Folder(root)];
+    let folders = |entries: &[Entry]| entries.iter().filter(|e| matches!(e, Entry::Folder(_))).count();
+    for _ in 0..MAX_SPLIT_DEPTH {
+        if folders(&entries) >= concurrency.max(1) || folders(&entries) == 0 {
+            break;
+        }
+        let levels: Vec<Option<ListResult>> = futures::stream::iter(&entries)
+            .map(|entry| async move {
+                match entry {
+                    Entry::Folder(folder) => store.list_with_delimiter(folder.as_ref()).await.map(Some),
+                    Entry::Object(_) => Ok(None),
+                }
+            })
+            .buffered(concurrency.max(1))
+            .try_collect()
+            .await
+            .map_err(error)?;
+        let mut next = Vec::new();
+        for (entry, level) in entries.into_iter().zip(levels) {
+            let Some(level) = level else {
+                next.push(entry);
+                continue;
+            };
+            let mut here: Vec<(String, Entry)> = level
+                .objects
+                .into_iter()
+                .map(|o| (o.location.to_string(), Entry::Object(o)))
+                .chain(
+                    level
+                        .common_prefixes
+                        .into_iter()
+                        .map(|p| (format!("{p}/"), Entry::Folder(Some(p)))),
+                )
+                .collect();
+            here.sort_by(|a, b| a.0.cmp(&b.0));
+            next.extend(here.into_iter().map(|(_, e)| e));
+        }
+        entries = next;
+    }
+    let mut parts: Vec<Part> = Vec::new();
+    for entry in entries {
+        match (entry, parts.last_mut()) {
+            (Entry::Object(o), Some(Part::Objects(run))) => run.push(o),
+            (Entry::Object(o), _) => parts.push(Part::Objects(vec![o])),
+            (Entry::Folder(f), _) => parts.push(Part::Folder(f)),
+        }
+    }
+    Ok(BucketParts { parts, uri })
+}
+
+/// The images of each part, in order (so in URI order), `concurrency` folders listed at once: only the
+/// listings of the parts in flight are held, whatever the bucket's size (a part is one folder's images).
+pub fn list_parts<'a>(
+    store: &'a dyn ObjectStore,
+    bucket: &'a str,
+    filter: &'a NameFilter,
+    parts: BucketParts,
+    concurrency: usize,
+) -> impl futures::Stream<Item = Result<ImageList, ListingError>> + 'a {
+    let uri = parts.uri;
+    futures::stream::iter(parts.parts)
+        .map(move |part| {
+            let uri = uri.clone();
+            async move {
+                let objects = match part {
+                    Part::Objects(objects) => objects,
+                    Part::Folder(folder) => {
+                        store
+                            .list(folder.as_ref())
+                            .try_collect()
+                            .await
+                            .map_err(|e| ListingError::Store {
+                                uri,
+                                message: e.to_string(),
+                            })?
+                    }
+                };
+                Ok(images_of(bucket, filter, objects))
+            }
+        })
+        .buffered(concurrency.max(1))
+}
+
+/// The matching objects as images, sorted by URI.
+fn images_of(bucket: &str, filter: &NameFilter, objects: Vec<ObjectMeta>) -> ImageList {
     let mut images = Collector::default();
     let mut uri = String::new();
-    list_objects(store, root, concurrency.max(1), |meta| {
+    for meta in objects {
         if !meta.location.filename().is_some_and(|name| filter.matches(name)) {
-            return;
+            continue;
         }
         let key = meta.location.as_ref();
         uri.clear();
@@ -97,50 +224,8 @@ pub async fn list_bucket(
             meta.last_modified.timestamp_millis(),
             meta.e_tag.as_deref(),
         );
-    })
-    .await
-    .map_err(|e| ListingError::Store {
-        uri: format!("s3://{bucket}/{prefix}"),
-        message: e.to_string(),
-    })?;
-    Ok(images.finish())
-}
-
-/// Hands every object under `root` to `each`, as the listing pages arrive: folder levels are split
-/// (delimiter listings) until there are enough folders to keep `concurrency` requests busy, then each folder
-/// is listed flat, `concurrency` at a time. Nothing but the current pages is held, whatever the bucket's size.
-async fn list_objects(
-    store: &dyn ObjectStore,
-    root: Option<ObjectPath>,
-    concurrency: usize,
-    mut each: impl FnMut(ObjectMeta),
-) -> object_store::Result<()> {
-    let mut folders = vec![root];
-    for _ in 0..MAX_SPLIT_DEPTH {
-        if folders.len() >= concurrency {
-            break;
-        }
-        let levels: Vec<ListResult> = futures::stream::iter(&folders)
-            .map(|folder| store.list_with_delimiter(folder.as_ref()))
-            .buffered(concurrency)
-            .try_collect()
-            .await?;
-        folders.clear();
-        for level in levels {
-            level.objects.into_iter().for_each(&mut each);
-            folders.extend(level.common_prefixes.into_iter().map(Some));
-        }
-        if folders.is_empty() {
-            return Ok(());
-        }
     }
-    let mut objects = futures::stream::iter(folders)
-        .map(|folder| store.list(folder.as_ref()))
-        .flatten_unordered(concurrency);
-    while let Some(meta) = objects.try_next().await? {
-        each(meta);
-    }
-    Ok(())
+    images.finish()
 }
 
 /// One listed image, borrowed from an [`ImageList`].
@@ -526,6 +611,11 @@ mod tests {
         let one = list_bucket(&store, "b", "data", &filter, 1).await.unwrap();
         let many = list_bucket(&store, "b", "data", &filter, 16).await.unwrap();
         assert_eq!(one, many);
+        let uris: Vec<&str> = many.iter().map(|e| e.uri).collect();
+        assert!(
+            uris.is_sorted(),
+            "parts listed side by side come out in URI order: {uris:?}"
+        );
         assert_eq!(one.len(), 1 + 20 * 8);
         assert_eq!(one.get(0).uri, "s3://b/data/c00/deeper/more/x0.jpg");
         assert_eq!(one.get(0).label, "more");

@@ -1,6 +1,6 @@
 //! The list stage: the images under the input, committed as the run's manifest (with the partitioning it is
-//! cut by), or read back when resuming a run that committed one. A local listing is written as the walk goes;
-//! a bucket's, listed folders side by side, is sorted whole first. Featurization then reads the manifest a
+//! cut by), or read back when resuming a run that committed one. The listing is written as it goes (a local
+//! walk a chunk at a time, a bucket a folder at a time). Featurization then reads the manifest a
 //! partition at a time ([`ManifestRows`]): the listing is not held while images are featurized, except by a
 //! run with a feature cache, whose lookups take it whole.
 
@@ -8,8 +8,11 @@ use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use verger_listing::{list_bucket, list_folder, walk_folder, ImageList, Location, NameFilter, LIST_CONCURRENCY};
+use verger_listing::{
+    bucket_parts, list_bucket, list_folder, list_parts, walk_folder, ImageList, Location, NameFilter, LIST_CONCURRENCY,
+};
 
 use crate::error::JobError;
 use crate::fault;
@@ -110,8 +113,8 @@ async fn list_and_commit(
 /// Rows per chunk a local listing is written in.
 const LIST_CHUNK_ROWS: usize = ROW_GROUP_ROWS;
 
-/// Lists the input into `manifest`: a local folder a chunk at a time as the walk goes (never held whole); a
-/// bucket, whose folders are listed side by side, as one list sorted at the end.
+/// Lists the input into `manifest` as the listing goes, never held whole: a local folder a chunk at a time,
+/// a bucket a folder at a time (folders listed side by side, written in order).
 async fn list_into(settings: &ListSettings<'_>, manifest: &mut ManifestWriter) -> Result<(), JobError> {
     let filter = NameFilter::new(settings.globs)?;
     match Location::parse(settings.input) {
@@ -135,9 +138,14 @@ async fn list_into(settings: &ListSettings<'_>, manifest: &mut ManifestWriter) -
             walk.await.map_err(JobError::task)??;
             written
         }
-        Location::S3 { .. } => {
-            let images = list_images(settings.input, settings.globs, settings.store, LIST_CONCURRENCY).await?;
-            manifest.write(&images).await
+        Location::S3 { bucket, prefix } => {
+            let client = settings.store.s3(&bucket)?;
+            let parts = bucket_parts(client.as_ref(), &bucket, &prefix, LIST_CONCURRENCY).await?;
+            let mut lists = std::pin::pin!(list_parts(client.as_ref(), &bucket, &filter, parts, LIST_CONCURRENCY));
+            while let Some(images) = lists.try_next().await? {
+                manifest.write(&images).await?;
+            }
+            Ok(())
         }
     }
 }
