@@ -81,12 +81,15 @@ pub async fn list_bucket(
     concurrency: usize,
 ) -> Result<ImageList, ListingError> {
     let parts = bucket_parts(store, bucket, prefix, concurrency).await?;
-    let lists: Vec<ImageList> = list_parts(store, bucket, filter, parts, concurrency)
-        .try_collect()
-        .await?;
-    let batch = arrow::compute::concat_batches(&ImageList::schema(), lists.iter().map(ImageList::batch))
-        .expect("lists share the schema");
-    Ok(ImageList { batch })
+    let mut lists = std::pin::pin!(list_parts(store, bucket, filter, parts, concurrency));
+    // Copied into one list as each part comes, so that the parts are not held beside it.
+    let mut images = Collector::default();
+    while let Some(list) = lists.try_next().await? {
+        for e in list.iter() {
+            images.push(e.uri, e.label, e.size, e.modified_ms, e.etag);
+        }
+    }
+    Ok(images.finish())
 }
 
 /// A bucket listing cut into parts whose listings, concatenated in order, are in URI order: the objects met
@@ -611,7 +614,13 @@ mod tests {
         let one = list_bucket(&store, "b", "data", &filter, 1).await.unwrap();
         let many = list_bucket(&store, "b", "data", &filter, 16).await.unwrap();
         assert_eq!(one, many);
-        let uris: Vec<&str> = many.iter().map(|e| e.uri).collect();
+        // The parts, listed side by side, come in URI order as they are (a manifest is written as they come).
+        let parts = bucket_parts(&store, "b", "data", 16).await.unwrap();
+        assert!(parts.parts.len() > 16, "split into folders: {}", parts.parts.len());
+        let lists: Vec<ImageList> = list_parts(&store, "b", &filter, parts, 16).try_collect().await.unwrap();
+        let uris: Vec<&str> = lists.iter().flat_map(|l| l.uris().iter().flatten()).collect();
+        assert!(uris.is_sorted(), "{uris:?}");
+        assert_eq!(uris, many.iter().map(|e| e.uri).collect::<Vec<_>>());
         assert!(
             uris.is_sorted(),
             "parts listed side by side come out in URI order: {uris:?}"
