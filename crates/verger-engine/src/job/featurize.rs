@@ -125,7 +125,7 @@ pub async fn run(
         (false, Some(cache)) => {
             drop(staged_tx);
             // The cache's lookups take the listing whole, so its input is whole too.
-            let input = manifest.input(0..manifest.count()).await?;
+            let input = manifest.input_of(cache.images)?;
             let todo = Todo {
                 parts,
                 input: &input,

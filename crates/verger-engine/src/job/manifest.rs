@@ -131,10 +131,13 @@ async fn list_into(settings: &ListSettings<'_>, manifest: &mut ManifestWriter) -
             });
             let mut written = Ok(());
             while let Some(chunk) = listed.recv().await {
-                if written.is_ok() {
-                    written = manifest.write(&chunk).await;
+                written = manifest.write(&chunk).await;
+                if written.is_err() {
+                    // Stops the walk (its next send fails).
+                    break;
                 }
             }
+            drop(listed);
             walk.await.map_err(JobError::task)??;
             written
         }
@@ -214,10 +217,14 @@ impl ManifestRows {
         self.file.rows()
     }
 
-    /// Manifest rows `range` as featurization's input ([`staging::input`]).
+    /// Manifest rows `range` as featurization's input.
     pub async fn input(&self, range: Range<usize>) -> Result<RecordBatch, JobError> {
-        let images = ImageList::from_batch(&self.file.read(range).await?)?;
-        staging::input(&images, self.pseudonymizer.as_deref())
+        self.input_of(&ImageList::from_batch(&self.file.read(range).await?)?)
+    }
+
+    /// Manifest rows already read (`images`) as featurization's input ([`staging::input`]).
+    pub fn input_of(&self, images: &ImageList) -> Result<RecordBatch, JobError> {
+        staging::input(images, self.pseudonymizer.as_deref())
     }
 }
 
