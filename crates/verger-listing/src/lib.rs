@@ -190,45 +190,46 @@ pub fn list_parts<'a>(
         .map(move |part| {
             let uri = uri.clone();
             async move {
-                let objects = match part {
-                    Part::Objects(objects) => objects,
-                    Part::Folder(folder) => {
-                        store
-                            .list(folder.as_ref())
-                            .try_collect()
-                            .await
-                            .map_err(|e| ListingError::Store {
-                                uri,
-                                message: e.to_string(),
-                            })?
+                let mut images = Collector::default();
+                let mut uri_buf = String::new();
+                match part {
+                    Part::Objects(objects) => {
+                        for meta in &objects {
+                            push_object(&mut images, &mut uri_buf, bucket, filter, meta);
+                        }
                     }
-                };
-                Ok(images_of(bucket, filter, objects))
+                    // Each page of the folder goes into the columns as it comes, not held as `ObjectMeta`s.
+                    Part::Folder(folder) => {
+                        let mut pages = store.list(folder.as_ref());
+                        while let Some(meta) = pages.try_next().await.map_err(|e| ListingError::Store {
+                            uri: uri.clone(),
+                            message: e.to_string(),
+                        })? {
+                            push_object(&mut images, &mut uri_buf, bucket, filter, &meta);
+                        }
+                    }
+                }
+                Ok(images.finish())
             }
         })
         .buffered(concurrency.max(1))
 }
 
-/// The matching objects as images, sorted by URI.
-fn images_of(bucket: &str, filter: &NameFilter, objects: Vec<ObjectMeta>) -> ImageList {
-    let mut images = Collector::default();
-    let mut uri = String::new();
-    for meta in objects {
-        if !meta.location.filename().is_some_and(|name| filter.matches(name)) {
-            continue;
-        }
-        let key = meta.location.as_ref();
-        uri.clear();
-        write!(uri, "s3://{bucket}/{key}").expect("writing to a String");
-        images.push(
-            &uri,
-            &label_of(Path::new(key)),
-            meta.size,
-            meta.last_modified.timestamp_millis(),
-            meta.e_tag.as_deref(),
-        );
+/// Adds `meta` to `images` if its name matches; `uri` is a reused buffer.
+fn push_object(images: &mut Collector, uri: &mut String, bucket: &str, filter: &NameFilter, meta: &ObjectMeta) {
+    if !meta.location.filename().is_some_and(|name| filter.matches(name)) {
+        return;
     }
-    images.finish()
+    let key = meta.location.as_ref();
+    uri.clear();
+    write!(uri, "s3://{bucket}/{key}").expect("writing to a String");
+    images.push(
+        uri,
+        &label_of(Path::new(key)),
+        meta.size,
+        meta.last_modified.timestamp_millis(),
+        meta.e_tag.as_deref(),
+    );
 }
 
 /// One listed image, borrowed from an [`ImageList`].

@@ -209,6 +209,8 @@ async fn run_claimed(
     budget.check(failed)?;
     clock.stage("errors", None, write::errors(&ctx, out, &parts)).await?;
     fault::checkpoint("errors");
+    // The fit's matrices then start from a trimmed heap, not on top of the errors query's freed buffers.
+    crate::report::release_free_memory_now();
 
     let given = given_pca.is_some();
     let mut drift = None;
