@@ -3,8 +3,14 @@
 //! in `result/` or in `errors/`, and the report must give those very counts. On any mismatch the run fails
 //! without `_SUCCESS`, saying what is missing; `--resume` then redoes it.
 
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::JoinType;
+use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{col, ParquetReadOptions, SessionContext};
+use futures::TryStreamExt;
+use sha2::{Digest, Sha256};
 
 use super::partitions::Partitions;
 use crate::error::JobError;
@@ -69,6 +75,14 @@ pub async fn committed(ctx: &SessionContext, parts: &Partitions<'_>, claimed: &C
         .await?
         .select(vec![col("path")])?
         .union(read(ctx, vec![out.url(&errors)]).await?.select(vec![col("path")])?)?;
+    let manifest = read(ctx, vec![out.url(&layout::manifest())])
+        .await?
+        .select(vec![col("path").alias("listed")])?;
+    // Streamed digests, so that the check's memory does not grow with the run; only when they differ are
+    // the paths held (in hash tables) to say which rows are wrong.
+    if PathSum::of(paths.clone()).await? == PathSum::of(manifest.clone()).await? {
+        return Ok(());
+    }
     let distinct = paths.clone().distinct()?.count().await? as u64;
     if distinct != claimed.listed {
         return Err(JobError::Incomplete(format!(
@@ -76,9 +90,6 @@ pub async fn committed(ctx: &SessionContext, parts: &Partitions<'_>, claimed: &C
             claimed.listed - distinct
         )));
     }
-    let manifest = read(ctx, vec![out.url(&layout::manifest())])
-        .await?
-        .select(vec![col("path").alias("listed")])?;
     let unlisted = paths
         .join(manifest, JoinType::LeftAnti, &["path"], &["listed"], None)?
         .count()
@@ -88,9 +99,72 @@ pub async fn committed(ctx: &SessionContext, parts: &Partitions<'_>, claimed: &C
             "{unlisted} rows name images the manifest does not list"
         )));
     }
-    Ok(())
+    Err(JobError::Incomplete(
+        "the result and error rows do not name the manifest's images once each".into(),
+    ))
+}
+
+/// An order-independent digest of a list of paths: how many, and the wrapping sum of each path's SHA-256
+/// (its first 128 bits). Two lists with equal digests hold the same paths as often, but for a 2^-128 chance.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct PathSum {
+    rows: u64,
+    sum: u128,
+}
+
+impl PathSum {
+    fn add(&mut self, path: &str) {
+        let digest = Sha256::digest(path.as_bytes());
+        let head: [u8; 16] = digest[..16].try_into().expect("a SHA-256 has 32 bytes");
+        self.sum = self.sum.wrapping_add(u128::from_le_bytes(head));
+        self.rows += 1;
+    }
+
+    /// The digest of the first column of `paths`, read a batch at a time.
+    async fn of(paths: DataFrame) -> Result<PathSum, JobError> {
+        let mut batches = paths.execute_stream().await?;
+        let mut sum = PathSum::default();
+        while let Some(batch) = batches.try_next().await? {
+            let column = cast(batch.column(0), &DataType::Utf8)?;
+            for path in column.as_string::<i32>().iter() {
+                // A null path can only come from a damaged file: it counts, as a path no image has.
+                sum.add(path.unwrap_or("\0"));
+            }
+        }
+        Ok(sum)
+    }
 }
 
 async fn read(ctx: &SessionContext, files: Vec<String>) -> Result<datafusion::dataframe::DataFrame, JobError> {
     Ok(ctx.read_parquet(files, ParquetReadOptions::default()).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PathSum;
+
+    fn sum(paths: &[&str]) -> PathSum {
+        let mut sum = PathSum::default();
+        paths.iter().for_each(|p| sum.add(p));
+        sum
+    }
+
+    #[test]
+    fn path_sums_ignore_order_and_catch_a_duplicate_that_replaces_a_lost_row() {
+        let listed = ["s3://b/a/1.jpg", "s3://b/a/2.jpg", "s3://b/c/3.jpg"];
+        assert_eq!(
+            sum(&listed),
+            sum(&["s3://b/c/3.jpg", "s3://b/a/1.jpg", "s3://b/a/2.jpg"])
+        );
+        // As many rows, but one image twice and another never: the counts alone would pass.
+        assert_ne!(
+            sum(&listed),
+            sum(&["s3://b/a/1.jpg", "s3://b/a/1.jpg", "s3://b/c/3.jpg"])
+        );
+        assert_ne!(
+            sum(&listed),
+            sum(&["s3://b/a/1.jpg", "s3://b/a/2.jpg", "s3://b/c/4.jpg"])
+        );
+        assert_ne!(sum(&listed), sum(&listed[..2]));
+    }
 }

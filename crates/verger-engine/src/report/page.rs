@@ -7,11 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::functions_nested::expr_fn::array_element;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionConfig, SessionContext};
+use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::Report;
@@ -93,7 +94,7 @@ pub async fn read_input(out: &OutputStore, report: &Report) -> Result<PageInput,
     let k = report.pca.as_ref().map_or(0, |p| p.k);
     let files = out.parquet_urls(layout::RESULT).await?;
     if k >= 2 && !files.is_empty() {
-        let batches = ctx
+        let mut batches = ctx
             .read_parquet(files, ParquetReadOptions::default())
             .await?
             .select(vec![
@@ -101,15 +102,15 @@ pub async fn read_input(out: &OutputStore, report: &Report) -> Result<PageInput,
                 array_element(col("pca_features"), lit(1i64)),
                 array_element(col("pca_features"), lit(2i64)),
             ])?
-            .collect()
+            .execute_stream()
             .await?;
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        input.rows = rows as u64;
-        // Every step-th row, in the files' order (by path, hence by folder): each label keeps its share.
-        let step = rows.div_ceil(MAP_POINTS).max(1);
+        // Streamed, every step-th row kept, in the files' order (by path, hence by folder: each label keeps
+        // its share): the page's memory does not grow with the run. The step comes from the report's count,
+        // which the run checked against the result files.
+        let step = (report.counts.featurized as usize).div_ceil(MAP_POINTS).max(1);
         let mut i = 0;
-        for batch in &batches {
-            let labels = strings(batch, 0)?;
+        while let Some(batch) = batches.try_next().await? {
+            let labels = strings(&batch, 0)?;
             let [x, y] = [1, 2].map(|c| cast(batch.column(c), &DataType::Float64));
             let (x, y) = (x?, y?);
             let (x, y) = (x.as_primitive::<Float64Type>(), y.as_primitive::<Float64Type>());
@@ -120,6 +121,7 @@ pub async fn read_input(out: &OutputStore, report: &Report) -> Result<PageInput,
                 i += 1;
             }
         }
+        input.rows = i as u64;
     }
     Ok(input)
 }
