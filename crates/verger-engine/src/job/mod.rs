@@ -251,8 +251,8 @@ async fn run_claimed(
         .stage("project_write", Some(parts.count() as u64), writing)
         .await?;
     fault::pause_point("written").await;
-    // The commit check and the report page then read the results on a trimmed heap, not on top of the last
-    // written partitions' freed buffers (what made a 300,000-image run's peak after its last stage).
+    // The commit check and the report page then start from a trimmed heap, not on top of the last written
+    // partitions' freed buffers (bench/README.md: it did not remove the late peak of a 300,000-image run).
     crate::report::release_free_memory_now();
 
     let counts = Counts {
