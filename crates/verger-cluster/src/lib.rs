@@ -91,6 +91,7 @@ pub fn secure_session_config(security: &Security, scheduler: Option<String>) -> 
 pub fn session_state(config: SessionConfig, settings: &FeaturizeSettings) -> SessionState {
     let state = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(verger_engine::context::runtime())
         .with_default_features()
         .build();
     let ctx = SessionContext::new_with_state(state);

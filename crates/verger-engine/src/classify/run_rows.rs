@@ -5,7 +5,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{ArrowPrimitiveType, DataType, Float32Type, Float64Type};
 use datafusion::arrow::error::ArrowError;
 use datafusion::dataframe::DataFrame;
-use datafusion::prelude::{col, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{col, ParquetReadOptions};
 
 use super::ClassifyError;
 use crate::io::output::OutputStore;
@@ -97,7 +97,7 @@ pub async fn result(run: &str, store: &StoreOptions) -> Result<DataFrame, Classi
             reason: "no result files".into(),
         });
     }
-    let ctx = SessionContext::new_with_config(crate::context::configure(SessionConfig::new(), 1));
+    let ctx = crate::context::reader(1);
     out.register(&ctx);
     Ok(ctx.read_parquet(files, ParquetReadOptions::default()).await?)
 }

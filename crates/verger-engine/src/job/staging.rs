@@ -10,7 +10,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::{FunctionRegistry, SendableRecordBatchStream};
 use datafusion::functions::core::expr_ext::FieldAccessor;
 use datafusion::prelude::{col, Expr, ParquetReadOptions, SessionContext};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use verger_listing::ImageList;
 
 use crate::error::JobError;
@@ -96,10 +96,15 @@ pub async fn read(ctx: &SessionContext, files: Vec<String>) -> Result<DataFrame,
 
 /// The rows of `staged` that could not be featurized.
 pub async fn count_failed(ctx: &SessionContext, staged: Vec<String>) -> Result<u64, JobError> {
-    let failed = read(ctx, staged)
-        .await?
-        .filter(featurized(field::ERROR_STAGE).is_not_null())?;
-    Ok(failed.count().await? as u64)
+    let failed = crate::context::grouped(&staged, |group| async move {
+        Ok(read(ctx, group)
+            .await?
+            .filter(featurized(field::ERROR_STAGE).is_not_null())?
+            .select(vec![col("path")])?)
+    });
+    failed
+        .try_fold(0, |n, batch| async move { Ok(n + batch.num_rows() as u64) })
+        .await
 }
 
 #[cfg(test)]

@@ -71,18 +71,21 @@ pub async fn committed(ctx: &SessionContext, parts: &Partitions<'_>, claimed: &C
         )));
     }
 
+    // Streamed digests, a group of files at a time, so that the check's memory does not grow with the run;
+    // only when they differ are the paths held (in hash tables) to say which rows are wrong.
+    let errors = vec![out.url(&errors)];
+    let manifest = vec![out.url(&layout::manifest())];
+    let given = PathSum::of(ctx, &results)
+        .await?
+        .merge(PathSum::of(ctx, &errors).await?);
+    if given == PathSum::of(ctx, &manifest).await? {
+        return Ok(());
+    }
     let paths = read(ctx, results)
         .await?
         .select(vec![col("path")])?
-        .union(read(ctx, vec![out.url(&errors)]).await?.select(vec![col("path")])?)?;
-    let manifest = read(ctx, vec![out.url(&layout::manifest())])
-        .await?
-        .select(vec![col("path").alias("listed")])?;
-    // Streamed digests, so that the check's memory does not grow with the run; only when they differ are
-    // the paths held (in hash tables) to say which rows are wrong.
-    if PathSum::of(paths.clone()).await? == PathSum::of(manifest.clone()).await? {
-        return Ok(());
-    }
+        .union(read(ctx, errors).await?.select(vec![col("path")])?)?;
+    let manifest = read(ctx, manifest).await?.select(vec![col("path").alias("listed")])?;
     let distinct = paths.clone().distinct()?.count().await? as u64;
     if distinct != claimed.listed {
         return Err(JobError::Incomplete(format!(
@@ -120,9 +123,20 @@ impl PathSum {
         self.rows += 1;
     }
 
-    /// The digest of the first column of `paths`, read a batch at a time.
-    async fn of(paths: DataFrame) -> Result<PathSum, JobError> {
-        let mut batches = paths.execute_stream().await?;
+    /// Both lists' digest.
+    fn merge(self, other: PathSum) -> PathSum {
+        PathSum {
+            rows: self.rows + other.rows,
+            sum: self.sum.wrapping_add(other.sum),
+        }
+    }
+
+    /// The digest of the `path` column of `files`, read a batch at a time.
+    async fn of(ctx: &SessionContext, files: &[String]) -> Result<PathSum, JobError> {
+        let batches = crate::context::grouped(files, |group| async move {
+            Ok(read(ctx, group).await?.select(vec![col("path")])?)
+        });
+        let mut batches = std::pin::pin!(batches);
         let mut sum = PathSum::default();
         while let Some(batch) = batches.try_next().await? {
             let column = cast(batch.column(0), &DataType::Utf8)?;
@@ -135,7 +149,7 @@ impl PathSum {
     }
 }
 
-async fn read(ctx: &SessionContext, files: Vec<String>) -> Result<datafusion::dataframe::DataFrame, JobError> {
+async fn read(ctx: &SessionContext, files: Vec<String>) -> Result<DataFrame, JobError> {
     Ok(ctx.read_parquet(files, ParquetReadOptions::default()).await?)
 }
 
@@ -166,5 +180,8 @@ mod tests {
             sum(&["s3://b/a/1.jpg", "s3://b/a/2.jpg", "s3://b/c/4.jpg"])
         );
         assert_ne!(sum(&listed), sum(&listed[..2]));
+        // Summed a group of files at a time: the same digest as the whole list's.
+        assert_eq!(sum(&listed[..1]).merge(sum(&listed[1..])), sum(&listed));
+        assert_ne!(sum(&listed[..1]).merge(sum(&listed[..2])), sum(&listed));
     }
 }

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::catalog::MemTable;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::FunctionRegistry;
 use datafusion::physical_plan::execute_stream;
@@ -26,17 +28,31 @@ use crate::progress::Progress;
 /// Writes every failed row, sorted by path, to `errors/part-00000.parquet` (empty when none failed); returns
 /// their number.
 pub async fn errors(ctx: &SessionContext, out: &OutputStore, parts: &Partitions<'_>) -> Result<u64, JobError> {
-    let df = staging::read(ctx, parts.all_staged())
-        .await?
-        .filter(featurized(field::ERROR_STAGE).is_not_null())?
-        .select(vec![
-            col("path"),
-            featurized(field::ERROR_STAGE).alias("stage"),
-            featurized(field::ERROR_MESSAGE).alias("message"),
-        ])?
-        .sort(vec![col("path").sort(true, false)])?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
+    let failed = |group| async move {
+        Ok(staging::read(ctx, group)
+            .await?
+            .filter(featurized(field::ERROR_STAGE).is_not_null())?
+            .select(vec![
+                col("path"),
+                featurized(field::ERROR_STAGE).alias("stage"),
+                featurized(field::ERROR_MESSAGE).alias("message"),
+            ])?)
+    };
+    let staged = parts.all_staged();
+    let schema = Arc::new(
+        failed(staged.iter().take(1).cloned().collect())
+            .await?
+            .schema()
+            .as_arrow()
+            .clone(),
+    );
+    // Gathered a group of staged files at a time, then sorted together: only the failed rows are held.
+    let rows: Vec<RecordBatch> = crate::context::grouped(&staged, failed).try_collect().await?;
+    let batches = ctx
+        .read_table(Arc::new(MemTable::try_new(schema.clone(), vec![rows])?))?
+        .sort(vec![col("path").sort(true, false)])?
+        .collect()
+        .await?;
     Ok(out
         .write_batches(&layout::file(layout::ERRORS, &layout::part_name(0)), schema, &batches)
         .await?)

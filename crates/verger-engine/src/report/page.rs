@@ -11,7 +11,7 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::functions_nested::expr_fn::array_element;
-use datafusion::prelude::{col, lit, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{col, lit, ParquetReadOptions};
 use futures::TryStreamExt;
 use serde::Serialize;
 
@@ -73,7 +73,7 @@ pub async fn rewrite(output: &str, store: &crate::io::store::StoreOptions) -> Re
 
 /// The errors file and a subsample of the result rows' first two PCA components.
 pub async fn read_input(out: &OutputStore, report: &Report) -> Result<PageInput, JobError> {
-    let ctx = SessionContext::new_with_config(crate::context::configure(SessionConfig::new(), 1));
+    let ctx = crate::context::reader(1);
     out.register(&ctx);
     let mut input = PageInput::default();
     let errors = layout::file(layout::ERRORS, &layout::part_name(0));
@@ -94,16 +94,18 @@ pub async fn read_input(out: &OutputStore, report: &Report) -> Result<PageInput,
     let k = report.pca.as_ref().map_or(0, |p| p.k);
     let files = out.parquet_urls(layout::RESULT).await?;
     if k >= 2 && !files.is_empty() {
-        let mut batches = ctx
-            .read_parquet(files, ParquetReadOptions::default())
-            .await?
-            .select(vec![
-                col("label"),
-                array_element(col("pca_features"), lit(1i64)),
-                array_element(col("pca_features"), lit(2i64)),
-            ])?
-            .execute_stream()
-            .await?;
+        let ctx = &ctx;
+        let batches = crate::context::grouped(&files, |group| async move {
+            Ok(ctx
+                .read_parquet(group, ParquetReadOptions::default())
+                .await?
+                .select(vec![
+                    col("label"),
+                    array_element(col("pca_features"), lit(1i64)),
+                    array_element(col("pca_features"), lit(2i64)),
+                ])?)
+        });
+        let mut batches = std::pin::pin!(batches);
         // Streamed, every step-th row kept, in the files' order (by path, hence by folder: each label keeps
         // its share): the page's memory does not grow with the run. The step comes from the report's count,
         // which the run checked against the result files.
