@@ -18,9 +18,9 @@ use crate::featurize::{FeaturizeSettings, FeaturizeUdf};
 use crate::pca::{PcaProjectUdf, PcaStatsUdaf};
 
 /// The bytes read from a Parquet file's end in the hope of getting its footer in one request: verger's
-/// footers are a few KB (the manifest's: 12 KB at 300,000 images, ~40 KB at a million). DataFusion's 512 KiB default,
-/// fetched for 32 files at once when a query opens a run's result files, was most of that query's heap and,
-/// freed across threads' arenas, resident memory that grew with the number of files (bench/README.md).
+/// footers are a few KB (the manifest's: 12 KB at 300,000 images). DataFusion's 512 KiB default, fetched
+/// for 32 files at once when a query opens a run's result files, was most of that query's heap and, freed
+/// across threads' arenas, resident memory that grew with the number of files (bench/README.md).
 const FOOTER_HINT_BYTES: usize = 64 << 10;
 
 /// verger's settings on top of `config`: plain Utf8 columns (so that the Parquet written carries `string`,

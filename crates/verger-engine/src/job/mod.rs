@@ -252,7 +252,7 @@ async fn run_claimed(
         .await?;
     fault::pause_point("written").await;
     // The commit check and the report page then start from a trimmed heap, not on top of the last written
-    // partitions' freed buffers (bench/README.md: it did not remove the late peak of a 300,000-image run).
+    // partitions' freed buffers (the late peak of large runs was per-file costs: see `context::grouped`).
     crate::report::release_free_memory_now();
 
     let counts = Counts {
