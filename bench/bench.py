@@ -1,6 +1,9 @@
 """verger end to end vs the inference floor and a Python peer, measured in one run on the same images.
 
-usage: .venv/bin/python bench/bench.py [--input DIR] [--threads N] [--batch-size N] [--rounds N]
+usage: .venv/bin/python bench/bench.py [--input DIR] [--threads N] [--batch-size N] [--rounds N] [--precision bf16]
+
+With `--precision bf16`, the floor and `verger run` are measured in bf16 too (OpenVINO, on CPUs with AVX512-BF16
+or AMX), in the same rounds, against their fp32 selves (goal: bf16 floor >= 1.8x the fp32 floor).
 
 Each contender runs as its own child process; CPU seconds and peak RSS come from that child's rusage, wall
 time from the clock. The contenders take turns for `--rounds` rounds (default 3), so that a slow spell of the
@@ -54,6 +57,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: also measure the floor and verger run in bf16, against fp32")
     args = ap.parse_args()
 
     # The same build as scripts/setup (all targets), so nothing is compiled a second time.
@@ -70,6 +75,9 @@ def main():
                                     args.input, "--output", os.path.join(tmp, "peer.parquet"),
                                     "--threads", str(args.threads)],
     }
+    if args.precision == "bf16":
+        contenders["bf16 floor"] = lambda tmp: contenders["inference floor"](tmp) + ["cpu", "bf16"]
+        contenders["verger run bf16"] = lambda tmp: contenders["verger run"](tmp) + ["--precision", "bf16"]
     print(f"{n} images from {args.input}, {args.threads} threads, batch {args.batch_size}, {os.cpu_count()} cores")
     rounds = []
     for r in range(args.rounds):
@@ -104,6 +112,11 @@ def ratios(rows):
         "peer_cpu_vs_verger": p["cpu_ms_per_image"] / v["cpu_ms_per_image"],
         "throughput_vs_original": v["images_per_s"] / ORIGINAL["images_per_s"],
         "original_cpu_vs_verger": ORIGINAL["cpu_ms_per_image"] / v["cpu_ms_per_image"],
+        **({
+            "bf16_floor_vs_fp32_floor": rows["bf16 floor"]["images_per_s"] / f["images_per_s"],
+            "bf16_run_vs_fp32_run": rows["verger run bf16"]["images_per_s"] / v["images_per_s"],
+            "bf16_run_cpu_vs_fp32_run": rows["verger run bf16"]["cpu_ms_per_image"] / v["cpu_ms_per_image"],
+        } if "bf16 floor" in rows else {}),
     }
 
 
@@ -120,6 +133,10 @@ def print_ratios(r):
     print(f"python peer CPU per image / verger:  {r['peer_cpu_vs_verger']:.2f}x")
     print(f"verger throughput / original*:       {r['throughput_vs_original']:.2f}x (goal >= 4)")
     print(f"original* CPU per image / verger:    {r['original_cpu_vs_verger']:.2f}x")
+    if "bf16_floor_vs_fp32_floor" in r:
+        print(f"bf16 floor / fp32 floor:             {r['bf16_floor_vs_fp32_floor']:.2f}x (goal >= 1.8)")
+        print(f"verger run bf16 / fp32, throughput:  {r['bf16_run_vs_fp32_run']:.2f}x")
+        print(f"verger run bf16 / fp32, CPU per img: {r['bf16_run_cpu_vs_fp32_run']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Reduced precision on the CPU (issue #20, part 2), judged by the issue's rule against verger's fp32 features.
 
-For each mode (OpenVINO's CPU plugin with its inference precision set explicitly: bf16, f16), on the shared
+For each mode (OpenVINO's CPU plugin with its inference precision set explicitly: bf16, f16, and fp32 up to a
+block then bf16, `bf16-from-block1` and `bf16-from-block3`), on the shared
 splits: the features' mean/min cosine and max |delta| against verger's own fp32 features; the 1-nearest-neighbour
 label agreement with fp32 (Test -> Training); top-1 of verger's classifier (`verger train` + `verger evaluate`,
 on PCA-50 and on the 1280-d features) trained and scored on the mode's features; and inference-only images/s on
@@ -10,11 +11,11 @@ both top-1 figures lose at most 0.3 points and it runs at least 1.8x the fp32 fl
 Every mode's PCA is refitted here (numpy, Spark ML's convention: eigenvectors of the sample covariance, no
 centring when projecting), fp32's too, so that only the features differ between the rows.
 
-usage: python bench/precision.py [--verger BIN] [--train DIR] [--test DIR] [--modes bf16,f16] [--work DIR]
+usage: python bench/precision.py [--verger BIN] [--train DIR] [--test DIR] [--modes bf16,f16,bf16-from-block1,bf16-from-block3] [--work DIR]
 
-Needs the `openvino` wheel beside numpy, pyarrow, Pillow and onnxruntime (`pip install openvino`); verger's
-setup does not install it, since no reduced-precision mode is offered. BIN defaults to this checkout's
-release build.
+Runs with `.venv/bin/python` (scripts/setup installs `openvino` and `onnx` there, beside numpy, pyarrow, Pillow
+and onnxruntime). `bf16-from-block1` is what `verger run --precision bf16` computes. BIN defaults to this
+checkout's release build.
 """
 import argparse
 import glob
@@ -59,9 +60,19 @@ def read_run(run):
     return paths, np.concatenate(feats).astype(np.float32)
 
 
-def openvino_model(core, precision, threads):
-    model = core.read_model(MODEL)
-    model.reshape({model.inputs[0].get_any_name(): [BATCH, 224, 224, 3]})
+# Where a mixed mode hands over from fp32 to bf16: the output of the block before the one named. The bf16 error
+# of the whole network comes almost all from the first blocks at 112x112 and 56x56 (measured by cutting the graph
+# at each block), so these modes keep those in fp32 and run the rest, most of the arithmetic, in bf16.
+HANDOVER = {
+    "bf16-from-block1": "mobilenetv2_features/expanded_conv_project_BN/FusedBatchNormV3:0",
+    "bf16-from-block3": "mobilenetv2_features/block_2_add/add:0",
+}
+OV_PRECISION = {"bf16": "bf16", "f16": "f16", "fp32": "f32"}
+
+
+def compile_part(core, path, precision, threads, shape):
+    model = core.read_model(path)
+    model.reshape({model.inputs[0].get_any_name(): shape})
     # Set explicitly: on CPUs with bf16 support OpenVINO would pick bf16 by itself.
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                  "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})
@@ -70,14 +81,41 @@ def openvino_model(core, precision, threads):
     return compiled
 
 
-def featurize(compiled, paths):
-    request, out = compiled.create_infer_request(), []
+class OpenVinoMode:
+    """One mode: the whole model in one precision, or fp32 up to a block and bf16 after it (two compiled
+    models, the first's output fed to the second)."""
+
+    def __init__(self, core, mode, threads, scratch):
+        if mode in HANDOVER:
+            from onnx.utils import extract_model
+            head, tail = os.path.join(scratch, f"{mode}-head.onnx"), os.path.join(scratch, f"{mode}-tail.onnx")
+            extract_model(MODEL, head, ["input"], [HANDOVER[mode]])
+            extract_model(MODEL, tail, [HANDOVER[mode]], ["features"])
+            first = compile_part(core, head, "f32", threads, [BATCH, 224, 224, 3])
+            second = compile_part(core, tail, "bf16", threads, list(first.outputs[0].shape))
+            self.requests = [first.create_infer_request(), second.create_infer_request()]
+        else:
+            self.requests = [compile_part(core, MODEL, OV_PRECISION[mode], threads,
+                                          [BATCH, 224, 224, 3]).create_infer_request()]
+
+    def infer(self, x):
+        for request in self.requests:
+            x = request.infer({0: x})[0]
+        return x
+
+
+def supported(mode, capabilities):
+    return {"f16": "FP16"}.get(mode, "BF16") in capabilities
+
+
+def featurize(mode, paths):
+    out = []
     for i in range(0, len(paths), BATCH):
         x = np.stack([pixels(p) for p in paths[i:i + BATCH]])
         n = len(x)
         if n < BATCH:
             x = np.concatenate([x, np.zeros((BATCH - n, 224, 224, 3), np.float32)])
-        out.append(request.infer({0: x})[0].reshape(BATCH, -1)[:n].copy())
+        out.append(mode.infer(x).reshape(BATCH, -1)[:n].copy())
     return np.concatenate(out)
 
 
@@ -89,7 +127,7 @@ def one_thread_rate(infer, x, rounds=8):
     return rounds * len(x) / (time.perf_counter() - start)
 
 
-def speeds(modes, core, x):
+def speeds(modes, core, x, scratch):
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
@@ -97,8 +135,7 @@ def speeds(modes, core, x):
     session = ort.InferenceSession(MODEL, options, providers=["CPUExecutionProvider"])
     rates = {"fp32": one_thread_rate(lambda b: session.run(None, {"input": b}), x)}
     for mode in modes:
-        request = openvino_model(core, mode, 1).create_infer_request()
-        rates[mode] = one_thread_rate(lambda b: request.infer({0: b}), x)
+        rates[mode] = one_thread_rate(OpenVinoMode(core, mode, 1, scratch).infer, x)
     return rates
 
 
@@ -153,7 +190,7 @@ def main():
     ap.add_argument("--verger")
     ap.add_argument("--train", default=os.path.join(SHARED, "datasets/fruits360/Training"))
     ap.add_argument("--test", default=os.path.join(SHARED, "datasets/fruits360/Test"))
-    ap.add_argument("--modes", default="bf16,f16")
+    ap.add_argument("--modes", default="bf16,f16," + ",".join(HANDOVER))
     ap.add_argument("--work", help="keep the runs and classifiers here (default: a temporary folder)")
     args = ap.parse_args()
     import openvino as ov
@@ -163,7 +200,7 @@ def main():
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     modes = []
     for mode in args.modes.split(","):
-        if {"bf16": "BF16", "f16": "FP16"}.get(mode) not in capabilities:
+        if not supported(mode, capabilities):
             print(f"{mode}: this CPU has no {mode} support (OpenVINO lists {capabilities}): not measured")
         else:
             modes.append(mode)
@@ -182,7 +219,7 @@ def main():
     train_labels = np.array([label(p) for p in train_paths])
 
     x = np.stack([pixels(p) for p in test_paths[:BATCH]])
-    rates = speeds(modes, core, x)
+    rates = speeds(modes, core, x, work)
     print(f"inference only, 1 thread, batch {BATCH}: " +
           ", ".join(f"{m} {r:.1f} images/s" for m, r in rates.items()))
 
@@ -192,8 +229,8 @@ def main():
         if mode == "fp32":
             train_f, test_f = train_fp32, test_fp32
         else:
-            compiled = openvino_model(core, mode, os.cpu_count())
-            train_f, test_f = featurize(compiled, train_paths), featurize(compiled, test_paths)
+            ov_mode = OpenVinoMode(core, mode, os.cpu_count(), work)
+            train_f, test_f = featurize(ov_mode, train_paths), featurize(ov_mode, test_paths)
         with_features(at("train"), at(f"train-{mode}"), train_paths, train_f)
         with_features(at("test"), at(f"test-{mode}"), test_paths, test_f, pca=at(f"train-{mode}"))
         c = np.concatenate([cosines(train_f, train_fp32), cosines(test_f, test_fp32)])

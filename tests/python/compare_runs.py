@@ -1,5 +1,5 @@
-"""Two verger outputs hold the same rows: same images (by label/file name), identical features, and the same
-PCA (model and pca_features): identical, or with --pca-rtol R equal up to R times each vector's largest
+"""Two verger outputs hold the same rows: same images (by label/file name), identical features, the same
+metadata about them (precision, device, model) in the result files, and the same PCA (model and pca_features): identical, or with --pca-rtol R equal up to R times each vector's largest
 magnitude (for PCA statistics merged in another order, such as those stored in a feature cache).
 Outputs are local folders or s3:// prefixes (read with pyarrow's S3 filesystem, see s3util.py).
 
@@ -17,6 +17,14 @@ def rows(out):
     keyed = {"/".join(r["path"].split("/")[-2:]): r for r in table}
     assert len(keyed) == len(table), "duplicated rows"
     return keyed
+
+
+def feature_metadata(out):
+    """What the result files say of their features (Parquet key-value metadata, as pyarrow shows it)."""
+    metadata = read_table(f"{out}/result").schema.metadata or {}
+    keys = [b"verger.precision", b"verger.device", b"verger.model_sha256"]
+    assert all(k in metadata for k in keys), f"{out}: result metadata {metadata}"
+    return {k: metadata[k] for k in keys}
 
 
 def errors(out):
@@ -64,6 +72,7 @@ for key in a:
     assert a[key]["label"] == b[key]["label"], key
     assert a[key]["features"] == b[key]["features"], f"features of {key} differ"
     close(a[key]["pca_features"], b[key]["pca_features"], args.pca_rtol, f"pca_features of {key}")
+assert feature_metadata(args.a) == feature_metadata(args.b), (feature_metadata(args.a), feature_metadata(args.b))
 close(model(args.a), model(args.b), args.pca_rtol, "the PCA model")
 errors_a, errors_b = errors(args.a), errors(args.b)
 assert errors_a == errors_b, (errors_a, errors_b)

@@ -111,6 +111,7 @@ fn unusable_settings() -> FeaturizeSettings {
         max_pixels: 0,
         store: Default::default(),
         device: Default::default(),
+        precision: Default::default(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The inference floor for benchmarks: the same sessions, threads and batch size as `verger run`, fed with
 //! already-preprocessed images, so nothing but ONNX Runtime runs. Prints one JSON line.
 //!
-//! usage: inference_floor MODEL IMAGE_DIR IMAGES THREADS BATCH_SIZE [DEVICE]
+//! usage: inference_floor MODEL IMAGE_DIR IMAGES THREADS BATCH_SIZE [DEVICE [PRECISION]]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -12,12 +12,11 @@ use verger_model::{FeaturizerPool, ModelSpec, INPUT_LEN, MOBILENET_V2_SHA256};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (model, dir, images, threads, batch, device) = match &args[..] {
-        [_, model, dir, images, threads, batch] => (model, dir, images, threads, batch, "cpu"),
-        [_, model, dir, images, threads, batch, device] => (model, dir, images, threads, batch, device.as_str()),
-        _ => panic!("usage: inference_floor MODEL IMAGE_DIR IMAGES THREADS BATCH_SIZE [DEVICE]"),
+    let [_, model, dir, images, threads, batch, rest @ ..] = &args[..] else {
+        panic!("usage: inference_floor MODEL IMAGE_DIR IMAGES THREADS BATCH_SIZE [DEVICE [PRECISION]]")
     };
-    let device: verger_model::Device = device.parse().unwrap();
+    let device: verger_model::Device = rest.first().map_or("cpu", String::as_str).parse().unwrap();
+    let precision: verger_model::Precision = rest.get(1).map_or("fp32", String::as_str).parse().unwrap();
     let (images, threads, batch): (usize, usize, usize) = (
         images.parse().unwrap(),
         threads.parse().unwrap(),
@@ -27,7 +26,7 @@ fn main() {
         location: model.clone(),
         sha256: MOBILENET_V2_SHA256.into(),
     };
-    let pool = FeaturizerPool::shared(&spec, device, &verger_model::read_local).unwrap();
+    let pool = FeaturizerPool::shared(&spec, device, precision, &verger_model::read_local).unwrap();
 
     // Up to 64 distinct real images, decoded before the clock starts; inference cost does not depend on content.
     let mut files: Vec<_> = walk(std::path::Path::new(dir));

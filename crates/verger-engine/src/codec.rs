@@ -339,6 +339,7 @@ mod tests {
             max_pixels: 1000,
             store: Default::default(),
             device: Default::default(),
+            precision: Default::default(),
         }
     }
 
@@ -468,6 +469,7 @@ mod tests {
                 store: Default::default(),
                 name: name.into(),
                 guard: guard.map(String::from),
+                metadata: vec![("verger.precision".into(), "bf16".into())],
             },
             schema: Arc::new(Schema::new(fields)),
         }

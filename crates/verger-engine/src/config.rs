@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
-use verger_model::{Device, ModelSpec, MOBILENET_V2_SHA256};
+use verger_model::{Device, ModelSpec, Precision, MOBILENET_V2_SHA256};
 use verger_pca::Components;
 
 use crate::featurize::FeaturizeSettings;
@@ -110,6 +110,7 @@ impl FeaturizeSettings {
             max_pixels: verger_image::Limits::default().max_pixels,
             store: StoreOptions::default(),
             device: Device::Cpu,
+            precision: Precision::Fp32,
         }
     }
 

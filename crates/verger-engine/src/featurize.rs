@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use verger_image::preprocess::scale_into;
 use verger_image::Limits;
 use verger_model::{
-    Device, Featurizer, FeaturizerPool, ModelError, ModelInput, ModelSpec, VerifiedModel, FEATURE_DIM, INPUT_LEN,
+    Device, Featurizer, FeaturizerPool, ModelError, ModelInput, ModelSpec, Precision, VerifiedModel, FEATURE_DIM,
+    INPUT_LEN,
 };
 
 use crate::io::source;
@@ -30,12 +31,15 @@ pub struct FeaturizeSettings {
     /// Where inference runs (decoding and resizing stay on the CPU).
     #[serde(default)]
     pub device: Device,
+    /// The arithmetic inference computes in: fp32 (the reference) or bf16 (opt-in, on the CPU).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl FeaturizeSettings {
     /// This process's sessions for the model, which is fetched (from disk or the store) and verified once.
     pub fn featurizers(&self) -> Result<Arc<FeaturizerPool>, ModelError> {
-        FeaturizerPool::shared(&self.model, self.device, &self.model_reader())
+        FeaturizerPool::shared(&self.model, self.device, self.precision, &self.model_reader())
     }
 
     /// The model, fetched and verified (once per process), without a session.

@@ -30,6 +30,7 @@ fn missing_and_unreadable_files_are_recorded_per_row() {
         max_pixels: Limits::default().max_pixels,
         store: Default::default(),
         device: Default::default(),
+        precision: Default::default(),
     };
     let outcomes = featurize_files(&uris, &settings).unwrap();
     assert_eq!(outcomes.len(), 4);

@@ -296,23 +296,23 @@ impl AppSession {
 
 // Field numbers of onnx.proto (ModelProto, GraphProto).
 const MODEL_OPSET_IMPORT: u32 = 8;
-const MODEL_GRAPH: u32 = 7;
+pub(crate) const MODEL_GRAPH: u32 = 7;
 const MODEL_METADATA: u32 = 14;
-const GRAPH_NODE: u32 = 1;
-const GRAPH_INITIALIZER: u32 = 5;
-const GRAPH_INPUT: u32 = 11;
-const GRAPH_OUTPUT: u32 = 12;
+pub(crate) const GRAPH_NODE: u32 = 1;
+pub(crate) const GRAPH_INITIALIZER: u32 = 5;
+pub(crate) const GRAPH_INPUT: u32 = 11;
+pub(crate) const GRAPH_OUTPUT: u32 = 12;
 // TensorProto.DataType and AttributeProto.AttributeType values.
-const DATA_FLOAT: i32 = 1;
+pub(crate) const DATA_FLOAT: i32 = 1;
 const DATA_UINT8: i32 = 2;
 const ATTRIBUTE_INT: i32 = 2;
 
 /// One field of a message as it lies in the buffer: its number, its bytes (key included), and the payload of
 /// a length-delimited field.
-struct Field<'a> {
-    number: u32,
-    raw: &'a [u8],
-    payload: Option<&'a [u8]>,
+pub(crate) struct Field<'a> {
+    pub(crate) number: u32,
+    pub(crate) raw: &'a [u8],
+    pub(crate) payload: Option<&'a [u8]>,
 }
 
 fn malformed(what: impl std::fmt::Display) -> ModelError {
@@ -320,7 +320,7 @@ fn malformed(what: impl std::fmt::Display) -> ModelError {
 }
 
 /// The fields of the message `bytes`, in order.
-fn fields(bytes: &[u8]) -> Result<Vec<Field<'_>>, ModelError> {
+pub(crate) fn fields(bytes: &[u8]) -> Result<Vec<Field<'_>>, ModelError> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -359,13 +359,13 @@ fn skip<'a>(rest: &mut &'a [u8], n: usize) -> Result<Option<&'a [u8]>, ModelErro
     Ok(None)
 }
 
-fn encode_bytes(number: u32, payload: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn encode_bytes(number: u32, payload: &[u8], out: &mut Vec<u8>) {
     encode_key(number, WireType::LengthDelimited, out);
     encode_varint(payload.len() as u64, out);
     out.extend_from_slice(payload);
 }
 
-fn encode_message(number: u32, message: &impl Message, out: &mut Vec<u8>) {
+pub(crate) fn encode_message(number: u32, message: &impl Message, out: &mut Vec<u8>) {
     encode_bytes(number, &message.encode_to_vec(), out);
 }
 
@@ -455,39 +455,39 @@ struct Tensor {
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct ValueInfo {
+pub(crate) struct ValueInfo {
     #[prost(string, tag = "1")]
-    name: String,
+    pub(crate) name: String,
     #[prost(message, optional, tag = "2")]
-    r#type: Option<TypeProto>,
+    pub(crate) r#type: Option<TypeProto>,
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct TypeProto {
+pub(crate) struct TypeProto {
     #[prost(message, optional, tag = "1")]
-    tensor_type: Option<TensorType>,
+    pub(crate) tensor_type: Option<TensorType>,
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct TensorType {
+pub(crate) struct TensorType {
     #[prost(int32, tag = "1")]
-    elem_type: i32,
+    pub(crate) elem_type: i32,
     #[prost(message, optional, tag = "2")]
-    shape: Option<Shape>,
+    pub(crate) shape: Option<Shape>,
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct Shape {
+pub(crate) struct Shape {
     #[prost(message, repeated, tag = "1")]
-    dim: Vec<Dimension>,
+    pub(crate) dim: Vec<Dimension>,
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct Dimension {
+pub(crate) struct Dimension {
     #[prost(int64, optional, tag = "1")]
-    dim_value: Option<i64>,
+    pub(crate) dim_value: Option<i64>,
     #[prost(string, optional, tag = "2")]
-    dim_param: Option<String>,
+    pub(crate) dim_param: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]

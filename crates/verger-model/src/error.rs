@@ -24,6 +24,24 @@ pub enum ModelError {
     NoCudaProvider { path: PathBuf },
     #[error("--device cuda: {0}")]
     GpuUnavailable(String),
+    #[error(
+        "--precision bf16 needs OpenVINO, which was not found (looked in: {searched}).\n\
+         Install it with `scripts/setup` (it puts openvino==2026.4.1 into .venv), or point VERGER_OPENVINO_LIB \
+         at the libopenvino_c.so of an `openvino` wheel (its `openvino/libs` folder)."
+    )]
+    OpenVinoNotFound { searched: String },
+    #[error(
+        "--precision bf16 needs a CPU with AVX512-BF16 or AMX, and this one has neither (OpenVINO lists its \
+         capabilities as: {capabilities}); run with --precision fp32"
+    )]
+    Bf16Unsupported { capabilities: String },
+    #[error("OpenVINO: {0}")]
+    OpenVino(String),
+    /// `--precision bf16` on a GPU, or a model the bf16 path cannot cut.
+    #[error("--precision bf16: {0}")]
+    Precision(String),
+    #[error("{0}")]
+    Split(String),
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     RuntimeLoad { path: PathBuf, message: String },
     #[error("cannot read model {location}: {message}")]

@@ -4,9 +4,10 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 
+use crate::bf16::Bf16Session;
 use crate::error::ModelError;
 use crate::model::{per_spec, ModelReader, ModelSpec, PerSpec, VerifiedModel};
-use crate::{runtime, Device, FEATURE_DIM, INPUT_LEN};
+use crate::{runtime, Device, Precision, FEATURE_DIM, INPUT_LEN};
 
 /// What a session is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,10 +29,16 @@ impl ModelInput {
     }
 }
 
-/// One ONNX Runtime session: images in (as [`ModelInput`] says), 1280-d features out.
+/// One inference session: images in (as [`ModelInput`] says), 1280-d features out.
 pub struct Featurizer {
-    session: Session,
+    engine: Engine,
     input: ModelInput,
+}
+
+/// What runs the model: ONNX Runtime in fp32, or OpenVINO in bf16.
+enum Engine {
+    Ort(Session),
+    Bf16(Box<Bf16Session>),
 }
 
 impl Featurizer {
@@ -39,6 +46,20 @@ impl Featurizer {
     /// stream per thread.
     pub fn new(model: &VerifiedModel, device: Device) -> Result<Self, ModelError> {
         Self::with_input(model, device, ModelInput::on(device))
+    }
+
+    /// [`Featurizer::new`] computing in `precision`; bf16 runs on the CPU only.
+    pub fn with_precision(model: &VerifiedModel, device: Device, precision: Precision) -> Result<Self, ModelError> {
+        match (precision, device) {
+            (Precision::Fp32, _) => Self::new(model, device),
+            (Precision::Bf16, Device::Cpu) => Ok(Featurizer {
+                engine: Engine::Bf16(Box::new(Bf16Session::new(&model.bytes)?)),
+                input: ModelInput::Scaled,
+            }),
+            (Precision::Bf16, gpu) => Err(ModelError::Precision(format!(
+                "bf16 runs on the CPU (OpenVINO); on {gpu} inference computes in fp32: drop --precision or --device"
+            ))),
+        }
     }
 
     /// [`Featurizer::new`], fed as `input` says.
@@ -66,7 +87,10 @@ impl Featurizer {
             ModelInput::Scaled => builder.commit_from_memory(&model.bytes)?,
             ModelInput::Pixels => builder.commit_from_memory(&crate::app_model::with_pixel_input(&model.bytes)?)?,
         };
-        Ok(Featurizer { session, input })
+        Ok(Featurizer {
+            engine: Engine::Ort(session),
+            input,
+        })
     }
 
     pub fn input(&self) -> ModelInput {
@@ -76,6 +100,9 @@ impl Featurizer {
     /// Features of `inputs.len() / INPUT_LEN` scaled images, row-major `[n, 1280]`.
     pub fn embed(&mut self, inputs: &[f32]) -> Result<Vec<f32>, ModelError> {
         self.expect(ModelInput::Scaled)?;
+        if let Engine::Bf16(session) = &mut self.engine {
+            return session.embed(inputs);
+        }
         self.run(inputs, "input")
     }
 
@@ -108,7 +135,10 @@ impl Featurizer {
         }
         let n = inputs.len() / INPUT_LEN;
         let tensor = TensorRef::from_array_view(([n, 224, 224, 3], inputs))?;
-        let outputs = self.session.run(ort::inputs![name => tensor])?;
+        let Engine::Ort(session) = &mut self.engine else {
+            return Err(ModelError::Precision("bf16 sessions take scaled input only".into()));
+        };
+        let outputs = session.run(ort::inputs![name => tensor])?;
         let (shape, features) = outputs["features"].try_extract_tensor::<f32>()?;
         if shape.num_elements() != n * FEATURE_DIM {
             return Err(ModelError::Ort(format!("unexpected output shape {shape:?}")));
@@ -122,20 +152,28 @@ impl Featurizer {
 pub struct FeaturizerPool {
     model: Arc<VerifiedModel>,
     device: Device,
+    precision: Precision,
     idle: Mutex<Vec<Featurizer>>,
 }
 
 impl FeaturizerPool {
-    /// The process-wide pool for `spec` on `device` (reading the model with `read` and verifying it on first
-    /// use). The first session is made here, so that a device that cannot run the model fails the caller.
-    pub fn shared(spec: &ModelSpec, device: Device, read: &ModelReader) -> Result<Arc<FeaturizerPool>, ModelError> {
-        static POOLS: PerSpec<(ModelSpec, Device), FeaturizerPool> = OnceLock::new();
-        per_spec(&POOLS, &(spec.clone(), device), || {
+    /// The process-wide pool for `spec` on `device` in `precision` (reading the model with `read` and verifying
+    /// it on first use). The first session is made here, so that a device or precision that cannot run the
+    /// model fails the caller.
+    pub fn shared(
+        spec: &ModelSpec,
+        device: Device,
+        precision: Precision,
+        read: &ModelReader,
+    ) -> Result<Arc<FeaturizerPool>, ModelError> {
+        static POOLS: PerSpec<(ModelSpec, Device, Precision), FeaturizerPool> = OnceLock::new();
+        per_spec(&POOLS, &(spec.clone(), device, precision), || {
             let model = VerifiedModel::load(spec, read)?;
-            let first = Featurizer::new(&model, device)?;
+            let first = Featurizer::with_precision(&model, device, precision)?;
             Ok(FeaturizerPool {
                 model,
                 device,
+                precision,
                 idle: Mutex::new(vec![first]),
             })
         })
@@ -156,7 +194,7 @@ impl FeaturizerPool {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let featurizer = match idle {
             Some(f) => f,
-            None => Featurizer::new(&self.model, self.device)?,
+            None => Featurizer::with_precision(&self.model, self.device, self.precision)?,
         };
         Ok(PooledFeaturizer {
             pool: self.clone(),

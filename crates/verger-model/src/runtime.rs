@@ -259,18 +259,20 @@ fn locate_gpu() -> Result<PathBuf, ModelError> {
 
 /// The `onnxruntime/capi` folders of the Python installations in `venvs`.
 fn venv_folders(venvs: Vec<PathBuf>) -> Vec<PathBuf> {
-    let mut folders = Vec::new();
-    for venv in venvs {
-        for lib in ["lib", "lib64"] {
-            let Ok(entries) = std::fs::read_dir(venv.join(lib)) else {
-                continue;
-            };
-            for python in entries.flatten() {
-                folders.push(python.path().join("site-packages/onnxruntime/capi"));
-            }
-        }
-    }
-    folders
+    site_packages(venvs).map(|s| s.join("onnxruntime/capi")).collect()
+}
+
+/// The `site-packages` folders of the Python installations in `venvs` (virtual environments' roots).
+pub(crate) fn site_packages(venvs: Vec<PathBuf>) -> impl Iterator<Item = PathBuf> {
+    venvs.into_iter().flat_map(|venv| {
+        ["lib", "lib64"].into_iter().flat_map(move |lib| {
+            std::fs::read_dir(venv.join(lib))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|python| python.path().join("site-packages"))
+        })
+    })
 }
 
 /// The CPU library file that [`ensure_loaded`] would load.
@@ -311,6 +313,11 @@ fn search(folders: Vec<PathBuf>, mut searched: Vec<String>) -> Result<PathBuf, M
 }
 
 fn library_in(folder: &Path) -> Option<PathBuf> {
+    newest_library(folder, LIBRARY_PREFIX)
+}
+
+/// The file of `folder` whose name starts with `prefix` and sorts last (the newest version of a library).
+pub(crate) fn newest_library(folder: &Path, prefix: &str) -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = std::fs::read_dir(folder)
         .ok()?
         .flatten()
@@ -318,7 +325,7 @@ fn library_in(folder: &Path) -> Option<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(LIBRARY_PREFIX))
+                .is_some_and(|n| n.starts_with(prefix))
         })
         .collect();
     candidates.sort();

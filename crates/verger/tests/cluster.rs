@@ -31,6 +31,7 @@ fn settings() -> FeaturizeSettings {
         max_pixels: verger_image::Limits::default().max_pixels,
         store: Default::default(),
         device: Default::default(),
+        precision: Default::default(),
     }
 }
 

@@ -253,3 +253,22 @@ else:
 """
         env = dict(os.environ, VERGER_ORT_GPU_LIB=str(library))
         subprocess.run([sys.executable, "-c", script], env=env, check=True)
+
+
+def test_bf16_features_stay_close_to_fp32_or_the_cpu_is_refused():
+    """``precision="bf16"`` (OpenVINO, MobileNetV2's first block in fp32): close to fp32's features without being
+    them, where the CPU supports bf16 (as /proc/cpuinfo says); a ModelError naming what is missing elsewhere."""
+    images = [str(p) for p in training_images("Plum", 4)]
+    with pytest.raises(verger.UsageError, match="expected fp32 or bf16"):
+        verger.featurize(images, precision="int8")
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    if not {"avx512_bf16", "amx_bf16"} & set(flags):
+        with pytest.raises(verger.ModelError, match="AVX512-BF16 or AMX"):
+            verger.featurize(images, precision="bf16")
+        return
+    fp32, bf16 = verger.featurize(images, threads=1), verger.featurize(images, precision="bf16", threads=1)
+    assert bf16.column("error").null_count == len(images)
+    a, b = features(fp32), features(bf16)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.mean() >= 0.995 and cos.min() >= 0.99, cos
+    assert np.abs(a - b).max() > 1e-3, "bf16 computed fp32's features"

@@ -92,6 +92,7 @@ impl OutputStore {
             store: self.options.clone(),
             name: name.to_string(),
             guard,
+            metadata: Vec::new(),
         }
     }
 
@@ -365,10 +366,21 @@ impl OutputStore {
     }
 
     /// Writes a whole stream to `name`; returns the number of rows.
-    pub async fn write_stream(&self, name: &str, mut stream: SendableRecordBatchStream) -> Result<u64, StoreError> {
-        let mut file = self.parquet(name, stream.schema())?;
+    pub async fn write_stream(&self, name: &str, stream: SendableRecordBatchStream) -> Result<u64, StoreError> {
+        self.write_stream_with(name, stream, &[]).await
+    }
+
+    /// [`OutputStore::write_stream`], with key-value `metadata` in the file's schema.
+    pub async fn write_stream_with(
+        &self,
+        name: &str,
+        mut stream: SendableRecordBatchStream,
+        metadata: &[(String, String)],
+    ) -> Result<u64, StoreError> {
+        let schema = with_metadata(&stream.schema(), metadata);
+        let mut file = self.parquet(name, schema.clone())?;
         while let Some(batch) = stream.next().await {
-            file.write(&batch?).await?;
+            file.write(&batch?.with_schema(schema.clone())?).await?;
         }
         file.commit().await
     }
@@ -386,6 +398,16 @@ impl OutputStore {
         }
         file.commit().await
     }
+}
+
+/// `schema` with `metadata` added to its own (the Arrow schema's metadata, which Parquet readers show).
+pub fn with_metadata(schema: &SchemaRef, metadata: &[(String, String)]) -> SchemaRef {
+    if metadata.is_empty() {
+        return schema.clone();
+    }
+    let mut all = schema.metadata().clone();
+    all.extend(metadata.iter().cloned());
+    Arc::new(schema.as_ref().clone().with_metadata(all))
 }
 
 /// A whole Parquet file already in memory, as one batch.

@@ -44,6 +44,9 @@ pub struct OutputFile {
     /// Writers publish the file only while this file of the output exists: the driver removes it once it has
     /// committed or given up, so that a task it no longer waits for (on a stalled executor) writes nothing.
     pub guard: Option<String>,
+    /// Key-value metadata of the written file (its Arrow schema's, which Parquet readers show).
+    #[serde(default)]
+    pub metadata: Vec<(String, String)>,
 }
 
 impl OutputFile {
@@ -230,9 +233,10 @@ impl OutputFileSink {
     async fn write(&self, mut data: SendableRecordBatchStream) -> Result<u64> {
         let failed = |e: super::StoreError| exec_datafusion_err!("writing {}: {e}", self.file);
         let out = self.file.open()?;
-        let mut file = out.parquet(&self.file.name, data.schema()).map_err(failed)?;
+        let schema = super::output::with_metadata(&data.schema(), &self.file.metadata);
+        let mut file = out.parquet(&self.file.name, schema.clone()).map_err(failed)?;
         while let Some(batch) = data.next().await {
-            file.write(&batch?).await.map_err(failed)?;
+            file.write(&batch?.with_schema(schema.clone())?).await.map_err(failed)?;
         }
         crate::fault::stall_point("publish");
         if let Some(guard) = &self.file.guard {
@@ -264,6 +268,7 @@ mod tests {
                 store: StoreOptions::default(),
                 name: name.into(),
                 guard: guard.map(String::from),
+                metadata: Vec::new(),
             },
             schema,
         })

@@ -39,10 +39,16 @@ pub const JOB_ATTEMPTS: usize = 3;
 /// Runs `rows` on the cluster into the output file `name`; returns the rows written. A job the cluster
 /// fails is submitted again, up to [`JOB_ATTEMPTS`] times, each submission into an attempt of its own, so
 /// the committed file is always one whole submission's.
-pub async fn write(remote: &SessionContext, out: &OutputStore, rows: DataFrame, name: &str) -> Result<u64, JobError> {
+pub async fn write(
+    remote: &SessionContext,
+    out: &OutputStore,
+    rows: DataFrame,
+    name: &str,
+    metadata: &[(String, String)],
+) -> Result<u64, JobError> {
     let mut submission = 1;
     loop {
-        match submit(remote, out, rows.clone(), name).await {
+        match submit(remote, out, rows.clone(), name, metadata).await {
             Err(JobError::DataFusion(e)) if submission < JOB_ATTEMPTS => {
                 tracing::warn!("{name}: the cluster job failed (submission {submission} of {JOB_ATTEMPTS}), submitting it again: {e}");
                 submission += 1;
@@ -64,12 +70,20 @@ pub async fn write(remote: &SessionContext, out: &OutputStore, rows: DataFrame, 
 /// One submission of [`write`]. Executors write an attempt named for this submission only, and this driver
 /// commits it by renaming: a retried task rewrites its own attempt, and a slow or lost one can never replace
 /// a committed file. Closing the submission (removing its guard) stops late tasks from writing at all.
-async fn submit(remote: &SessionContext, out: &OutputStore, rows: DataFrame, name: &str) -> Result<u64, JobError> {
+async fn submit(
+    remote: &SessionContext,
+    out: &OutputStore,
+    rows: DataFrame,
+    name: &str,
+    metadata: &[(String, String)],
+) -> Result<u64, JobError> {
     let folder = layout::attempt();
     let (attempt, guard) = (layout::file(&folder, name), layout::file(&folder, layout::OPEN));
     out.put(&guard, Vec::new()).await?;
+    let mut file = out.shared_file(&attempt, Some(guard));
+    file.metadata = metadata.to_vec();
     let table = OutputFileTable {
-        file: out.shared_file(&attempt, Some(guard)),
+        file,
         schema: Arc::new(rows.schema().as_arrow().clone()),
     };
     let insert = LogicalPlanBuilder::insert_into(

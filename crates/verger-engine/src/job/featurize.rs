@@ -442,7 +442,7 @@ impl Source<'_> {
             Where::Cluster { remote, .. } => {
                 // The partition's rows travel inside the plan; the executors write the staged file.
                 let images = cluster::values(remote, &input)?;
-                cluster::write(remote, parts.out, staging::staged_rows(images, remote)?, &name).await?;
+                cluster::write(remote, parts.out, staging::staged_rows(images, remote)?, &name, &[]).await?;
                 progress.advance(range.len() as u64);
                 staging::count_failed(local, vec![parts.staged_url(part)]).await
             }

@@ -246,7 +246,8 @@ async fn run_claimed(
     drop(stats);
     fault::checkpoint("pca");
 
-    let writing = write::results(&ctx, place(), &parts, &model, clock.progress());
+    let metadata = write::result_metadata(&config.featurize);
+    let writing = write::results(&ctx, place(), &parts, &model, &metadata, clock.progress());
     let featurized = clock
         .stage("project_write", Some(parts.count() as u64), writing)
         .await?;

@@ -18,7 +18,7 @@ use super::partitions::Partitions;
 use super::staging::{self, featurized};
 use crate::error::JobError;
 use crate::fault;
-use crate::featurize::field;
+use crate::featurize::{field, FeaturizeSettings};
 use crate::io::output::OutputStore;
 use crate::io::output_file::OutputFileTable;
 use crate::layout;
@@ -58,13 +58,28 @@ pub async fn errors(ctx: &SessionContext, out: &OutputStore, parts: &Partitions<
         .await?)
 }
 
-/// Projects each staged partition and writes `result/part-N.parquet`, here or on the cluster's executors;
-/// returns the number of rows written.
+/// What the result files say of the features in their metadata: the precision and device they were computed
+/// in, the model, and verger's version.
+pub fn result_metadata(settings: &FeaturizeSettings) -> Vec<(String, String)> {
+    [
+        ("verger.precision", settings.precision.to_string()),
+        ("verger.device", settings.device.to_string()),
+        ("verger.model_sha256", settings.model.sha256.clone()),
+        ("verger.version", env!("CARGO_PKG_VERSION").to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Projects each staged partition and writes `result/part-N.parquet` with `metadata` ([`result_metadata`]),
+/// here or on the cluster's executors; returns the number of rows written.
 pub async fn results(
     ctx: &SessionContext,
     place: Where<'_>,
     parts: &Partitions<'_>,
     model: &Arc<PcaModel>,
+    metadata: &[(String, String)],
     progress: Arc<dyn Progress>,
 ) -> Result<u64, JobError> {
     let (cluster, in_flight) = match place {
@@ -78,6 +93,7 @@ pub async fn results(
     let rows: Vec<u64> = futures::stream::iter(0..parts.count())
         .map(|i| {
             let progress = progress.clone();
+            let metadata = metadata.to_vec();
             async move {
                 let name = parts.result(i);
                 let rows = match cluster {
@@ -88,7 +104,7 @@ pub async fn results(
                         let (task_ctx, out) = (ctx.task_ctx(), parts.out.clone());
                         let task = async move {
                             let stream = execute_stream(plan, task_ctx)?;
-                            Ok::<u64, JobError>(out.write_stream(&name, stream).await?)
+                            Ok::<u64, JobError>(out.write_stream_with(&name, stream, &metadata).await?)
                         };
                         tokio::spawn(tracing::Instrument::in_current_span(task))
                             .await
@@ -100,7 +116,7 @@ pub async fn results(
                             schema: staging::schema(),
                         };
                         let rows = projected(remote, remote.read_table(Arc::new(staged))?)?;
-                        cluster::write(remote, parts.out, rows, &name).await?
+                        cluster::write(remote, parts.out, rows, &name, &metadata).await?
                     }
                 };
                 progress.advance(1);

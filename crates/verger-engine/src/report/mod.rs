@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use verger_model::Device;
+use verger_model::{Device, Precision};
 use verger_pca::PcaModel;
 
 use crate::config::JobConfig;
@@ -285,6 +285,12 @@ pub struct Versions {
     /// Where inference ran: `cpu` or `cuda:N`.
     #[serde(default)]
     pub device: Device,
+    /// The arithmetic it computed in.
+    #[serde(default)]
+    pub precision: Precision,
+    /// The OpenVINO library that ran bf16 inference.
+    #[serde(default)]
+    pub openvino_library: Option<String>,
     pub model_sha256: String,
     /// Of `pca/model.json` as written.
     #[serde(default)]
@@ -378,6 +384,11 @@ impl Report {
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
                 device: config.featurize.device,
+                precision: config.featurize.precision,
+                openvino_library: (config.featurize.precision == Precision::Bf16)
+                    .then(|| verger_model::bf16::locate().ok())
+                    .flatten()
+                    .map(|p| p.display().to_string()),
                 model_sha256: config.featurize.model.sha256.clone(),
                 pca_model_sha256: None,
             },

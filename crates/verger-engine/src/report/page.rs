@@ -764,10 +764,20 @@ impl Page {
                 value: v.device.to_string(),
             },
             Fact {
+                name: "inference precision",
+                value: v.precision.to_string(),
+            },
+            Fact {
                 name: "model sha256",
                 value: v.model_sha256.clone(),
             },
         ];
+        if let Some(library) = &v.openvino_library {
+            versions.push(Fact {
+                name: "OpenVINO library (bf16)",
+                value: library.clone(),
+            });
+        }
         if let Some(sha) = &v.pca_model_sha256 {
             versions.push(Fact {
                 name: "pca/model.json sha256",

@@ -37,24 +37,29 @@ __all__ = [
 ]
 
 
-def _onnxruntime_library() -> str | None:
-    """The libonnxruntime.so of the installed ``onnxruntime`` package, found without importing it."""
-    spec = importlib.util.find_spec("onnxruntime")
+def _package_library(package: str, folder: str, prefix: str) -> str | None:
+    """The shared library ``prefix*`` in ``folder`` of the installed ``package``, found without importing it."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    for folder in spec.submodule_search_locations:
-        found = sorted((Path(folder) / "capi").glob("libonnxruntime.so*"))
+    for root in spec.submodule_search_locations:
+        found = sorted((Path(root) / folder).glob(prefix + "*"))
         if found:
             return str(found[0])
     return None
 
 
 # The library looks at VERGER_ORT_LIB first; point it at the onnxruntime wheel this package depends on,
-# unless the user chose a runtime.
-if not os.environ.get("VERGER_ORT_LIB") and not os.environ.get("ORT_DYLIB_PATH"):
-    _library = _onnxruntime_library()
-    if _library:
-        os.environ["VERGER_ORT_LIB"] = _library
+# unless the user chose a runtime. Likewise OpenVINO's, for precision="bf16" (the `bf16` extra), which is
+# loaded only when bf16 is asked for.
+for _variable, _others, _package, _folder, _prefix in (
+    ("VERGER_ORT_LIB", ("ORT_DYLIB_PATH",), "onnxruntime", "capi", "libonnxruntime.so"),
+    ("VERGER_OPENVINO_LIB", (), "openvino", "libs", "libopenvino_c.so"),
+):
+    if not os.environ.get(_variable) and not any(os.environ.get(o) for o in _others):
+        _library = _package_library(_package, _folder, _prefix)
+        if _library:
+            os.environ[_variable] = _library
 
 from . import _verger, errors  # noqa: E402
 from .errors import *  # noqa: E402,F401,F403 (every exception, also as verger.VergerError etc.)
@@ -187,6 +192,7 @@ def run(
     batch_size: int | None = None,
     max_pixels: int | None = None,
     device: str | None = None,
+    precision: Literal["fp32", "bf16"] | None = None,
     region: str | None = None,
     endpoint: str | None = None,
     allow_http: bool = False,
@@ -239,6 +245,7 @@ def run(
         batch_size=batch_size,
         max_pixels=max_pixels,
         device=device,
+        precision=precision,
         allowed_regions=list(allowed_regions) if allowed_regions is not None else None,
         sse=sse,
         sse_kms_key_id=sse_kms_key_id,
@@ -358,6 +365,7 @@ def featurize(
     batch_size: int | None = None,
     max_pixels: int | None = None,
     device: str | None = None,
+    precision: Literal["fp32", "bf16"] | None = None,
     threads: int | None = None,
     region: str | None = None,
     endpoint: str | None = None,
@@ -373,7 +381,9 @@ def featurize(
     ``features`` and the reason in ``error``, never an exception for the whole batch. ``threads``: worker
     threads (default: all cores). The model is loaded and verified once per process. ``device``: ``"cpu"``
     (default) or ``"cuda"``/``"cuda:N"`` (ONNX Runtime's GPU build, from ``scripts/setup-gpu``; a process runs
-    one ONNX Runtime, the one its first call loads).
+    one ONNX Runtime, the one its first call loads). ``precision``: ``"fp32"`` (default, the reference) or
+    ``"bf16"`` (CPUs with AVX512-BF16 or AMX, through OpenVINO: about 1.9x faster, features within cosine
+    0.995 of fp32's; refused with :class:`VergerError` on other CPUs).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -386,6 +396,7 @@ def featurize(
         batch_size=batch_size,
         max_pixels=max_pixels,
         device=device,
+        precision=precision,
         **_store(region, endpoint, allow_http, max_retries, timeout),
     )
     batch = _verger.featurize([items[i] for i in present], argv, threads)

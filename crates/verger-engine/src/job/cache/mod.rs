@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use verger_listing::{ImageEntry, ImageList};
-use verger_model::Device;
+use verger_model::{Device, Precision};
 
 use crate::error::JobError;
 use crate::featurize::{features_type, field, result_type, FeaturizeSettings};
@@ -61,7 +61,7 @@ pub struct Identity {
     pub model_sha256: String,
     /// [`verger_image::PREPROCESS_VERSION`].
     pub preprocess_version: u32,
-    /// The ONNX Runtime library's file name, which carries its version.
+    /// The inference library's file name, which carries its version (ONNX Runtime's; OpenVINO's in bf16).
     pub runtime: String,
     pub provider: String,
     pub precision: String,
@@ -69,7 +69,10 @@ pub struct Identity {
 
 impl Identity {
     pub fn of(settings: &FeaturizeSettings) -> Result<Self, JobError> {
-        let library = verger_model::runtime::library_for(settings.device)?;
+        let library = match settings.precision {
+            Precision::Fp32 => verger_model::runtime::library_for(settings.device)?,
+            Precision::Bf16 => verger_model::bf16::locate()?,
+        };
         Ok(Identity {
             model_sha256: settings.model.sha256.clone(),
             preprocess_version: verger_image::PREPROCESS_VERSION,
@@ -82,7 +85,7 @@ impl Identity {
                 Device::Cpu => "cpu".into(),
                 gpu => gpu.provider().into(),
             },
-            precision: "fp32".into(),
+            precision: settings.precision.to_string(),
         })
     }
 
