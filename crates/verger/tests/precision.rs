@@ -74,3 +74,34 @@ fn an_unknown_precision_is_a_usage_error() {
     assert!(text(&out).contains("expected fp32 or bf16"), "{}", text(&out));
     assert!(!output.exists());
 }
+
+/// OpenVINO is loaded only when bf16 is asked for: with it nowhere, an fp32 run goes on, and a bf16 run is
+/// refused, naming where it looked and what to install, before the output is touched.
+#[test]
+fn openvino_is_needed_by_bf16_runs_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    small_input(&input);
+    let nowhere = tmp.path().join("nowhere/libopenvino_c.so");
+    let run = |output: &std::path::Path, precision: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_verger"))
+            .args(run_args(&input, output, &["--k", "3", "--precision", precision]))
+            .env("VERGER_OPENVINO_LIB", &nowhere)
+            .output()
+            .unwrap()
+    };
+    let (fp32, bf16) = (tmp.path().join("fp32"), tmp.path().join("bf16"));
+    let out = run(&fp32, "fp32");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let out = run(&bf16, "bf16");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for part in [
+        "needs OpenVINO",
+        "scripts/setup",
+        "VERGER_OPENVINO_LIB",
+        nowhere.to_str().unwrap(),
+    ] {
+        assert!(text(&out).contains(part), "no {part:?} in:\n{}", text(&out));
+    }
+    assert!(!bf16.exists(), "the output was touched");
+}
