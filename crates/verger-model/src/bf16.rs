@@ -73,7 +73,7 @@ pub fn ensure_loaded() -> Result<&'static Path, ModelError> {
 /// An OpenVINO core on a CPU that computes in bf16, or why not.
 fn core() -> Result<Core, ModelError> {
     ensure_loaded()?;
-    let core = Core::new().map_err(|e| ModelError::OpenVino(e.to_string()))?;
+    let core = Core::new().map_err(ov)?;
     let capabilities = core
         .get_property(&DeviceType::CPU, &PropertyKey::DeviceCapabilities)
         .map_err(ov)?;
@@ -90,11 +90,6 @@ pub fn check_capabilities(capabilities: &str) -> Result<(), ModelError> {
             capabilities: capabilities.trim().to_string(),
         }),
     }
-}
-
-/// Whether this machine can run bf16: OpenVINO found and loaded, and a CPU with bf16 support.
-pub fn available() -> Result<(), ModelError> {
-    core().map(drop)
 }
 
 fn ov(e: impl std::fmt::Display) -> ModelError {

@@ -11,7 +11,7 @@ use verger_model::{
     read_local, runtime, Device, Featurizer, ModelError, ModelSpec, Precision, VerifiedModel, FEATURE_DIM, INPUT_LEN,
     MOBILENET_V2_SHA256,
 };
-use verger_testdata::{model_dir, model_path, read_npy_f32, reference_entries, synthetic_pattern};
+use verger_testdata::{cpu_has_bf16, model_dir, model_path, read_npy_f32, reference_entries, synthetic_pattern};
 
 fn model() -> std::sync::Arc<VerifiedModel> {
     let spec = ModelSpec {
@@ -110,13 +110,6 @@ fn bf16_on_a_gpu_is_refused() {
         .expect("refused")
         .to_string();
     assert!(e.contains("bf16 runs on the CPU"), "{e}");
-}
-
-/// Whether this CPU computes in bf16 natively, as the kernel reports its flags.
-fn cpu_has_bf16() -> bool {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
-    flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
 }
 
 /// Where the CPU supports bf16: the features stay close to Keras's (fp32) at batch sizes 14 and 1 (each its

@@ -18,6 +18,14 @@ pub fn shared_dir() -> PathBuf {
     dir
 }
 
+/// Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), as the kernel reports its flags: what the
+/// bf16 tests expect, decided independently of OpenVINO's own detection.
+pub fn cpu_has_bf16() -> bool {
+    let info = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+    flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
+}
+
 pub fn model_dir() -> PathBuf {
     shared_dir().join("models/mobilenet_v2")
 }

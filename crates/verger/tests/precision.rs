@@ -5,12 +5,7 @@
 mod common;
 
 use common::{assert_success, json, python, run_args, small_input, text, verger};
-
-fn cpu_has_bf16() -> bool {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-    let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
-    flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
-}
+use verger_testdata::cpu_has_bf16;
 
 #[test]
 fn a_bf16_run_says_so_and_keeps_its_features_apart_from_fp32_s() {
