@@ -2,37 +2,14 @@
 //! exactly), and OpenVINO's bf16 features against Keras's on the 14 reference inputs where the CPU supports
 //! bf16, or its refusal where it does not (which of the two is decided from /proc/cpuinfo, not by OpenVINO).
 
+mod common;
+
+use common::{model, reference_inputs};
 use ort::session::Session;
 use ort::value::TensorRef;
-use verger_image::preprocess::scale;
-use verger_image::{load_rgb224, Limits};
 use verger_model::bf16::HANDOVER;
-use verger_model::{
-    read_local, runtime, Device, Featurizer, ModelError, ModelSpec, Precision, VerifiedModel, FEATURE_DIM, INPUT_LEN,
-    MOBILENET_V2_SHA256,
-};
-use verger_testdata::{cpu_has_bf16, model_dir, model_path, read_npy_f32, reference_entries, synthetic_pattern};
-
-fn model() -> std::sync::Arc<VerifiedModel> {
-    let spec = ModelSpec {
-        location: model_path().to_string_lossy().into_owned(),
-        sha256: MOBILENET_V2_SHA256.into(),
-    };
-    VerifiedModel::load(&spec, &read_local).unwrap()
-}
-
-fn reference_inputs() -> Vec<f32> {
-    reference_entries()
-        .iter()
-        .flat_map(|e| match &e.image {
-            Some(p) => load_rgb224(&std::fs::read(p).unwrap(), &Limits::default()).unwrap(),
-            None => synthetic_pattern(),
-        })
-        .collect::<Vec<u8>>()
-        .chunks_exact(INPUT_LEN)
-        .flat_map(scale)
-        .collect()
-}
+use verger_model::{runtime, Device, Featurizer, ModelError, Precision, FEATURE_DIM, INPUT_LEN};
+use verger_testdata::{cpu_has_bf16, model_dir, read_npy_f32};
 
 fn session(bytes: &[u8]) -> Session {
     Session::builder(runtime::environment(Device::Cpu).unwrap())

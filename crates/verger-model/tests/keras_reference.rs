@@ -1,37 +1,10 @@
 //! Features within 1e-4 of tf.keras on the 14 reference inputs, at batch sizes 1 and 14.
 
-use verger_image::preprocess::scale;
-use verger_image::{load_rgb224, Limits};
-use verger_model::{read_local, Featurizer, ModelSpec, VerifiedModel, FEATURE_DIM, MOBILENET_V2_SHA256};
-use verger_testdata::{model_dir, model_path, read_npy_f32, reference_entries, synthetic_pattern};
+mod common;
 
-fn model() -> std::sync::Arc<VerifiedModel> {
-    VerifiedModel::load(
-        &ModelSpec {
-            location: model_path().to_string_lossy().into_owned(),
-            sha256: MOBILENET_V2_SHA256.into(),
-        },
-        &read_local,
-    )
-    .unwrap()
-}
-
-fn reference_pixels() -> Vec<u8> {
-    reference_entries()
-        .iter()
-        .flat_map(|e| match &e.image {
-            Some(p) => load_rgb224(&std::fs::read(p).unwrap(), &Limits::default()).unwrap(),
-            None => synthetic_pattern(),
-        })
-        .collect()
-}
-
-fn reference_inputs() -> Vec<f32> {
-    reference_pixels()
-        .chunks_exact(verger_model::INPUT_LEN)
-        .flat_map(scale)
-        .collect()
-}
+use common::{model, reference_inputs, reference_pixels};
+use verger_model::{read_local, Featurizer, ModelSpec, VerifiedModel, FEATURE_DIM};
+use verger_testdata::{model_dir, model_path, read_npy_f32};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
