@@ -61,8 +61,10 @@ def run(verger, data, output, device, threads, batch):
         cmd += ["--batch-size", str(batch)]
     m = measure(cmd)
     report = json.load(open(os.path.join(output, "report.json")))
+    featurize = next(s for s in report["stages"] if s["stage"] == "featurize")
     return {"wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "images_per_s": report["images_per_s"],
-            "cpu_cores_used": m["cpu_s"] / m["wall_s"], "device": report["versions"].get("device")}
+            "cpu_cores_used": m["cpu_s"] / m["wall_s"], "featurize_wall_s": featurize["wall_s"],
+            "featurize_cpu_s": featurize["cpu_s"], "device": report["versions"].get("device")}
 
 
 def main():

@@ -172,12 +172,15 @@ pub async fn serve(
         .map_err(|source| ServeError::Listen { address, source })
 }
 
-/// One session per worker before the first request, so that no request pays for one.
+/// One session per worker (as many as the pool makes: a few on a GPU) before the first request, so that no
+/// request pays for one.
 async fn warm_up(settings: &FeaturizeSettings, workers: usize) -> Result<(), ServeError> {
     let settings = settings.clone();
     tokio::task::spawn_blocking(move || {
         let pool = settings.featurizers().map_err(|e| e.to_string())?;
-        let sessions = (0..workers).map(|_| pool.get()).collect::<Result<Vec<_>, _>>();
+        let sessions = (0..workers.min(pool.max_sessions()))
+            .map(|_| pool.get())
+            .collect::<Result<Vec<_>, _>>();
         sessions.map(drop).map_err(|e| e.to_string())
     })
     .await

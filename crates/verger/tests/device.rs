@@ -1,13 +1,16 @@
 //! `--device cuda` on a machine without a GPU (this one, and CI's): what is missing (the GPU build of ONNX
 //! Runtime, the NVIDIA driver) is named, with what to do, before the output is touched. (A process that loaded
 //! the CPU build first is told the CPU build has no CUDA provider: the Python package's tests.)
+//!
+//! On a machine with an NVIDIA GPU, `cargo test --test device -- --ignored` runs the GPU's own tests: the run
+//! there matches the CPU's and says where it ran, and a GPU that is not there is named.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{cluster, repo_root, run_args, small_input, text};
+use common::{assert_success, cluster, json, python, repo_root, run_args, small_input, text, verger};
 
 /// `verger run --device DEVICE` over the small input, with `VERGER_ORT_GPU_LIB` set to `gpu_library`.
 fn gpu_run(tmp: &Path, device: &str, gpu_library: &Path) -> (Output, PathBuf) {
@@ -67,12 +70,11 @@ fn gpu_build() -> PathBuf {
 /// [`gpu_build`], on a machine without an NVIDIA driver (the tests below are for those); None, said so, where
 /// there is one.
 fn gpu_build_without_a_driver() -> Option<PathBuf> {
-    let library = gpu_build();
     if Path::new("/dev/nvidiactl").exists() {
         eprintln!("SKIPPED: this machine has an NVIDIA driver; the test is for machines without one");
         return None;
     }
-    Some(library)
+    Some(gpu_build())
 }
 
 /// The GPU build itself (installed by scripts/setup, without NVIDIA's libraries), on a machine without an
@@ -117,4 +119,50 @@ fn on_a_cluster_the_executors_gpu_is_what_counts() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("no NVIDIA driver"), "{}", text(&out));
     assert!(!output.join("_SUCCESS").exists() && !output.join("result").exists());
+}
+
+/// The small input on the CPU and on the GPU: the same rows and the same bad files, the GPU's features those of
+/// fp32 (TF32 off), and the report, the page and the Parquet metadata say where the features were computed.
+#[test]
+#[ignore = "needs an NVIDIA GPU, its driver and ONNX Runtime's GPU build (scripts/setup-gpu)"]
+fn on_a_gpu_the_run_matches_the_cpu_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    small_input(&input);
+    let (cpu, gpu) = (tmp.path().join("cpu"), tmp.path().join("gpu"));
+    let out = verger(&run_args(&input, &cpu, &["--k", "3"]));
+    // Exit status 3: the small input's broken files.
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let extra = ["--k", "3", "--device", "cuda", "--batch-size", "8"];
+    let out = verger(&run_args(&input, &gpu, &extra));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+
+    let report = json(&gpu.join("report.json"));
+    assert_eq!(report["versions"]["device"], "cuda:0", "{}", report["versions"]);
+    assert_eq!(json(&cpu.join("report.json"))["versions"]["device"], "cpu");
+    let page = std::fs::read_to_string(gpu.join("report.html")).unwrap();
+    assert!(
+        page.contains("inference device") && page.contains("cuda:0"),
+        "the page does not say the device"
+    );
+    let compared = python(
+        "compare_features.py",
+        &[cpu.to_str().unwrap(), gpu.to_str().unwrap(), "--device", "cuda:0"],
+    );
+    assert_success(&compared, "GPU vs CPU features");
+    eprintln!("{}", text(&compared));
+}
+
+/// A GPU index the machine does not have is named, and the output is not touched.
+#[test]
+#[ignore = "needs an NVIDIA GPU, its driver and ONNX Runtime's GPU build (scripts/setup-gpu)"]
+fn a_gpu_the_machine_does_not_have_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    small_input(&input);
+    let output = tmp.path().join("out");
+    let out = verger(&run_args(&input, &output, &["--device", "cuda:63"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cuda:63"), "{}", text(&out));
+    assert!(!output.exists(), "the output was touched");
 }

@@ -53,8 +53,8 @@ fn a_bf16_run_says_so_and_keeps_its_features_apart_from_fp32_s() {
     assert_eq!(identities, 2);
 
     let compared = python(
-        "compare_precision.py",
-        &[fp32.to_str().unwrap(), bf16.to_str().unwrap()],
+        "compare_features.py",
+        &[fp32.to_str().unwrap(), bf16.to_str().unwrap(), "--precision", "bf16"],
     );
     assert_success(&compared, "bf16 vs fp32");
     eprintln!("{}", text(&compared));
