@@ -2,7 +2,8 @@
 //! regression (softmax) with an L2 penalty, fitted by L-BFGS ([`train`]); classification metrics
 //! ([`metrics`]); exact nearest neighbours by brute force ([`nearest`]).
 //!
-//! Deterministic: every sum runs in a fixed order on one thread, so the same rows give the same bits.
+//! Deterministic: every sum runs in one fixed order whatever the number of threads (the matrix products are
+//! split by output, never by the sum), so the same rows give the same bits.
 //! Scope: numbers only. No files, no Arrow, no images.
 
 mod lbfgs;

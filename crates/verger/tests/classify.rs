@@ -114,9 +114,11 @@ fn train_evaluate_identify_on_the_shared_splits() {
     assert!(!test_run.join("_CLAIM").exists(), "the claim is released");
 
     // Export: one ONNX file per classifier; plain onnxruntime on Pillow-resized Test photos agrees with
-    // verger identify on every photo's top-1 and on every probability within 1e-4.
+    // verger identify on every photo's top-1 and on every probability within 1e-4. Every 8th Test photo
+    // (308, every class): identifying all 2,464 twice and checking them cost four minutes on 2 cores.
     let test_photos: Vec<String> = walk(&test);
     assert_eq!(test_photos.len(), 2464);
+    let test_photos: Vec<String> = test_photos.into_iter().step_by(8).collect();
     for on in ["pca-features", "features"] {
         let classifier = tmp.path().join(format!("classifier-{on}"));
         let onnx = tmp.path().join(format!("app-{on}.onnx"));
