@@ -33,13 +33,13 @@ fn data() -> (Vec<f64>, Vec<usize>) {
     (rows, labels)
 }
 
-fn fit_on(threads: usize, rows: &[f64], labels: &[usize]) -> usize {
+/// A fixed 10 iterations in `pool`.
+fn fit_in(pool: &rayon::ThreadPool, rows: &[f64], labels: &[usize]) -> usize {
     let options = TrainOptions {
         max_iter: 10,
         tol: 0.0,
         ..TrainOptions::default()
     };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     pool.install(|| {
         train(black_box(rows), DIM, labels, CLASSES, &options)
             .unwrap()
@@ -50,24 +50,28 @@ fn fit_on(threads: usize, rows: &[f64], labels: &[usize]) -> usize {
 fn bench(c: &mut Criterion) {
     let (rows, labels) = data();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = |threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let (one_thread, every_core) = (pool(1), pool(cores));
     let mut group = c.benchmark_group("train_1848x1280_88_classes_10_iterations");
     group.sample_size(10);
-    group.bench_function("one_thread", |b| b.iter(|| fit_on(1, &rows, &labels)));
-    group.bench_function(format!("{cores}_threads"), |b| b.iter(|| fit_on(cores, &rows, &labels)));
+    group.bench_function("one_thread", |b| b.iter(|| fit_in(&one_thread, &rows, &labels)));
+    group.bench_function(format!("{cores}_threads"), |b| {
+        b.iter(|| fit_in(&every_core, &rows, &labels))
+    });
     group.finish();
 
-    let median = |threads| {
+    let median = |pool: &rayon::ThreadPool| {
         let mut seconds: Vec<f64> = (0..5)
             .map(|_| {
                 let started = Instant::now();
-                fit_on(threads, &rows, &labels);
+                fit_in(pool, &rows, &labels);
                 started.elapsed().as_secs_f64()
             })
             .collect();
         seconds.sort_by(f64::total_cmp);
         seconds[2]
     };
-    let (one, all) = (median(1), median(cores));
+    let (one, all) = (median(&one_thread), median(&every_core));
     println!(
         "train: one thread {one:.3} s, {cores} threads {all:.3} s: {:.2}x faster",
         one / all
