@@ -33,7 +33,6 @@ fn main() -> Result<(), verger::Error> {
             port: SCHEDULER + 1,
             slots: 2,
             work_dir: None,
-            security: None,
         };
         verger::executor(options, &guard)
     });

@@ -22,8 +22,6 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 
 /// The header a client's token travels in (`Bearer TOKEN`), for gRPC metadata and REST alike.
 pub const AUTHORIZATION: &str = "authorization";
-/// The environment variable `--security` falls back to.
-pub const SECURITY_ENV: &str = "VERGER_SECURITY";
 
 /// What a process is in the cluster; each has its own certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

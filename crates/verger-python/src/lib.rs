@@ -47,7 +47,7 @@ fn error(py: Python<'_>, e: Error) -> PyErr {
         Error::Model(_) | Error::Job(JobError::Model(_)) => "ModelError",
         Error::Io { .. } | Error::Job(JobError::Io { .. }) => "FileError",
         Error::Classify(_) => "ClassifyError",
-        Error::Cluster(_) => "ClusterError",
+        Error::Cluster(_) | Error::ClusterNotBuilt { .. } => "ClusterError",
         Error::Job(_) => "RunError",
         Error::Serve(_) => "VergerError",
     };

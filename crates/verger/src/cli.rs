@@ -297,7 +297,6 @@ impl ExecutorArgs {
             port: self.port,
             slots: self.slots.unwrap_or_else(verger::default_threads),
             work_dir: self.work_dir.map(|d| d.to_string_lossy().into_owned()),
-            security: None,
         };
         Ok((options, guard))
     }

@@ -19,6 +19,9 @@
 //! - [`export`]: the classifier and its featurizer as one ONNX file for apps;
 //! - [`scheduler`] and [`executor`]: the cluster's processes.
 //!
+//! The cluster (Apache DataFusion Ballista) is the `cluster` feature: a build without it answers cluster runs
+//! and the cluster's commands with [`Error::ClusterNotBuilt`], naming the build that has them.
+//!
 //! Calls that need an async runtime make their own, so they can be called from plain threads.
 
 use std::collections::BTreeMap;
@@ -87,9 +90,27 @@ pub enum Error {
     /// The cluster could not be reached or its processes could not start.
     #[error("{0}")]
     Cluster(String),
+    /// A cluster operation in a build without the `cluster` feature.
+    #[error("{what} needs verger's cluster (Apache DataFusion Ballista), which this build leaves out: {CLUSTER_BUILD}")]
+    ClusterNotBuilt { what: &'static str },
     /// A configuration that cannot work, found before anything ran.
     #[error("{0}")]
     Config(String),
+}
+
+/// Whether this build has the cluster (`run --cluster`, the scheduler, the executor, `cluster init`).
+pub const HAS_CLUSTER: bool = cfg!(feature = "cluster");
+
+/// How to get a build with the cluster.
+pub const CLUSTER_BUILD: &str =
+    "`scripts/setup --cluster` builds it (with cargo: `cargo build --release --features cluster`)";
+
+/// [`Error::ClusterNotBuilt`] for `what` in a build without the cluster; nothing otherwise.
+pub fn require_cluster(what: &'static str) -> Result<(), Error> {
+    match HAS_CLUSTER {
+        true => Ok(()),
+        false => Err(Error::ClusterNotBuilt { what }),
+    }
 }
 
 impl Error {
@@ -195,6 +216,9 @@ pub fn run_until(config: &JobConfig, progress: Arc<dyn Progress>, stop: &Stop) -
     if config.threads == 0 {
         return Err(Error::Config("threads must be at least 1".into()));
     }
+    if config.cluster.is_some() {
+        require_cluster("a cluster run (--cluster)")?;
+    }
     config.featurize.store.check_transport()?;
     // Fail before anything else when the runtime is unusable (the job verifies the model first thing). On a
     // cluster the executors run the model on their devices: this process needs no GPU.
@@ -205,19 +229,7 @@ pub fn run_until(config: &JobConfig, progress: Arc<dyn Progress>, stop: &Stop) -
     verger_model::runtime::ensure_loaded(device)?;
     let runtime = runtime(config.threads)?;
     let cluster = match &config.cluster {
-        Some(url) => {
-            let security = match &config.cluster_security {
-                Some(dir) => {
-                    Some(verger_cluster::Security::load(dir, verger_cluster::Role::Client).map_err(cluster_error)?)
-                }
-                None => None,
-            };
-            Some(
-                runtime
-                    .block_on(verger_cluster::connect(url, &config.featurize, security.as_ref()))
-                    .map_err(|e| Error::Cluster(format!("connecting to the cluster at {url}: {e}")))?,
-            )
-        }
+        Some(url) => Some(cluster::connect(config, url, &runtime)?),
         None => None,
     };
     match runtime.block_on(verger_engine::run_job(config, progress, cluster, stop)) {
@@ -462,68 +474,5 @@ pub fn export(classifier: &Classifier, settings: &FeaturizeSettings, onnx: &str)
     Ok(runtime(default_threads())?.block_on(exporting)?)
 }
 
-pub use verger_cluster::security::SECURITY_ENV;
-pub use verger_cluster::{ExecutorOptions, Role, Security};
-
-fn cluster_error(e: impl std::fmt::Display) -> Error {
-    Error::Cluster(e.to_string())
-}
-
-/// How a cluster process protects itself: mTLS and the token from a `verger cluster init` folder, or nothing
-/// (loopback only, unless the network is explicitly trusted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClusterGuard {
-    Secured(PathBuf),
-    /// No authentication or encryption; `network` allows a non-loopback address.
-    Insecure {
-        network: bool,
-    },
-}
-
-impl ClusterGuard {
-    /// Loads `role`'s credentials, or checks that an unsecured process listens where only this host reaches it.
-    fn security(&self, role: Role, host: &str) -> Result<Option<Security>, Error> {
-        match self {
-            ClusterGuard::Secured(dir) => Ok(Some(Security::load(dir, role).map_err(cluster_error)?)),
-            ClusterGuard::Insecure { network } => {
-                let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-                if !loopback && !network {
-                    return Err(Error::Config(format!(
-                        "refusing to listen on {host} without --security: anyone who reaches it could submit plans, \
-                         read job details and cancel jobs. Make credentials with `verger cluster init DIR` and pass \
-                         --security DIR (or set {SECURITY_ENV}), or pass --insecure on a network you trust"
-                    )));
-                }
-                if *network {
-                    tracing::warn!(
-                        "--insecure: this {role} accepts unauthenticated, unencrypted connections on {host}; anyone \
-                         who reaches it can run plans and cancel jobs"
-                    );
-                }
-                Ok(None)
-            }
-        }
-    }
-}
-
-/// Creates a cluster's credentials in `dir` (a CA, a certificate per role, the API token; files 0600); returns
-/// the files written. Refuses to replace existing credentials.
-pub fn cluster_init(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    verger_cluster::security::init(dir).map_err(cluster_error)
-}
-
-/// Runs a cluster scheduler on `address` until the process ends.
-pub fn scheduler(address: std::net::SocketAddr, guard: &ClusterGuard) -> Result<(), Error> {
-    let security = guard.security(Role::Scheduler, &address.ip().to_string())?;
-    runtime(default_threads())?
-        .block_on(verger_cluster::run_scheduler(address, security))
-        .map_err(cluster_error)
-}
-
-/// Runs a cluster executor until the process ends or the scheduler stops it.
-pub fn executor(mut options: ExecutorOptions, guard: &ClusterGuard) -> Result<(), Error> {
-    options.security = guard.security(Role::Executor, &options.bind_host)?;
-    runtime(default_threads())?
-        .block_on(verger_cluster::run_executor(options))
-        .map_err(cluster_error)
-}
+mod cluster;
+pub use cluster::{cluster_init, executor, scheduler, ClusterGuard, ExecutorOptions, SECURITY_ENV};

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     let status = dispatch(cli.command).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         match e {
-            args::Failure::Usage(_) => ExitStatus::Usage,
+            args::Failure::Usage(_) | args::Failure::Verger(verger::Error::ClusterNotBuilt { .. }) => ExitStatus::Usage,
             args::Failure::Verger(_) => ExitStatus::Failed,
         }
     });

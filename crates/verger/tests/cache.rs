@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_success, cluster, json, python, run_args, small_input, text, verger};
+use common::{assert_success, json, python, run_args, small_input, text, verger};
 use verger_testdata::fruits360_dir;
 
 /// `verger run` (k = 3, partitions of 8) into `output`, with `extra`; exit status 3: the broken inputs.
@@ -188,13 +188,14 @@ fn a_daily_run_featurizes_only_what_changed_and_equals_a_run_from_scratch() {
 /// The same days on a cluster (a scheduler and two executors, processes of their own): the cache's misses
 /// featurized by the executors, the rest from the cache, and each day's output that of a local run from scratch.
 #[test]
+#[cfg(feature = "cluster")]
 fn a_daily_run_on_a_cluster_featurizes_only_what_changed_and_equals_a_local_run_from_scratch() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     small_input(&input);
     copy_first_kiwi(&input);
     let cache = tmp.path().join("cache");
-    let (_processes, url) = cluster(tmp.path(), 0, &[]);
+    let (_processes, url) = common::cluster(tmp.path(), 0, &[]);
     let on_cluster = ["--cluster", url.as_str()];
     let executor_logs = || -> String {
         (0..2)

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{assert_success, cluster, json, python, repo_root, run_args, small_input, text, verger};
+use common::{assert_success, json, python, repo_root, run_args, small_input, text, verger};
 
 /// `verger run --device DEVICE` over the small input, with `VERGER_ORT_GPU_LIB` set to `gpu_library`.
 fn gpu_run(tmp: &Path, device: &str, gpu_library: &Path) -> (Output, PathBuf) {
@@ -101,13 +101,14 @@ fn an_unknown_device_is_a_usage_error() {
 /// On a cluster the client runs no model, so it needs no GPU: the executors do, and one without a driver fails
 /// the run with the executor's reason, committing nothing.
 #[test]
+#[cfg(feature = "cluster")]
 fn on_a_cluster_the_executors_gpu_is_what_counts() {
     let Some(library) = gpu_build_without_a_driver() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let executors_env = [("VERGER_ORT_GPU_LIB", library.to_str().unwrap())];
-    let (_processes, url) = cluster(tmp.path(), 0, &executors_env);
+    let (_processes, url) = common::cluster(tmp.path(), 0, &executors_env);
     let (input, output) = (tmp.path().join("in"), tmp.path().join("out"));
     small_input(&input);
     let out = Command::new(env!("CARGO_BIN_EXE_verger"))

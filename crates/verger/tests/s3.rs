@@ -558,6 +558,7 @@ fn a_hundred_folders_list_the_same_in_parallel_and_one_at_a_time() {
 /// Cluster mode with everything in buckets: the executors fetch the images and the model and write the output
 /// themselves, with their own credentials; the rows are the local run's.
 #[test]
+#[cfg(feature = "cluster")]
 fn executors_read_and_write_buckets_themselves() {
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local");
@@ -603,6 +604,7 @@ fn executors_read_and_write_buckets_themselves() {
 /// A feature cache in a bucket, used by a run here and by a run on a cluster: the second and third runs
 /// featurize only the inputs that never could be, and give the rows of a run without a cache.
 #[test]
+#[cfg(feature = "cluster")]
 fn a_cache_in_a_bucket_serves_later_runs_here_and_on_a_cluster() {
     let tmp = tempfile::tempdir().unwrap();
     let local = tmp.path().join("local");

@@ -40,7 +40,7 @@ def test_the_wheel_installs_and_runs_in_a_fresh_virtual_environment(tmp_path):
     # The versions pinned for the checkout, so that both sides run the same ONNX Runtime.
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel()),
-         "-c", str(REPO / "requirements.txt")],
+         "-c", str(REPO / "requirements.txt"), "-c", str(REPO / "requirements-python.txt")],
         capture_output=True,
         text=True,
     )
