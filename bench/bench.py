@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from machine import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -61,8 +62,7 @@ def main():
                     help="bf16: also measure the floor and verger run in bf16, against fp32")
     args = ap.parse_args()
 
-    # The same build as scripts/setup (all targets), so nothing is compiled a second time.
-    subprocess.run(["cargo", "build", "--release", "-q", "--workspace", "--all-targets"], cwd=ROOT, check=True)
+    build(ROOT)
     release = os.path.join(target_dir(), "release")
     n = sum(1 for _, _, files in os.walk(args.input) for f in files if f.endswith(".jpg"))
     contenders = {

@@ -26,7 +26,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from bench import target_dir  # noqa: E402
-from machine import cpu_model  # noqa: E402
+from machine import build, cpu_model  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 PORT = 26000
@@ -150,7 +150,7 @@ def main():
     loopback = args.loopback or os.geteuid() != 0
     if loopback and not args.loopback:
         print("not root: every process on 127.0.0.1 instead of network namespaces")
-    subprocess.run(["cargo", "build", "--release", "-q", "--workspace", "--all-targets"], cwd=ROOT, check=True)
+    build(ROOT)
     verger = os.path.join(target_dir(), "release", "verger")
     work = tempfile.mkdtemp(prefix="verger-cluster-bench-")
     try:

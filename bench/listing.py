@@ -28,6 +28,7 @@ import boto3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from bench import target_dir  # noqa: E402
+from machine import build  # noqa: E402
 
 KEYS = dict(aws_access_key_id="bench", aws_secret_access_key="bench-secret")
 BASE_PORT = 27000
@@ -102,7 +103,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "-q", "--workspace", "--all-targets"], cwd=ROOT, check=True)
+    build(ROOT)
     verger = os.path.join(target_dir(), "release", "verger")
     data = tempfile.mkdtemp(prefix="verger-listing-bench-")
     server = start_server(data)

@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from machine import cpu_model
+from machine import build, cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -114,7 +114,7 @@ def main():
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--requests", type=int, default=1600)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q", "--workspace", "--all-targets"], cwd=ROOT, check=True)
+    build(ROOT)
     verger = os.path.join(target_dir(), "release", "verger")
     print(f"{os.cpu_count()} cores, {cpu_model()}; {args.workers} serve workers")
 

@@ -1,5 +1,5 @@
 //! `--precision bf16`: MobileNetV2 on OpenVINO's CPU plugin, whose library is loaded at run time (from the
-//! `openvino` wheel that `scripts/setup` installs) only when bf16 is asked for.
+//! `openvino` wheel that `scripts/setup --bf16` installs) only when bf16 is asked for.
 //!
 //! The network's stem and first block run in fp32, the rest in bf16: cutting the graph at every block and
 //! measuring on the shared splits showed that nearly all of bf16's error arises in those first layers at

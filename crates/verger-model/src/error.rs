@@ -26,7 +26,7 @@ pub enum ModelError {
     GpuUnavailable(String),
     #[error(
         "--precision bf16 needs OpenVINO, which was not found (looked in: {searched}).\n\
-         Install it with `scripts/setup` (it puts openvino==2026.4.1 into .venv), or point VERGER_OPENVINO_LIB \
+         Install it with `scripts/setup --bf16` (it puts openvino==2026.4.1 into .venv), or point VERGER_OPENVINO_LIB \
          at the libopenvino_c.so of an `openvino` wheel (its `openvino/libs` folder)."
     )]
     OpenVinoNotFound { searched: String },

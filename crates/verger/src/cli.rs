@@ -323,8 +323,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     device: Device,
     /// The arithmetic inference computes in: fp32 (the reference), or bf16 on CPUs with AVX512-BF16 or AMX
-    /// (about 1.9x fp32's speed, top-1 within 0.1 point on Fruits-360; OpenVINO, installed by scripts/setup;
-    /// refused elsewhere). MobileNetV2's first block stays in fp32.
+    /// (about 1.9x fp32's speed, top-1 within 0.1 point on Fruits-360; OpenVINO, installed by
+    /// scripts/setup --bf16; refused elsewhere). MobileNetV2's first block stays in fp32.
     #[arg(long, default_value = "fp32")]
     precision: Precision,
 }

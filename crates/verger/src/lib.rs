@@ -91,7 +91,9 @@ pub enum Error {
     #[error("{0}")]
     Cluster(String),
     /// A cluster operation in a build without the `cluster` feature.
-    #[error("{what} needs verger's cluster (Apache DataFusion Ballista), which this build leaves out: {CLUSTER_BUILD}")]
+    #[error(
+        "{what} needs verger's cluster (Apache DataFusion Ballista), which this build leaves out: {CLUSTER_BUILD}"
+    )]
     ClusterNotBuilt { what: &'static str },
     /// A configuration that cannot work, found before anything ran.
     #[error("{0}")]
@@ -103,7 +105,7 @@ pub const HAS_CLUSTER: bool = cfg!(feature = "cluster");
 
 /// How to get a build with the cluster.
 pub const CLUSTER_BUILD: &str =
-    "`scripts/setup --cluster` builds it (with cargo: `cargo build --release --features cluster`)";
+    "`scripts/setup --cluster` builds it (with cargo: `cargo build --release -p verger --features cluster`)";
 
 /// [`Error::ClusterNotBuilt`] for `what` in a build without the cluster; nothing otherwise.
 pub fn require_cluster(what: &'static str) -> Result<(), Error> {

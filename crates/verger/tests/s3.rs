@@ -146,12 +146,12 @@ impl Drop for Seaweed {
     }
 }
 
-/// The first of eight ports for one server: distinct per test process (pid) and per server within it, and
+/// The first of eight ports for one server: distinct per test process (its slot) and per server within it, and
 /// with their gRPC twins (+10000) below Linux's ephemeral range (32768+), where outgoing connections live.
 fn free_ports() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let server = NEXT.fetch_add(1, Ordering::Relaxed) % 8;
-    20000 + (std::process::id() % 40) as u16 * 64 + server * 8
+    20000 + common::slot() * 64 + server * 8
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {

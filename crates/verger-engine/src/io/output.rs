@@ -545,15 +545,20 @@ impl ParquetObject {
 }
 
 /// Deletes, under `dir`, the `NAME#N` files `object_store`'s local store writes before renaming into place.
+/// Links are never followed nor removed (verger writes none): a link inside the output to a folder elsewhere,
+/// or a link loop, leaves the output untouched beyond itself.
 fn remove_staging_files(dir: &Path) -> Result<(), StoreError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
     for entry in entries {
-        let path = entry.map_err(|e| StoreError::io(dir, e))?.path();
-        if path.is_dir() {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let path = entry.path();
+        // The entry's own type: `Path::is_dir` would follow a link.
+        let kind = entry.file_type().map_err(|e| StoreError::io(&path, e))?;
+        if kind.is_dir() {
             remove_staging_files(&path)?;
-        } else if is_staging_file(&path) {
+        } else if kind.is_file() && is_staging_file(&path) {
             std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
         }
     }
@@ -655,6 +660,34 @@ mod tests {
         assert!(!is_staging_file(Path::new("/o/result/part-00001.parquet")));
         assert!(!is_staging_file(Path::new("/o/photos/#1 favourite.jpg")));
         assert!(!is_staging_file(Path::new("/o/x#")));
+    }
+
+    /// Issue 41, point 2: a link inside the output to a folder elsewhere keeps that folder's `NAME#N` files, a
+    /// link named like a staging file stays, and a link loop ends; the output's own staging files go.
+    #[test]
+    fn cleanup_never_follows_links_out_of_the_output() {
+        let root = tempfile::tempdir().unwrap();
+        let (output, home) = (root.path().join("out"), root.path().join("home"));
+        std::fs::create_dir_all(output.join("result")).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join("notes#1"), b"a user's file").unwrap();
+        std::fs::write(output.join("result/part-00000.parquet#2"), b"staged").unwrap();
+        std::os::unix::fs::symlink(&home, output.join("result/home")).unwrap();
+        std::os::unix::fs::symlink(home.join("notes#1"), output.join("result/link#3")).unwrap();
+        std::os::unix::fs::symlink(&output, output.join("result/loop")).unwrap();
+
+        remove_staging_files(&output).unwrap();
+
+        assert!(
+            !output.join("result/part-00000.parquet#2").exists(),
+            "the output's staging file goes"
+        );
+        assert_eq!(std::fs::read(home.join("notes#1")).unwrap(), b"a user's file");
+        assert!(
+            output.join("result/link#3").symlink_metadata().is_ok(),
+            "a link is not verger's to remove"
+        );
+        assert!(output.join("result/loop").symlink_metadata().is_ok());
     }
 
     #[test]

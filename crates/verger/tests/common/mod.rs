@@ -186,9 +186,19 @@ pub fn cluster_with(
     cluster_secured(work, offset, env, executor_env, None)
 }
 
+/// This test process's slot among the test processes that may run at once, from which fixed ports derive:
+/// `VERGER_TEST_SLOT` where scripts/test runs test binaries side by side (a distinct slot each), else one
+/// taken from the process id.
+pub fn slot() -> u16 {
+    let given = std::env::var("VERGER_TEST_SLOT")
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok());
+    given.unwrap_or((std::process::id() % 40) as u16) % 40
+}
+
 /// The port of the cluster [`cluster_secured`] starts at `offset`.
 pub fn cluster_port(offset: u16) -> u16 {
-    23000 + (std::process::id() % 40) as u16 * 32 + offset
+    23000 + slot() * 32 + offset
 }
 
 /// [`cluster_with`], every process given `--security DIR` when `security` names one.
