@@ -5,6 +5,9 @@
 //! On a machine with an NVIDIA GPU, `cargo test --test device -- --ignored` runs the GPU's own tests: the run
 //! there matches the CPU's and says where it ran, and a GPU that is not there is named.
 
+// A build without the cluster leaves this file's cluster tests out, and with them some helpers' only use.
+#![cfg_attr(not(feature = "cluster"), allow(dead_code, unused_imports))]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,9 @@
 //! encryption, region refusal, resume, a server restart in the middle of a run, credentials from a shared
 //! profile file, listing in parallel, no image metadata in any output, and one writer per output (leases).
 
+// A build without the cluster leaves this file's cluster tests out, and with them some helpers' only use.
+#![cfg_attr(not(feature = "cluster"), allow(dead_code, unused_imports))]
+
 mod common;
 
 use std::io::{BufRead, BufReader};
