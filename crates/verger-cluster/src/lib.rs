@@ -45,6 +45,7 @@ use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use verger_engine::codec::{VergerLogicalCodec, VergerPhysicalCodec};
+pub use verger_engine::config::ExecutorOptions;
 use verger_engine::FeaturizeSettings;
 
 pub use ballista::prelude::SessionContextExt;
@@ -347,24 +348,9 @@ async fn admit(token: Arc<str>, mut request: axum::extract::Request, next: axum:
     }
 }
 
-/// Where an executor listens and which scheduler it serves.
-#[derive(Debug, Clone)]
-pub struct ExecutorOptions {
-    pub scheduler_host: String,
-    pub scheduler_port: u16,
-    pub bind_host: String,
-    /// Flight (data) port; the gRPC port is `port + 1`.
-    pub port: u16,
-    /// Tasks run at once (default: all cores).
-    pub slots: usize,
-    pub work_dir: Option<String>,
-    /// mTLS for every connection, from `verger cluster init`'s folder.
-    pub security: Option<Security>,
-}
-
 /// Runs an executor until the process ends or the scheduler stops it. It runs only verger's plans
 /// ([`allow`]).
-pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> {
+pub async fn run_executor(options: ExecutorOptions, security: Option<Security>) -> Result<(), ClusterError> {
     let state = session_state(session_config(), &unusable_settings());
     let scheduler = format!("{}:{}", options.scheduler_host, options.scheduler_port);
     let mut config = ExecutorProcessConfig {
@@ -384,7 +370,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
         override_execution_engine: Some(Arc::new(allow::VergerPlansOnly::new())),
         ..ExecutorProcessConfig::default()
     };
-    if let Some(security) = options.security {
+    if let Some(security) = security {
         let producer = (security.clone(), scheduler.clone());
         config.override_config_producer = Some(Arc::new(move || {
             secure_session_config(&producer.0, Some(producer.1.clone()))

@@ -185,3 +185,19 @@ mod tests {
         assert_eq!(ErrorBudget::Fraction(0.1).limit(25), 2);
     }
 }
+
+/// Where a cluster executor finds its scheduler, where it listens and what it runs. Its credentials are not
+/// here: they are loaded for the process's role where the cluster is built (`verger-cluster`), so this type is
+/// the same in a build with the cluster and one without.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    pub scheduler_host: String,
+    pub scheduler_port: u16,
+    pub bind_host: String,
+    /// Flight (data) port; the gRPC port is `port + 1`.
+    pub port: u16,
+    /// Tasks run at once.
+    pub slots: usize,
+    /// Where intermediate (shuffle) data goes (default: a temporary folder).
+    pub work_dir: Option<String>,
+}

@@ -12,8 +12,6 @@ use crate::io::StoreError;
 
 #[derive(Debug, Error)]
 pub enum JobError {
-    #[error("output {0} already exists: --resume continues an unfinished run there, --overwrite replaces it")]
-    OutputExists(String),
     #[error("output {0} is already complete (_SUCCESS present); nothing to resume")]
     AlreadyComplete(String),
     #[error("{failed} inputs failed, more than the {limit} that --max-errors allows; stopped")]

@@ -10,11 +10,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::{exec_datafusion_err, Result};
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility};
 use serde::{Deserialize, Serialize};
-use verger_image::preprocess::scale_into;
+use verger_image::preprocess::scale_extend;
 use verger_image::Limits;
 use verger_model::{
-    Device, Featurizer, FeaturizerPool, ModelError, ModelInput, ModelSpec, Precision, VerifiedModel, FEATURE_DIM,
-    INPUT_LEN,
+    Device, FeaturizerPool, ModelError, ModelInput, ModelSpec, Precision, VerifiedModel, FEATURE_DIM, INPUT_LEN,
 };
 
 use crate::io::source;
@@ -135,8 +134,56 @@ impl ScalarUDFImpl for FeaturizeUdf {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| exec_datafusion_err!("featurize expects strings"))?;
-        let outcomes = featurize_uris(uris, &self.settings)?;
-        Ok(ColumnarValue::Array(outcomes_to_array(outcomes)))
+        let pool = self.settings.featurizers().map_err(|e| exec_datafusion_err!("{e}"))?;
+        Ok(ColumnarValue::Array(featurize_column(uris, &self.settings, &pool)?))
+    }
+}
+
+/// `featurize` on one batch of rows, as every run calls it: read, decode, resize and batch each image, hand
+/// each batch to `infer`, and build the result column. `infer` is the pool's sessions in a run; the
+/// host-pipeline benchmark (`benches/feed.rs`) passes a sink, to measure everything but inference.
+pub fn featurize_column(uris: &StringArray, settings: &FeaturizeSettings, infer: &dyn Infer) -> Result<ArrayRef> {
+    Ok(outcomes_to_array(featurize_uris(uris, settings, infer)?))
+}
+
+/// One batch of model inputs as the sessions take them: scaled floats (the CPU), or the pixels themselves (a
+/// GPU, which scales them in the graph); `FEATURE_DIM` features come back per image.
+#[derive(Debug, Clone, Copy)]
+pub enum Batch<'a> {
+    Scaled(&'a [f32]),
+    Pixels(&'a [u8]),
+}
+
+/// Why a batch got no features.
+#[derive(Debug)]
+pub enum InferFailure {
+    /// No session could be had: the run fails, as it would for any image.
+    NoSession(ModelError),
+    /// The session failed on this batch: its images are error rows.
+    Batch(ModelError),
+}
+
+/// Where batches of model inputs go.
+pub trait Infer {
+    /// The input the batches must be made of.
+    fn input(&self) -> ModelInput;
+    /// The batch's features, `FEATURE_DIM` per image.
+    fn infer(&self, batch: Batch<'_>) -> std::result::Result<Vec<f32>, InferFailure>;
+}
+
+/// A session of the pool runs each batch.
+impl Infer for Arc<FeaturizerPool> {
+    fn input(&self) -> ModelInput {
+        FeaturizerPool::input(self)
+    }
+
+    fn infer(&self, batch: Batch<'_>) -> std::result::Result<Vec<f32>, InferFailure> {
+        let mut featurizer = self.get().map_err(InferFailure::NoSession)?;
+        match batch {
+            Batch::Scaled(floats) => featurizer.embed(floats),
+            Batch::Pixels(pixels) => featurizer.embed_pixels(pixels),
+        }
+        .map_err(InferFailure::Batch)
     }
 }
 
@@ -151,8 +198,8 @@ pub enum Image {
 }
 
 /// Reads, decodes and resizes each image, then runs the model in batches of `settings.batch_size`.
-fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Vec<Outcome>> {
-    featurize_each(uris.len(), settings, |i| {
+fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings, infer: &dyn Infer) -> Result<Vec<Outcome>> {
+    featurize_each(uris.len(), settings, infer, |i| {
         if uris.is_null(i) {
             return Err((stage::READ, "missing path".to_string()));
         }
@@ -167,7 +214,8 @@ fn featurize_uris(uris: &StringArray, settings: &FeaturizeSettings) -> Result<Ve
 /// [`featurize_uris`] for [`Image`]s: the same decode, resize and batched inference, so features of bytes held
 /// in memory are bit-identical to those of the same file in a run.
 pub fn featurize_images(images: &[Image], settings: &FeaturizeSettings) -> Result<Vec<Outcome>> {
-    featurize_each(images.len(), settings, |i| match &images[i] {
+    let pool = settings.featurizers().map_err(|e| exec_datafusion_err!("{e}"))?;
+    featurize_each(images.len(), settings, &pool, |i| match &images[i] {
         Image::Encoded(bytes) => Ok(std::borrow::Cow::Borrowed(bytes.as_slice())),
         Image::Location(location) => tracing::debug_span!("read")
             .in_scope(|| source::read_location(location, &settings.store))
@@ -180,35 +228,35 @@ pub fn featurize_images(images: &[Image], settings: &FeaturizeSettings) -> Resul
 fn featurize_each<'a>(
     n: usize,
     settings: &FeaturizeSettings,
+    infer: &dyn Infer,
     read: impl Fn(usize) -> std::result::Result<std::borrow::Cow<'a, [u8]>, (&'static str, String)>,
 ) -> Result<Vec<Outcome>> {
-    let pool = settings.featurizers().map_err(|e| exec_datafusion_err!("{e}"))?;
     let limits = Limits {
         max_pixels: settings.max_pixels,
     };
     let batch_size = settings.batch_size.max(1);
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(n);
     let mut pending: Vec<usize> = Vec::with_capacity(batch_size);
-    let mut inputs = Inputs::new(pool.input(), batch_size);
+    let mut inputs = Inputs::new(infer.input(), batch_size);
 
     let flush = |pending: &mut Vec<usize>, inputs: &Inputs, outcomes: &mut Vec<Outcome>| -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
-        let mut featurizer = pool.get().map_err(|e| exec_datafusion_err!("{e}"))?;
-        let embedded = tracing::debug_span!("infer", images = pending.len())
-            .in_scope(|| inputs.embed(&mut featurizer, pending.len()));
+        let embedded =
+            tracing::debug_span!("infer", images = pending.len()).in_scope(|| infer.infer(inputs.batch(pending.len())));
         match embedded {
             Ok(features) => {
                 for (row, f) in pending.iter().zip(features.chunks_exact(FEATURE_DIM)) {
                     outcomes[*row] = Ok(f.to_vec());
                 }
             }
-            Err(e) => {
+            Err(InferFailure::Batch(e)) => {
                 for row in pending.iter() {
                     outcomes[*row] = Err((stage::INFER, e.to_string()));
                 }
             }
+            Err(InferFailure::NoSession(e)) => return Err(exec_datafusion_err!("{e}")),
         }
         pending.clear();
         Ok(())
@@ -240,27 +288,33 @@ enum Inputs {
 }
 
 impl Inputs {
+    /// Room for `batch_size` images, not zeroed: each image is written once, as it is put.
     fn new(input: ModelInput, batch_size: usize) -> Inputs {
         match input {
-            ModelInput::Scaled => Inputs::Scaled(vec![0f32; batch_size * INPUT_LEN]),
-            ModelInput::Pixels => Inputs::Pixels(vec![0u8; batch_size * INPUT_LEN]),
+            ModelInput::Scaled => Inputs::Scaled(Vec::with_capacity(batch_size * INPUT_LEN)),
+            ModelInput::Pixels => Inputs::Pixels(Vec::with_capacity(batch_size * INPUT_LEN)),
         }
     }
 
-    /// Puts image `slot` of the batch.
+    /// Puts image `slot` of the batch: slots are put in order from 0 after each batch.
     fn put(&mut self, slot: usize, rgb: &[u8]) {
-        let at = slot * INPUT_LEN..(slot + 1) * INPUT_LEN;
         match self {
-            Inputs::Scaled(floats) => scale_into(rgb, &mut floats[at]),
-            Inputs::Pixels(pixels) => pixels[at].copy_from_slice(rgb),
+            Inputs::Scaled(floats) => {
+                floats.truncate(slot * INPUT_LEN);
+                scale_extend(rgb, floats);
+            }
+            Inputs::Pixels(pixels) => {
+                pixels.truncate(slot * INPUT_LEN);
+                pixels.extend_from_slice(rgb);
+            }
         }
     }
 
-    /// Features of the batch's first `n` images.
-    fn embed(&self, featurizer: &mut Featurizer, n: usize) -> std::result::Result<Vec<f32>, ModelError> {
+    /// The batch's first `n` images.
+    fn batch(&self, n: usize) -> Batch<'_> {
         match self {
-            Inputs::Scaled(floats) => featurizer.embed(&floats[..n * INPUT_LEN]),
-            Inputs::Pixels(pixels) => featurizer.embed_pixels(&pixels[..n * INPUT_LEN]),
+            Inputs::Scaled(floats) => Batch::Scaled(&floats[..n * INPUT_LEN]),
+            Inputs::Pixels(pixels) => Batch::Pixels(&pixels[..n * INPUT_LEN]),
         }
     }
 }
@@ -295,10 +349,12 @@ pub fn featurize_bytes(bytes: &[u8], settings: &FeaturizeSettings) -> std::resul
         too_large: false,
     };
     let pool = settings.featurizers().map_err(infer_failed)?;
-    let mut featurizer = pool.get().map_err(infer_failed)?;
     let mut input = Inputs::new(pool.input(), 1);
     input.put(0, &rgb);
-    tracing::debug_span!("infer", images = 1).in_scope(|| input.embed(&mut featurizer, 1).map_err(infer_failed))
+    tracing::debug_span!("infer", images = 1).in_scope(|| match pool.infer(input.batch(1)) {
+        Ok(features) => Ok(features),
+        Err(InferFailure::NoSession(e) | InferFailure::Batch(e)) => Err(infer_failed(e)),
+    })
 }
 
 /// `featurize`'s result column for `outcomes`: a struct of [`field`]s, a row each.
@@ -334,6 +390,7 @@ pub(crate) fn outcomes_to_array(outcomes: Vec<Outcome>) -> ArrayRef {
 /// Features of individual files, outside any job: `(uri, features or failure)` in input order.
 pub fn featurize_files(uris: &[String], settings: &FeaturizeSettings) -> Result<Vec<(String, Outcome)>> {
     let array = StringArray::from_iter_values(uris.iter());
-    let outcomes = featurize_uris(&array, settings)?;
+    let pool = settings.featurizers().map_err(|e| exec_datafusion_err!("{e}"))?;
+    let outcomes = featurize_uris(&array, settings, &pool)?;
     Ok(uris.iter().cloned().zip(outcomes).collect())
 }

@@ -1,6 +1,8 @@
 //! Names of an output's files, relative to the output folder: the one place readers (report, train) and
 //! writers agree on them.
 
+use crate::io::output::OutputKind;
+
 pub const RESULT: &str = "result";
 pub const ERRORS: &str = "errors";
 pub const PCA_MODEL: &str = "pca/model.json";
@@ -20,6 +22,14 @@ pub const REPORT_PAGE: &str = "report.html";
 pub const SUCCESS: &str = "_SUCCESS";
 /// Present in an attempt's folder while its submission is open.
 pub const OPEN: &str = "_OPEN";
+
+/// A run's output: what `--overwrite` replaces (nothing else in the folder), and the files that make a folder a
+/// run's (the manifest's plan is committed first, the report and `_SUCCESS` last).
+pub const RUN: OutputKind = OutputKind {
+    what: "run",
+    names: &[RESULT, ERRORS, "pca", MANIFEST, STAGING, REPORT, REPORT_PAGE, SUCCESS],
+    marks: &[PLAN, REPORT, SUCCESS],
+};
 
 pub fn file(folder: &str, name: &str) -> String {
     format!("{folder}/{name}")

@@ -15,7 +15,7 @@ mod pixels;
 pub mod preprocess;
 pub mod resize;
 
-pub use decode::{decode, Limits};
+pub use decode::{decode, header, Header, Limits};
 pub use error::ImageError;
 pub use pixels::{Mode, Pixels};
 

@@ -103,3 +103,27 @@ fn a_png_cut_after_its_image_data_follows_pillow() {
         Err(ImageError::Truncated)
     );
 }
+
+/// Issue 41, point 10: the header alone gives an image's size and its decoding's peak memory, which covers
+/// what decoding really allocates (the decoded buffer is checked here; the service's test checks resident
+/// memory under a burst).
+#[test]
+fn the_header_bounds_what_decoding_holds() {
+    let header = verger_image::header(&jpeg()).unwrap();
+    assert_eq!((header.width, header.height), (100, 100));
+    let decoded = verger_image::decode(&jpeg(), &Limits::default()).unwrap();
+    assert!(header.peak_bytes >= 2 * decoded.data.len() as u64, "{header:?}");
+    assert_eq!(header.peak_bytes, 100 * 100 * (3 + 8));
+
+    let png = png();
+    let header = verger_image::header(&png).unwrap();
+    let decoded = verger_image::decode(&png, &Limits::default()).unwrap();
+    assert_eq!(
+        (header.width, header.height),
+        (decoded.width as u64, decoded.height as u64)
+    );
+    assert!(header.peak_bytes >= 2 * decoded.data.len() as u64, "{header:?}");
+
+    assert_eq!(verger_image::header(b""), Err(ImageError::Empty));
+    assert_eq!(verger_image::header(b"GIF89a"), Err(ImageError::UnknownFormat));
+}

@@ -125,7 +125,11 @@ pub async fn bucket_parts(
         Object(ObjectMeta),
         Folder(Option<ObjectPath>),
     }
-    let root = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+    // The prefix as written (`Path::from` would percent-encode `%`, `#`, `~`…), as every listed key is.
+    let root = match prefix.is_empty() {
+        true => None,
+        false => Some(ObjectPath::parse(prefix).map_err(|e| error(e.into()))?),
+    };
     let mut entries = vec![Entry::Folder(root)];
     let folders = |entries: &[Entry]| entries.iter().filter(|e| matches!(e, Entry::Folder(_))).count();
     for _ in 0..MAX_SPLIT_DEPTH {

@@ -13,7 +13,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyType};
 use verger::cli::{self, Command, Failure, FeaturizeOptions, StoreOptionsArgs};
-use verger::{Error, Image, JobError, Progress, RunOutcome, Stop};
+use verger::{Error, Image, JobError, Progress, RunOutcome, Stop, StoreError};
 
 /// How often a run's caller looks for Ctrl-C and draws progress.
 const POLL: Duration = Duration::from_millis(100);
@@ -43,6 +43,8 @@ fn error(py: Python<'_>, e: Error) -> PyErr {
     let kind = match &e {
         Error::Job(JobError::Interrupted(_)) => return PyKeyboardInterrupt::new_err(message),
         Error::Config(_) | Error::Job(JobError::Config(_)) => "UsageError",
+        // An output the run may not write (it exists, or holds what is not verger's): the run's own refusal.
+        Error::Job(JobError::Store(StoreError::Refused { .. })) => "RunError",
         Error::Store(_) | Error::Job(JobError::Store(_)) => "StoreError",
         Error::Model(_) | Error::Job(JobError::Model(_)) => "ModelError",
         Error::Io { .. } | Error::Job(JobError::Io { .. }) => "FileError",

@@ -7,10 +7,18 @@
 //! - `GET /healthz` says the classifier is loaded; `GET /metrics` gives request counts by route and status,
 //!   identify latency and the queue in Prometheus' text format.
 //!
-//! Concurrency is bounded by the inference workers (one ONNX Runtime session each, made at start): requests
-//! beyond them wait up to the queue timeout, then get a 503; so do requests beyond the queue's length. On
-//! SIGTERM or Ctrl-C the listener closes and requests in flight finish. A listener beyond loopback needs a
-//! bearer token (`Authorization: Bearer ...` on every route but `/healthz`).
+//! Nothing outside can exhaust it (issue 41): connections are capped, and each must send its headers within
+//! the header timeout and its body within the body timeout. A request is admitted to the bounded queue before
+//! its body is read; beyond the queue it gets 503 at once. Photos are admitted against a memory budget by what
+//! their header says decoding will hold ([`verger_image::Header::peak_bytes`]), before any pixel is decoded:
+//! one over the pixel limit (lower than a batch run's: [`DEFAULT_MAX_PIXELS`]) or over the whole budget gets
+//! 413, the others wait for their share, then 503. Concurrency is bounded by the inference workers (one ONNX
+//! Runtime session each, made at start): requests wait for one up to the queue timeout, then get a 503. On
+//! SIGTERM or Ctrl-C the listener closes and requests in flight finish.
+//!
+//! A listener beyond loopback needs a bearer token (`Authorization: Bearer ...` on every route but
+//! `/healthz`; at least 32 bytes, from a file only its owner can read) and TLS (`tls`), unless told it is
+//! behind a TLS proxy (`insecure`): the token never travels in plain HTTP by default.
 //!
 //! Scope: HTTP in and out. Featurizing and classifying are `verger_engine::classify`'s; this crate only
 //! translates.
@@ -42,11 +50,83 @@ use crate::metrics::Metrics;
 
 /// Defaults of [`ServeConfig`].
 pub const DEFAULT_PORT: u16 = 8080;
+/// Pixels a photo may have: 64 MP holds any phone's full-resolution photo (50 MP sensors give 8,160 × 6,120),
+/// where a batch run allows Pillow's 179 MP.
+pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
+/// Bytes that the photos being decoded may hold together, by their headers: a 12 MP JPEG takes ~130 MB, a
+/// 64 MP one ~700 MB.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
+/// Connections open at once; more are closed as they come.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Time a connection has to send a request's headers (and a TLS handshake); an idle keep-alive connection is
+/// closed after it too. hyper's own default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a request has to send its body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest bearer token accepted.
+pub const MIN_TOKEN_BYTES: usize = 32;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 << 20;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests waiting for a worker, per worker, before new ones are refused at once.
 pub const DEFAULT_QUEUE_PER_WORKER: usize = 32;
 const MAX_TOP: usize = 100;
+
+/// The bearer token: never printed (its `Debug` is redacted), at least [`MIN_TOKEN_BYTES`] long.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    /// A token given as text (an environment variable), surrounding white space removed.
+    pub fn new(text: &str) -> Result<Token, ServeError> {
+        let token = text.trim();
+        if token.len() < MIN_TOKEN_BYTES {
+            return Err(ServeError::Config(format!(
+                "the token has {} bytes; use at least {MIN_TOKEN_BYTES} random ones (openssl rand -hex 32)",
+                token.len()
+            )));
+        }
+        Ok(Token(token.to_string()))
+    }
+
+    /// A token from a file that only its owner can read or write (mode 0600 or stricter).
+    pub fn from_file(path: &std::path::Path) -> Result<Token, ServeError> {
+        let failed = |why: String| ServeError::Config(format!("token file {}: {why}", path.display()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| failed(e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(failed(format!(
+                    "mode {:o} lets others read it; chmod 600 it",
+                    mode & 0o777
+                )));
+            }
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+        Token::new(&text).map_err(|e| failed(e.to_string()))
+    }
+
+    fn matches(&self, given: &str) -> bool {
+        // subtle compares in the same time whatever the bytes, so timing tells nothing about the token.
+        bool::from(given.as_bytes().ct_eq(self.0.as_bytes()))
+    }
+}
+
+/// The service's certificate chain and private key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -61,7 +141,18 @@ pub struct ServeConfig {
     /// Largest request body.
     pub max_body_bytes: usize,
     /// The bearer token every route but `/healthz` requires; needed to listen beyond loopback.
-    pub token: Option<String>,
+    pub token: Option<Token>,
+    /// HTTPS with this certificate; needed to listen beyond loopback unless `insecure`.
+    pub tls: Option<TlsFiles>,
+    /// Plain HTTP beyond loopback (behind a proxy that terminates TLS).
+    pub insecure: bool,
+    /// Photos with more pixels get 413 before decoding.
+    pub max_pixels: u64,
+    /// Bytes that photos being decoded may hold together, by their headers.
+    pub memory_budget: u64,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
     /// Labels and neighbours answered when the request does not say.
     pub top: usize,
     pub neighbours: usize,
@@ -76,6 +167,13 @@ impl ServeConfig {
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             token: None,
+            tls: None,
+            insecure: false,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             top: 5,
             neighbours: 5,
         }
@@ -86,6 +184,13 @@ impl ServeConfig {
 pub enum ServeError {
     #[error("refusing to listen on {0} without authentication: give a token (--token-file), or bind 127.0.0.1")]
     Unauthenticated(SocketAddr),
+    #[error(
+        "refusing to send the token in plain HTTP on {0}: give --tls-cert and --tls-key, or --insecure behind a \
+         proxy that terminates TLS, or bind 127.0.0.1"
+    )]
+    Plaintext(SocketAddr),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{0}")]
     Config(String),
     #[error("listening on {address}: {source}")]
@@ -104,29 +209,45 @@ struct Service {
     workers: Semaphore,
     /// Requests holding or waiting for a worker.
     admitted: Semaphore,
+    /// The memory budget in KiB: each photo holds its decoding's peak while it is identified.
+    memory: Semaphore,
     metrics: Metrics,
 }
+
+/// Bytes in a permit of [`Service::memory`] (tokio's semaphores count in `u32`).
+const MEMORY_UNIT: u64 = 1024;
 
 /// Serves `classifier` until `shutdown` completes (or SIGTERM / Ctrl-C), then lets requests in flight
 /// finish. `ready` is called with the bound address once the service accepts connections.
 pub async fn serve(
     classifier: Classifier,
-    settings: FeaturizeSettings,
+    mut settings: FeaturizeSettings,
     config: ServeConfig,
     ready: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if config.workers == 0 || config.max_body_bytes == 0 {
+    if config.workers == 0 || config.max_body_bytes == 0 || config.max_connections == 0 {
         return Err(ServeError::Config(
-            "workers and the body limit must be at least 1".into(),
+            "workers, connections and the body limit must be at least 1".into(),
         ));
     }
-    if config.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        return Err(ServeError::Config("the token is empty".into()));
+    let budget_units = config.memory_budget / MEMORY_UNIT;
+    if budget_units == 0 || budget_units > u64::from(u32::MAX) || config.max_pixels == 0 {
+        return Err(ServeError::Config(format!(
+            "the memory budget must be 1 KiB to 4 TiB, and the pixel limit at least 1 (got {} bytes, {} pixels)",
+            config.memory_budget, config.max_pixels
+        )));
     }
-    if !config.address.ip().is_loopback() && config.token.is_none() {
-        return Err(ServeError::Unauthenticated(config.address));
+    if !config.address.ip().is_loopback() {
+        if config.token.is_none() {
+            return Err(ServeError::Unauthenticated(config.address));
+        }
+        if config.tls.is_none() && !config.insecure {
+            return Err(ServeError::Plaintext(config.address));
+        }
     }
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    settings.max_pixels = config.max_pixels;
     classifier
         .check_featurizer(&settings)
         .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -145,6 +266,7 @@ pub async fn serve(
     let service = Arc::new(Service {
         workers: Semaphore::new(config.workers),
         admitted: Semaphore::new(config.workers + config.queue),
+        memory: Semaphore::new(budget_units as usize),
         metrics: Metrics::new(),
         classifier,
         settings,
@@ -157,19 +279,124 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(service.clone(), count))
-        .with_state(service);
-    tracing::info!(%address, "serving");
+        .with_state(service.clone());
+    tracing::info!(%address, tls = tls.is_some(), "serving");
     ready(address);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = terminated() => {}
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = terminated() => {}
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+    };
+    accept(listener, app, tls, &service, stop).await;
+    Ok(())
+}
+
+/// Accepts connections until `stop`, at most `max_connections` open at once, then lets the open ones finish
+/// their requests (idle ones close at once).
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: &Service,
+    stop: impl Future<Output = ()>,
+) {
+    let limit = service.config.max_connections;
+    let connections = Arc::new(Semaphore::new(limit));
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, or a connection reset before it was accepted: go on shortly.
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            service.metrics.rejected("connections");
+            continue;
+        };
+        let (app, tls, closed) = (app.clone(), tls.clone(), closed.clone());
+        let header_timeout = service.config.header_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                Some(acceptor) => {
+                    // The handshake counts against the header timeout too: a silent client is dropped.
+                    if let Ok(Ok(stream)) = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        connection(stream, app, header_timeout, closed).await;
+                    }
+                }
+                None => connection(stream, app, header_timeout, closed).await,
             }
-            tracing::info!("shutting down: finishing requests in flight");
-        })
-        .await
-        .map_err(|source| ServeError::Listen { address, source })
+        });
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    // Every connection gives its permit back when its last request is answered.
+    let _ = connections.acquire_many(limit as u32).await;
+}
+
+/// Serves one HTTP/1.1 connection until the client closes it, or `closed` asks it to finish.
+async fn connection<S>(stream: S, app: Router, header_timeout: Duration, mut closed: tokio::sync::watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = closed.wait_for(|closed| *closed) => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+/// A TLS acceptor for the certificate chain and key in `files` (PEM), with rustls' ring provider, as the
+/// cluster's connections use. The key file must be readable by its owner only.
+fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let failed =
+        |path: &std::path::Path, e: &dyn std::fmt::Display| ServeError::Tls(format!("{}: {e}", path.display()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.key)
+            .map_err(|e| failed(&files.key, &e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            let why = format!("mode {:o} lets others read the private key; chmod 600 it", mode & 0o777);
+            return Err(failed(&files.key, &why));
+        }
+    }
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| failed(&files.cert, &e))?;
+    if certs.is_empty() {
+        return Err(failed(&files.cert, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| failed(&files.key, &e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// One session per worker (as many as the pool makes: a few on a GPU) before the first request, so that no
@@ -254,8 +481,7 @@ async fn authenticate(State(service): State<Arc<Service>>, request: Request, nex
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        // subtle compares in the same time whatever the bytes, so timing tells nothing about the token.
-        if !given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes()))) {
+        if !given.is_some_and(|g| token.matches(g)) {
             let mut response = error(StatusCode::UNAUTHORIZED, "auth", "a valid bearer token is required");
             response
                 .headers_mut()
@@ -300,21 +526,47 @@ async fn identify(
     };
     let top = query.top.unwrap_or(service.config.top).min(MAX_TOP);
     let neighbours = query.neighbours.unwrap_or(service.config.neighbours).min(MAX_TOP);
-    let (photo, bytes) = match upload(&headers, body, service.config.max_body_bytes).await {
-        Ok(upload) => upload,
-        Err(response) => return response,
-    };
-
-    // Admission first (a bounded queue), then a worker within the queue timeout.
+    // Admission first (a bounded queue), before the body is read: a flood of bodies waits nowhere.
     let Ok(_admitted) = service.admitted.try_acquire() else {
         service.metrics.rejected("queue_full");
         return busy("the queue is full");
     };
-    let worker = match tokio::time::timeout(service.config.queue_timeout, service.workers.acquire()).await {
-        Ok(Ok(permit)) => permit,
+    let reading = upload(&headers, body, service.config.max_body_bytes);
+    let (photo, bytes) = match tokio::time::timeout(service.config.body_timeout, reading).await {
+        Ok(Ok(upload)) => upload,
+        Ok(Err(response)) => return response,
+        Err(_) => {
+            service.metrics.rejected("body_timeout");
+            let why = format!("the body did not arrive within {:?}", service.config.body_timeout);
+            return error(StatusCode::REQUEST_TIMEOUT, "request", why);
+        }
+    };
+    // Then its share of the memory budget, by what its header says decoding will hold; then a worker. A photo
+    // that is not an image, or has too many pixels, goes on to fail in decoding before allocating anything.
+    let peak = match verger_image::header(&bytes) {
+        Ok(header) if header.width * header.height <= service.config.max_pixels => header.peak_bytes,
+        _ => 0,
+    };
+    if peak > service.config.memory_budget {
+        service.metrics.rejected("memory_budget");
+        let why = format!(
+            "decoding this photo would take {} MB, more than the service's memory budget of {} MB",
+            peak >> 20,
+            service.config.memory_budget >> 20
+        );
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "decode", why);
+    }
+    let units = peak.div_ceil(MEMORY_UNIT) as u32;
+    let queued = async {
+        let memory = service.memory.acquire_many(units).await;
+        let worker = service.workers.acquire().await;
+        memory.and_then(|m| worker.map(|w| (m, w)))
+    };
+    let (_memory, worker) = match tokio::time::timeout(service.config.queue_timeout, queued).await {
+        Ok(Ok(permits)) => permits,
         _ => {
             service.metrics.rejected("queue_timeout");
-            return busy("no inference worker became free in time");
+            return busy("no inference worker (or memory for this photo) became free in time");
         }
     };
     let job = {
@@ -466,6 +718,30 @@ mod tests {
         upload(&headers(content_type, Some(body.len())), Body::from(body), limit)
             .await
             .map_err(|r| r.status())
+    }
+
+    /// Issue 41, point 12: the token never shows in a log line (the config's `Debug`), is long enough, and
+    /// comes from a file only its owner can read.
+    #[test]
+    fn the_token_is_long_private_and_never_printed() {
+        let secret = "a-token-that-must-never-be-printed-0123456789";
+        let mut config = ServeConfig::new(([127, 0, 0, 1], 0).into(), 1);
+        config.token = Some(Token::new(secret).unwrap());
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(secret) && printed.contains("redacted"), "{printed}");
+        assert!(Token::new("too-short").is_err());
+
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("verger-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let loose = Token::from_file(&file).unwrap_err().to_string();
+        assert!(loose.contains("chmod 600") && !loose.contains(secret), "{loose}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Token::from_file(&file).unwrap().matches(secret));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

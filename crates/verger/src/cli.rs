@@ -589,9 +589,10 @@ pub struct ClassifierArgs {
     /// MobileNetV2 beside this checkout; its sha256 must be the classifier's.
     #[arg(long)]
     featurizer: Option<String>,
-    /// Refuse photos with more pixels than this, before decoding.
-    #[arg(long, default_value_t = Limits::default().max_pixels)]
-    max_pixels: u64,
+    /// Refuse photos with more pixels than this, before decoding. Default: Pillow's limit (178,956,970), and
+    /// 64,000,000 for serve.
+    #[arg(long)]
+    max_pixels: Option<u64>,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -608,7 +609,7 @@ impl ClassifierArgs {
         };
         let mut settings = FeaturizeSettings::new(verger::absolute(&location)?);
         settings.model.sha256 = classifier.featurizer_sha256.clone();
-        settings.max_pixels = self.max_pixels;
+        settings.max_pixels = self.max_pixels.unwrap_or(Limits::default().max_pixels);
         settings.store = store;
         Ok((classifier, settings))
     }
@@ -641,9 +642,32 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed).
     #[arg(long, default_value_t = verger::serve::DEFAULT_PORT)]
     port: u16,
-    /// A file holding the bearer token every route but /healthz requires (or $VERGER_SERVE_TOKEN).
+    /// A file holding the bearer token every route but /healthz requires (or $VERGER_SERVE_TOKEN): at least
+    /// 32 bytes, mode 0600.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// HTTPS with this certificate chain (PEM); with --tls-key. Anything but loopback needs it or --insecure.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM, mode 0600).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Plain HTTP beyond loopback, for a service behind a proxy that terminates TLS.
+    #[arg(long)]
+    insecure: bool,
+    /// Bytes the photos being decoded may hold together, judged from their headers; a photo needing more
+    /// gets 413.
+    #[arg(long, default_value_t = verger::serve::DEFAULT_MEMORY_BUDGET)]
+    memory_budget: u64,
+    /// Connections open at once; more are closed as they come.
+    #[arg(long, default_value_t = verger::serve::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a connection has to send a request's headers.
+    #[arg(long, default_value_t = verger::serve::DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
+    header_timeout: f64,
+    /// Seconds a request has to send its body.
+    #[arg(long, default_value_t = verger::serve::DEFAULT_BODY_TIMEOUT.as_secs_f64())]
+    body_timeout: f64,
     /// Inference workers: photos identified at once (default: all cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -667,19 +691,32 @@ impl ServeArgs {
         if let Some(queue) = self.queue {
             config.queue = queue;
         }
-        if !(self.queue_timeout.is_finite() && self.queue_timeout >= 0.0) {
-            return Err(Failure::Usage("--queue-timeout must be a number of seconds".into()));
-        }
-        config.queue_timeout = std::time::Duration::from_secs_f64(self.queue_timeout);
+        let seconds = |value: f64, flag: &str| match value.is_finite() && value >= 0.0 {
+            true => Ok(std::time::Duration::from_secs_f64(value)),
+            false => Err(Failure::Usage(format!("{flag} must be a number of seconds"))),
+        };
+        config.queue_timeout = seconds(self.queue_timeout, "--queue-timeout")?;
+        config.header_timeout = seconds(self.header_timeout, "--header-timeout")?;
+        config.body_timeout = seconds(self.body_timeout, "--body-timeout")?;
         config.max_body_bytes = self.max_body_bytes;
+        config.max_pixels = self.classifier.max_pixels.unwrap_or(verger::serve::DEFAULT_MAX_PIXELS);
+        config.memory_budget = self.memory_budget;
+        config.max_connections = self.max_connections;
+        config.insecure = self.insecure;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(verger::serve::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        let token = |t: Result<verger::serve::Token, verger::ServeError>| t.map_err(|e| Failure::Usage(e.to_string()));
         config.token = match (&self.token_file, std::env::var("VERGER_SERVE_TOKEN")) {
-            (Some(file), _) => Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| Failure::Usage(format!("--token-file {}: {e}", file.display())))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, Ok(token)) => Some(token.trim().to_string()),
+            (Some(file), _) => Some(token(verger::serve::Token::from_file(file))?),
+            (None, Ok(text)) => {
+                Some(token(verger::serve::Token::new(&text).map_err(|e| {
+                    verger::ServeError::Config(format!("$VERGER_SERVE_TOKEN: {e}"))
+                }))?)
+            }
             (None, Err(_)) => None,
         };
         Ok(config)

@@ -12,20 +12,7 @@ use crate::{default_threads, runtime, JobConfig};
 /// The environment variable naming a `verger cluster init` folder, for processes given no `--security`.
 pub const SECURITY_ENV: &str = "VERGER_SECURITY";
 
-/// Where an executor finds its scheduler, where it listens and what it runs; its credentials come from the
-/// [`ClusterGuard`] given to [`executor`].
-#[derive(Debug, Clone)]
-pub struct ExecutorOptions {
-    pub scheduler_host: String,
-    pub scheduler_port: u16,
-    pub bind_host: String,
-    /// Flight (data) port; the gRPC port is `port + 1`.
-    pub port: u16,
-    /// Tasks run at once.
-    pub slots: usize,
-    /// Where intermediate (shuffle) data goes (default: a temporary folder).
-    pub work_dir: Option<String>,
-}
+pub use verger_engine::config::ExecutorOptions;
 
 /// How a cluster process protects itself: mTLS and the token from a `verger cluster init` folder, or nothing
 /// (loopback only, unless the network is explicitly trusted).
@@ -137,17 +124,8 @@ pub fn executor(options: ExecutorOptions, guard: &ClusterGuard) -> Result<(), Er
     #[cfg(feature = "cluster")]
     {
         let security = guard.security(verger_cluster::Role::Executor, &options.bind_host)?;
-        let options = verger_cluster::ExecutorOptions {
-            scheduler_host: options.scheduler_host,
-            scheduler_port: options.scheduler_port,
-            bind_host: options.bind_host,
-            port: options.port,
-            slots: options.slots,
-            work_dir: options.work_dir,
-            security,
-        };
         runtime(default_threads())?
-            .block_on(verger_cluster::run_executor(options))
+            .block_on(verger_cluster::run_executor(options, security))
             .map_err(ballista::cluster_error)
     }
     #[cfg(not(feature = "cluster"))]

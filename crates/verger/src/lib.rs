@@ -38,9 +38,12 @@ pub use verger_engine::classify::{
 };
 pub use verger_serve::{ServeConfig, ServeError};
 
-/// The HTTP service's defaults.
+/// The HTTP service's defaults and credentials.
 pub mod serve {
-    pub use verger_serve::{DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, DEFAULT_QUEUE_PER_WORKER, DEFAULT_QUEUE_TIMEOUT};
+    pub use verger_serve::{
+        TlsFiles, Token, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
+        DEFAULT_MAX_PIXELS, DEFAULT_MEMORY_BUDGET, DEFAULT_PORT, DEFAULT_QUEUE_PER_WORKER, DEFAULT_QUEUE_TIMEOUT,
+    };
 }
 pub use verger_engine::config::{
     default_threads, DEFAULT_CLUSTER_JOBS, DEFAULT_K, DEFAULT_LEASE_TTL_S, DEFAULT_PARTITION_ROWS,

@@ -207,10 +207,14 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
         Command::Identify(args) => identify(&args),
         Command::Serve(args) => {
             let config = args.config()?;
+            let scheme = match config.tls {
+                Some(_) => "https",
+                None => "http",
+            };
             let (classifier, settings) = args.classifier.load()?;
             verger::serve(classifier, settings, config, |address| {
                 // The one line scripts wait for (the port may have been chosen by the system).
-                println!("serving on http://{address}");
+                println!("serving on {scheme}://{address}");
             })?;
             Ok(ExitStatus::Success)
         }

@@ -167,3 +167,91 @@ fn pseudonymized_paths_are_keyed_hashes_and_no_photo_path_remains() {
     );
     assert_success(&checked, "check_pseudonyms.py");
 }
+
+/// Every file under `dir` (links not followed) with its bytes, to show that nothing in it changed.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let entry = entry.unwrap();
+            match entry.file_type().unwrap().is_dir() {
+                true => folders.push(entry.path()),
+                false => files.push((entry.path(), std::fs::read(entry.path()).unwrap_or_default())),
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Issue 41, point 1: `--overwrite` (and `--resume`) replace only what verger wrote. An output that contains
+/// what the command reads, or that holds a user's files and none of verger's marks, is refused before
+/// anything in it is touched (not even claimed); replacing a run's output removes verger's names only.
+#[test]
+fn overwrite_never_deletes_what_verger_did_not_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    small_input(&photos);
+    let photos_before = snapshot(&photos);
+    let refused = |args: &[&str], says: &str| {
+        let out = verger(args);
+        let text = common::text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?} must be refused: {text}");
+        assert!(text.contains(says), "{args:?} must say {says:?}: {text}");
+    };
+
+    // The output contains the input: as written, through a link, and through `..`.
+    let apple = photos.join("Kiwi");
+    refused(&run_args(&apple, &photos, &["--overwrite"]), "contains the input");
+    let link = tmp.path().join("link-to-photos");
+    std::os::unix::fs::symlink(&photos, &link).unwrap();
+    refused(&run_args(&apple, &link, &["--overwrite"]), "contains the input");
+    let dotdot = photos.join("Kiwi/..");
+    refused(&run_args(&apple, &dotdot, &["--resume"]), "contains the input");
+    refused(&run_args(&photos, &photos, &[]), "contains the input");
+    assert_eq!(snapshot(&photos), photos_before, "the photos are untouched");
+
+    // A user's folder that is not verger's: neither replaced nor resumed, nor claimed.
+    let documents = tmp.path().join("documents");
+    std::fs::create_dir_all(documents.join("result")).unwrap();
+    std::fs::write(documents.join("notes.txt"), b"mine").unwrap();
+    std::fs::write(documents.join("result/thesis.tex"), b"mine too").unwrap();
+    let documents_before = snapshot(&documents);
+    let kiwi = tmp.path().join("kiwi");
+    common::copy_images("Kiwi", &kiwi.join("Kiwi"), 3);
+    common::copy_images("Lemon", &kiwi.join("Lemon"), 3);
+    refused(
+        &run_args(&kiwi, &documents, &["--overwrite"]),
+        "not verger's to replace",
+    );
+    refused(&run_args(&kiwi, &documents, &["--resume"]), "not verger's to resume");
+    assert_eq!(snapshot(&documents), documents_before, "the documents are untouched");
+
+    // A run's output with a user's file beside it: --overwrite replaces the run, keeps the file.
+    let run = tmp.path().join("run");
+    assert_success(&verger(&run_args(&kiwi, &run, &["--k", "2"])), "first run");
+    std::fs::write(run.join("my-notes.txt"), b"about this run").unwrap();
+    assert_success(
+        &verger(&run_args(&kiwi, &run, &["--k", "3", "--overwrite"])),
+        "--overwrite of a run",
+    );
+    assert_eq!(std::fs::read(run.join("my-notes.txt")).unwrap(), b"about this run");
+    assert_eq!(
+        common::json(&run.join("pca/model.json"))["k"],
+        3,
+        "the run was replaced"
+    );
+
+    // `train --out RUN --overwrite` would delete the run it trains on; a user's folder is not a classifier.
+    let run_before = snapshot(&run);
+    let run_arg = run.to_str().unwrap();
+    refused(&["train", run_arg, "--out", run_arg, "--overwrite"], "contains the run");
+    let docs = documents.to_str().unwrap();
+    refused(
+        &["train", run_arg, "--out", docs, "--overwrite"],
+        "not verger's to replace",
+    );
+    assert_eq!(snapshot(&run), run_before, "the run is untouched");
+    assert_eq!(snapshot(&documents), documents_before, "the documents are untouched");
+}

@@ -206,3 +206,76 @@ fn a_pseudonymized_run_resumes_to_the_same_output() {
         std::fs::read(baseline.join("manifest/part-00000.parquet")).unwrap()
     );
 }
+
+/// Issue 41, point 4: `--resume` continues only the run that was started there. Another input, glob,
+/// partitioning or pseudonymisation key is refused, naming what differs, and leaves the staged work as it was;
+/// the same command then resumes it to the uninterrupted run's output.
+#[test]
+fn resume_refuses_a_run_made_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    small_input(&input);
+    let other = tmp.path().join("other");
+    common::copy_images("Kiwi", &other.join("Kiwi"), 4);
+    common::copy_images("Lemon", &other.join("Lemon"), 4);
+    let baseline = tmp.path().join("baseline");
+    assert_eq!(verger(&run_args(&input, &baseline, &SMALL_RUN)).status.code(), Some(3));
+
+    let output = tmp.path().join("aborted");
+    let aborted = Command::new(env!("CARGO_BIN_EXE_verger"))
+        .args(run_args(&input, &output, &SMALL_RUN))
+        .env("VERGER_ABORT_AT", "featurize:2")
+        .output()
+        .unwrap();
+    assert_eq!(aborted.status.code(), None);
+    let staged = || {
+        let mut names: Vec<_> = std::fs::read_dir(output.join("_staging"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = staged();
+
+    let key = tmp.path().join("key");
+    std::fs::write(&key, b"a-key-of-at-least-16-bytes").unwrap();
+    let with = |extra: &[&str]| {
+        let mut args = SMALL_RUN.to_vec();
+        args.extend_from_slice(extra);
+        args.push("--resume");
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let cases: [(&Path, Vec<String>, &str); 4] = [
+        (&other, with(&[]), "input: "),
+        (&input, with(&["--glob", "*.JPG"]), "globs: "),
+        (
+            &input,
+            with(&["--pseudonymize-paths", key.to_str().unwrap()]),
+            "pseudonymised",
+        ),
+        (
+            &input,
+            ["--k", "5", "--partition-rows", "5", "--resume"]
+                .map(String::from)
+                .to_vec(),
+            "--partition-rows: 4 when it started, 5 now",
+        ),
+    ];
+    for (from, args, says) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let refused = verger(&run_args(from, &output, &args));
+        let text = common::text(&refused);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}: {text}");
+        assert!(
+            text.contains("--resume refused") && text.contains(says),
+            "{args:?}: {text}"
+        );
+        assert_eq!(staged(), before, "{args:?}: the staged work is untouched");
+    }
+
+    let mut same = SMALL_RUN.to_vec();
+    same.push("--resume");
+    assert_eq!(verger(&run_args(&input, &output, &same)).status.code(), Some(3));
+    assert_same_output(&output, &baseline, "resumed after refusals");
+}

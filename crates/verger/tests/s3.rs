@@ -367,6 +367,94 @@ fn a_job_from_bucket_to_bucket_gives_the_rows_of_the_same_job_on_disk() {
     assert!(!contains(&wrong.stderr, "wrong-secret-value"), "{}", stderr(&wrong));
 }
 
+/// Issue 41, points 1 and 3: keys with characters object_store would percent-encode (`#`, `%`, `~`, `[`,
+/// a space) are read as listed, so every one is featurized; `--overwrite` of a bucket's root is refused.
+#[test]
+fn odd_keys_are_read_as_listed_and_a_bucket_root_is_never_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    common::copy_images("Kiwi", &local.join("Kiwi"), 5);
+    let mut plain: Vec<PathBuf> = walk(&local.join("Kiwi"));
+    plain.sort();
+    let odd = ["a #1.jpg", "50%.jpg", "t~x.jpg", "[x].jpg", "sp ace+plus.jpg"];
+    for (from, to) in plain.iter().zip(odd) {
+        std::fs::rename(from, local.join("Kiwi").join(to)).unwrap();
+    }
+    let server = Seaweed::start();
+    server.upload("images", "odd", &local);
+    server.create_bucket("results");
+    let output = tmp.path().join("out");
+    let run = server
+        .verger(&[
+            "run",
+            "--input",
+            "s3://images/odd",
+            "--output",
+            output.to_str().unwrap(),
+            "--k",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&run), Some(0), "every odd key is read: {}", stderr(&run));
+    let report = common::json(&output.join("report.json"));
+    assert_eq!(report["counts"]["featurized"], 5, "{}", report["counts"]);
+
+    // A bucket holding the input, and a bucket on its own.
+    for (input, bucket, says) in [
+        ("s3://images/odd", "s3://images", "contains the input"),
+        (local.to_str().unwrap(), "s3://images", "whole bucket"),
+        (local.to_str().unwrap(), "s3://results", "whole bucket"),
+    ] {
+        let root = server
+            .verger(&["run", "--input", input, "--output", bucket, "--overwrite"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&root), Some(1), "{}", stderr(&root));
+        assert!(stderr(&root).contains(says), "{bucket}: {}", stderr(&root));
+    }
+    // Issue 41, point 6: the buckets of the cache and of a given PCA model are held to --allowed-regions too.
+    for (i, extra) in [
+        ["--cache", "s3://results/cache"],
+        ["--pca-model", "s3://results/pca/model.json"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let refused_output = tmp.path().join(format!("refused-{i}"));
+        let refused = Command::new(env!("CARGO_BIN_EXE_verger"))
+            .args(["run", "--input", local.to_str().unwrap(), "--output"])
+            .arg(&refused_output)
+            .args(extra)
+            .args(["--endpoint", &server.endpoint(), "--region", "us-east-1"])
+            .args(["--allowed-regions", "eu-*"])
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .output()
+            .unwrap();
+        assert_eq!(code(&refused), Some(1), "{extra:?}: {}", stderr(&refused));
+        assert!(
+            stderr(&refused).contains("bucket results is in region us-east-1"),
+            "{extra:?}: {}",
+            stderr(&refused)
+        );
+        assert!(
+            !refused_output.exists(),
+            "{extra:?}: nothing is written for a refused job"
+        );
+    }
+    let kept = server
+        .verger(&["list", "--input", "s3://images/odd", "--all"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&kept.stdout).matches(".jpg").count(),
+        5,
+        "{}",
+        stderr(&kept)
+    );
+}
+
 #[test]
 fn no_image_metadata_reaches_the_outputs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -893,4 +981,81 @@ fn one_writer_per_bucket_output() {
         .unwrap();
     assert_eq!(code(&taken), Some(3), "{}", stderr(&taken));
     same_as_disk("planted", "the output whose stale lease was taken over");
+
+    // Issue 41, point 5: a lease of this host and boot whose pid runs nowhere here is taken over at once only
+    // when it comes from this PID namespace; from another (a container beside this one, where that pid may be
+    // alive) it is refused while fresh.
+    let read = |file: &str| std::fs::read_to_string(file).unwrap().trim().to_string();
+    let here = [
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/random/boot_id"),
+    ];
+    let our_namespace = std::fs::read_link("/proc/self/ns/pid").unwrap().display().to_string();
+    for (i, (namespace, code_wanted)) in [("pid:[1]", 1), (our_namespace.as_str(), 3)].into_iter().enumerate() {
+        let lease = serde_json::json!({
+            "run_id": "neighbour", "host": here[0], "boot_id": here[1], "pid": 4_194_000, "pid_start": 1,
+            "pid_ns": namespace, "started_at": "2026-12-06T08:00:00Z", "started_at_ms": 0,
+            "expires_at_ms": now_ms + 600_000, "ttl_s": 60,
+        });
+        let dir = tmp.path().join(format!("neighbour-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("_CLAIM"), lease.to_string()).unwrap();
+        let prefix = format!("neighbour-{i}");
+        server.upload("results", &prefix, &dir.join("_CLAIM"));
+        let output = format!("s3://results/{prefix}");
+        let run = server
+            .verger(&["run", "--input", "s3://images/fruits", "--output", &output, "--k", "5"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&run), Some(code_wanted), "{namespace}: {}", stderr(&run));
+    }
+
+    // Issue 41, point 5: a run whose lease is taken over stops at once (exit 1), not at its final check, and
+    // writes nothing more (no PCA model, no result).
+    let lost_log = tmp.path().join("lost.log");
+    let lost = spawn_s3_run(
+        &server,
+        "lost",
+        &["--lease-ttl", "2"],
+        &[("VERGER_PAUSE_AT", "featurized:40")],
+        &lost_log,
+    );
+    wait_for_log(&lost_log, "pausing");
+    server.upload(
+        "results",
+        "lost",
+        &planted_lease(&tmp.path().join("thief"), now_ms + 600_000),
+    );
+    let stolen_at = Instant::now();
+    let lost = lost.wait_with_output().unwrap();
+    assert_eq!(code(&lost), Some(1), "{}", read_log(&lost_log));
+    assert!(
+        stolen_at.elapsed() < Duration::from_secs(20),
+        "it stopped when its lease was taken, not after its pause: {:?}",
+        stolen_at.elapsed()
+    );
+    assert!(
+        read_log(&lost_log).contains("lost the claim"),
+        "{}",
+        read_log(&lost_log)
+    );
+    let written = server
+        .verger(&[
+            "list",
+            "--input",
+            "s3://results/lost",
+            "--glob",
+            "*.json",
+            "--glob",
+            "*.parquet",
+            "--all",
+        ])
+        .output()
+        .unwrap();
+    let written = String::from_utf8_lossy(&written.stdout).into_owned();
+    assert!(written.contains("_staging"), "the staged work is kept: {written}");
+    assert!(
+        !written.contains("pca/") && !written.contains("result/"),
+        "nothing after: {written}"
+    );
 }

@@ -317,7 +317,7 @@ fn tokens_guard_the_service_and_sigterm_lets_requests_finish() {
     );
 
     let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    private_file(&token_file, "s3cret-token-of-at-least-32-bytes-0123456789\n");
     let (server, url) = serve(
         &classifier,
         &[
@@ -338,7 +338,15 @@ fn tokens_guard_the_service_and_sigterm_lets_requests_finish() {
     );
     assert_eq!(get(&agent, &format!("{url}/metrics"), None).0, 401);
     assert_eq!(get(&agent, &format!("{url}/metrics"), Some("wrong")).0, 401);
-    assert_eq!(get(&agent, &format!("{url}/metrics"), Some("s3cret-token")).0, 200);
+    assert_eq!(
+        get(
+            &agent,
+            &format!("{url}/metrics"),
+            Some("s3cret-token-of-at-least-32-bytes-0123456789")
+        )
+        .0,
+        200
+    );
     let photo = std::fs::read(&test_photos()[0].0).unwrap();
     let (status, answer) = post(&agent, &format!("{url}/identify"), "image/jpeg", &photo);
     assert_eq!(status, 401, "{answer}");
@@ -353,7 +361,7 @@ fn tokens_guard_the_service_and_sigterm_lets_requests_finish() {
                 let status = new_agent()
                     .post(&identify)
                     .header("Content-Type", "image/jpeg")
-                    .header("Authorization", "Bearer s3cret-token")
+                    .header("Authorization", "Bearer s3cret-token-of-at-least-32-bytes-0123456789")
                     .send(&photo[..])
                     .map(|r| r.status().as_u16())
                     .map_err(|e| e.to_string());
@@ -365,7 +373,11 @@ fn tokens_guard_the_service_and_sigterm_lets_requests_finish() {
     // answered): a connection still being opened at the signal would rightly be refused.
     let started = Instant::now();
     loop {
-        let (status, metrics) = get(&agent, &format!("{url}/metrics"), Some("s3cret-token"));
+        let (status, metrics) = get(
+            &agent,
+            &format!("{url}/metrics"),
+            Some("s3cret-token-of-at-least-32-bytes-0123456789"),
+        );
         assert_eq!(status, 200);
         let inside = sample(&metrics, "verger_serve_admitted_requests").unwrap_or(0.0)
             + sample(
@@ -457,4 +469,267 @@ fn requests_beyond_the_workers_and_queue_get_503_and_the_service_recovers() {
         })
         .sum();
     assert_eq!(rejected, busy.len() as f64, "{metrics}");
+}
+
+/// A line of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`: kB there).
+fn memory_of(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A file only its owner may read.
+fn private_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// A PNG whose header declares `side`² pixels of RGBA at 16 bits (8 bytes a pixel) and whose data is a
+/// few bytes: a decompression bomb's header, a few hundred bytes on the wire.
+fn png_bomb(side: u32) -> Vec<u8> {
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        let body: Vec<u8> = kind.iter().chain(data).copied().collect();
+        c.extend(&body);
+        c.extend(crc32(&body).to_be_bytes());
+        c
+    };
+    let mut ihdr = side.to_be_bytes().to_vec();
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend([16, 6, 0, 0, 0]);
+    // A zlib stream of one stored block holding one zero byte: valid, far too short for the image.
+    let idat = [0x78, 0x01, 0x01, 0x01, 0x00, 0xfe, 0xff, 0x00, 0x00, 0x01, 0x00, 0x01];
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &idat));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+/// Issue 41, points 10 to 12. Photos are admitted against a memory budget from their headers: a bomb gets
+/// 413 before anything is decoded, and a burst of large photos is decoded a budget's worth at a time, so the
+/// service's resident memory stays within its budget. Slow clients (slowloris headers, bodies that never
+/// come) are cut off by the header and body timeouts while other requests keep being answered. The token
+/// must be long and private, and never travels in plain HTTP beyond loopback: TLS (curl checks the
+/// certificate) or an explicit --insecure.
+#[test]
+fn bombs_slow_clients_and_plain_http_cannot_exhaust_or_expose_the_service() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let classifier = classifier(tmp.path());
+    let model = classifier.to_str().unwrap();
+    let photo = std::fs::read(&test_photos()[0].0).unwrap();
+
+    // Point 12: the token's rules, and no plain HTTP beyond loopback.
+    let short = tmp.path().join("short-token");
+    private_file(&short, "0123456789abcdef");
+    let loose = tmp.path().join("loose-token");
+    std::fs::write(&loose, "0123456789abcdef0123456789abcdef0123456789").unwrap();
+    let token_text = "7f3a9c2e5b8d1f4a6c0e9b2d5f8a1c4e7b0d3f6a9c2e5b8d";
+    let token = tmp.path().join("token");
+    private_file(&token, token_text);
+    for (file, says) in [(&short, "use at least 32"), (&loose, "chmod 600")] {
+        let refused = verger(&[
+            "serve",
+            "--model",
+            model,
+            "--port",
+            "0",
+            "--token-file",
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(refused.status.code(), Some(2), "{}", common::text(&refused));
+        assert!(common::text(&refused).contains(says), "{}", common::text(&refused));
+    }
+    let plain = verger(&[
+        "serve",
+        "--model",
+        model,
+        "--bind",
+        "0.0.0.0",
+        "--port",
+        "0",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert_eq!(plain.status.code(), Some(1), "{}", common::text(&plain));
+    assert!(common::text(&plain).contains("plain HTTP"), "{}", common::text(&plain));
+
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    private_file(&key, &certified.signing_key.serialize_pem());
+    let (tls_server, tls_url) = serve(
+        &classifier,
+        &[
+            "--bind",
+            "0.0.0.0",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &tmp.path().join("tls.log"),
+    );
+    let port = tls_url.rsplit(':').next().unwrap().to_string();
+    assert!(tls_url.starts_with("https://"), "{tls_url}");
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let https = format!("https://127.0.0.1:{port}/metrics");
+    let bearer = format!("Authorization: Bearer {token_text}");
+    let answered = curl(&["--cacert", cert.to_str().unwrap(), "-H", &bearer, &https]);
+    assert_eq!(
+        String::from_utf8_lossy(&answered.stdout),
+        "200",
+        "{}",
+        common::text(&answered)
+    );
+    let unchecked = curl(&["-H", &bearer, &https]);
+    assert!(
+        !unchecked.status.success(),
+        "a certificate curl does not trust is refused by curl"
+    );
+    let over_http = curl(&[&format!("http://127.0.0.1:{port}/healthz")]);
+    assert_ne!(
+        String::from_utf8_lossy(&over_http.stdout),
+        "200",
+        "no plain HTTP on the TLS port"
+    );
+    drop(tls_server);
+
+    // Point 10: bombs and large photos against a 600 MB budget, 4 workers.
+    let budget: u64 = 600 << 20;
+    let (server, url) = serve(
+        &classifier,
+        &[
+            "--workers",
+            "4",
+            "--queue-timeout",
+            "120",
+            "--memory-budget",
+            &budget.to_string(),
+            "--header-timeout",
+            "2",
+            "--body-timeout",
+            "3",
+        ],
+        &tmp.path().join("serve.log"),
+    );
+    let identify = format!("{url}/identify");
+    let agent = new_agent();
+    assert_eq!(post(&agent, &identify, "image/jpeg", &photo).0, 200);
+    let settled = memory_of(server.id(), "VmRSS:");
+
+    let bomb = png_bomb(13_377);
+    assert!(bomb.len() < 1000);
+    let bombs: Vec<_> = (0..16)
+        .map(|_| {
+            let (identify, bomb) = (identify.clone(), bomb.clone());
+            std::thread::spawn(move || post(&new_agent(), &identify, "image/png", &bomb))
+        })
+        .collect();
+    for answer in bombs {
+        let (status, body) = answer.join().unwrap();
+        assert_eq!(status, 413, "{body}");
+        assert!(
+            body.to_string().contains("exceeds the limit of 64000000 pixels"),
+            "{body}"
+        );
+    }
+
+    // 49 MP photos: each needs ~540 MB by its header (decoding really holds ~300 MB), so with a 600 MB budget
+    // one is decoded at a time, where 4 workers alone would hold 1.2 GB.
+    let side = 7000;
+    let large = verger_image::encode_png(&vec![128u8; side * side * 3], side, side).unwrap();
+    let burst: Vec<_> = (0..6)
+        .map(|_| {
+            let (identify, large) = (identify.clone(), large.clone());
+            std::thread::spawn(move || post(&new_agent(), &identify, "image/png", &large).0)
+        })
+        .collect();
+    let statuses: Vec<u16> = burst.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let peak = memory_of(server.id(), "VmHWM:");
+    assert!(
+        peak < settled + budget,
+        "peak RSS {} MB over the settled {} MB plus the budget",
+        peak >> 20,
+        settled >> 20
+    );
+    println!(
+        "settled RSS {} MB, peak after the bombs and the burst {} MB, budget {} MB",
+        settled >> 20,
+        peak >> 20,
+        budget >> 20
+    );
+
+    // Point 11: 300 slowloris connections and 20 bodies that never come, while requests are answered.
+    let address = url.strip_prefix("http://").unwrap().to_string();
+    let slow: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(&address).unwrap();
+            s.write_all(b"POST /identify HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    let stalled: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(&address).unwrap();
+            s.write_all(b"POST /identify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    for _ in 0..10 {
+        // A new connection each: an idle one is closed after the (2 s) header timeout, as it should be.
+        let (status, body) = post(&new_agent(), &identify, "image/jpeg", &photo);
+        assert_eq!(status, 200, "answered while slow clients hang on: {body}");
+    }
+    // Each slow client is cut off by the timeouts: the header one closed, the body one answered 408.
+    for (mut s, expected) in slow
+        .into_iter()
+        .map(|s| (s, None))
+        .chain(stalled.into_iter().map(|s| (s, Some("408"))))
+    {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut answer = Vec::new();
+        match s.read_to_end(&mut answer) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the server never closed the connection: {e}"),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        match expected {
+            Some(code) => assert!(text.starts_with(&format!("HTTP/1.1 {code}")), "{text}"),
+            None => assert!(!text.contains(" 200 "), "{text}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "slow clients held on for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(post(&new_agent(), &identify, "image/jpeg", &photo).0, 200);
 }

@@ -11,7 +11,7 @@ use verger_classify::{Softmax, TrainOptions};
 
 use super::run_rows::{extend_rows, strings};
 use super::ClassifyError;
-use crate::io::output::OutputStore;
+use crate::io::output::{OutputKind, OutputStore};
 use crate::io::store::StoreOptions;
 use crate::saved_pca::{sha256_hex, SavedPca};
 
@@ -22,6 +22,12 @@ pub const TRAINING: &str = "training.json";
 pub const EVALUATION: &str = "evaluation.json";
 pub const CONFUSION: &str = "confusion.parquet";
 const FORMAT: &str = "verger-classifier-1";
+/// A classifier folder: what `train --overwrite` replaces, and what makes a folder one.
+pub const KIND: OutputKind = OutputKind {
+    what: "classifier",
+    names: &[CLASSIFIER, PCA, NEIGHBOURS, TRAINING, EVALUATION, CONFUSION],
+    marks: &[CLASSIFIER, TRAINING],
+};
 
 /// What a classifier reads from a run's rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

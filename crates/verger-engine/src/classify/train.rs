@@ -8,7 +8,7 @@ use verger_classify::TrainOptions;
 
 use super::folder::{Classifier, Input, Neighbours};
 use super::{run_rows, ClassifyError};
-use crate::io::output::OutputStore;
+use crate::io::output::{Admit, OutputStore};
 use crate::io::store::StoreOptions;
 
 /// What to train on and where to write the classifier.
@@ -59,15 +59,12 @@ pub struct TrainReport {
 /// Trains on `config.run` and writes the classifier folder `config.out`.
 pub async fn train(config: &TrainConfig) -> Result<(Classifier, TrainReport), ClassifyError> {
     let started = Instant::now();
+    // Replacing a folder that holds the run would delete what is being trained on.
+    crate::io::output::refuse_overlap(&config.out, &[("the run", &config.run)])?;
     let out = OutputStore::open(&config.out, &config.store)?;
-    if !out.is_empty().await? {
-        if !config.overwrite {
-            return Err(ClassifyError::Folder {
-                folder: config.out.clone(),
-                reason: "already exists: pass --overwrite to replace it".into(),
-            });
-        }
-        out.clear().await?;
+    match config.overwrite {
+        true => out.replace(&super::folder::KIND).await?,
+        false => out.admit(&super::folder::KIND, Admit::Empty).await?,
     }
     let rows = run_rows::read(&config.run, &config.store, config.input == Input::Features).await?;
     let failed = |reason: String| ClassifyError::Run {

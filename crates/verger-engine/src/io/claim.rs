@@ -42,6 +42,9 @@ pub struct Holder {
     pub pid: u32,
     /// The process's start time in clock ticks since boot: a pid means the same process only with it.
     pub pid_start: u64,
+    /// The PID namespace (`pid:[inode]`): containers on one host share its name and boot id, not their pids.
+    #[serde(default)]
+    pub pid_ns: String,
     pub started_at: String,
     pub started_at_ms: u64,
     /// Until when the lease holds without renewal (object stores only; 0 for a local lock).
@@ -69,6 +72,7 @@ impl Holder {
             boot_id: boot_id(),
             pid,
             pid_start: process_start(pid).unwrap_or(0),
+            pid_ns: pid_namespace(),
             started_at: humantime::format_rfc3339_seconds(now).to_string(),
             started_at_ms: millis(now),
             expires_at_ms: 0,
@@ -85,7 +89,13 @@ impl Holder {
 
     /// Why a lease read from the store may be taken over, if it may.
     fn stale(&self, now_ms: u64) -> Option<String> {
-        if self.host == hostname() && self.boot_id == boot_id() && process_start(self.pid) != Some(self.pid_start) {
+        // A pid names the same process only on this host, in this boot and in this PID namespace; a lease from
+        // another namespace (another container of this host) is judged by its expiry alone.
+        let here = self.host == hostname()
+            && self.boot_id == boot_id()
+            && !self.pid_ns.is_empty()
+            && self.pid_ns == pid_namespace();
+        if here && process_start(self.pid) != Some(self.pid_start) {
             return Some(format!("its process {} on this host has ended", self.pid));
         }
         let allowance_ms = self.ttl_s.max(1) * 1000;
@@ -168,6 +178,19 @@ impl OutputClaim {
         })
     }
 
+    /// Resolves once this run has lost the output (a lease taken over, or expired before it could be renewed),
+    /// with the error that says so; never for a local lock, which only ends with the process. A run stops its
+    /// work on it, so that a run that lost its lease writes nothing more.
+    pub async fn lost(&self) -> StoreError {
+        loop {
+            match (&self.kind, self.check()) {
+                (_, Err(e)) => return e,
+                (Kind::Local { .. }, Ok(())) => std::future::pending::<()>().await,
+                (Kind::Lease(_), Ok(())) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
     /// Gives the output up: removes the claim file, so the finished output holds only its results.
     pub async fn release(self) {
         match self.kind {
@@ -237,8 +260,41 @@ fn lock_local(output: &str, folder: &std::path::Path, holder: &Holder) -> Result
     }
 }
 
+/// Refuses a store that does not honour conditional creates (`If-None-Match: *`), on which two runs could both
+/// believe they hold the output: a probe object is created twice, and the second create must fail.
+async fn check_conditional_creates(
+    store: &dyn ObjectStore,
+    probe: &ObjectPath,
+    output: &str,
+) -> Result<(), StoreError> {
+    let failed = |source| StoreError::Object {
+        location: format!("{}/{CLAIM}.probe", output.trim_end_matches('/')),
+        source,
+    };
+    let create = || {
+        store.put_opts(
+            probe,
+            PutPayload::from_static(b"probe"),
+            PutOptions::from(PutMode::Create),
+        )
+    };
+    create().await.map_err(failed)?;
+    let second = create().await;
+    store.delete(probe).await.map_err(failed)?;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
+        Err(e) => Err(failed(e)),
+        Ok(_) => Err(StoreError::Client(format!(
+            "{output}: this store ignores conditional creates (If-None-Match), so two runs could both claim \
+             the output; verger writes only to stores that honour them (AWS S3, SeaweedFS, MinIO, R2 do)"
+        ))),
+    }
+}
+
 async fn take_lease(out: &OutputStore, holder: &Holder) -> Result<Kind, StoreError> {
     let (store, path) = (out.object_store(), out.object_path(CLAIM));
+    let probe = out.object_path(&format!("{CLAIM}.probe-{}", uuid::Uuid::new_v4()));
+    check_conditional_creates(store.as_ref(), &probe, out.display()).await?;
     let failed = |source| StoreError::Object {
         location: format!("{}/{CLAIM}", out.display().trim_end_matches('/')),
         source,
@@ -351,6 +407,12 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
@@ -402,6 +464,13 @@ mod tests {
             lease.stale(now).unwrap().contains("has ended"),
             "same host, another process"
         );
+        lease.pid_ns = "pid:[1]".into();
+        assert_eq!(
+            lease.stale(now),
+            None,
+            "another PID namespace (a container on this host): judged by expiry only"
+        );
+        lease.pid_ns = pid_namespace();
         lease.pid_start -= 1;
         lease.host = "elsewhere".into();
         assert_eq!(
@@ -409,6 +478,85 @@ mod tests {
             None,
             "a process on another host is judged by expiry only"
         );
+    }
+
+    /// A store that ignores conditional creates: every put overwrites, as some S3-compatible stores do.
+    #[derive(Debug)]
+    struct Careless(object_store::memory::InMemory);
+
+    impl std::fmt::Display for Careless {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Careless")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Careless {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            mut options: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            options.mode = PutMode::Overwrite;
+            self.0.put_opts(location, payload, options).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            options: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, options).await
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    /// Issue 41, point 5: a store that ignores `If-None-Match` is refused before a lease is taken on it; one
+    /// that honours it passes, and the probe is removed either way.
+    #[tokio::test]
+    async fn stores_that_ignore_conditional_creates_are_refused() {
+        let probe = ObjectPath::from("out/_CLAIM.probe-test");
+        let honest = object_store::memory::InMemory::new();
+        check_conditional_creates(&honest, &probe, "s3://b/out").await.unwrap();
+        assert!(honest.head(&probe).await.is_err(), "the probe is removed");
+        let careless = Careless(object_store::memory::InMemory::new());
+        let refused = check_conditional_creates(&careless, &probe, "s3://b/out")
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("ignores conditional creates"), "{refused}");
+        assert!(careless.head(&probe).await.is_err(), "the probe is removed");
     }
 
     #[test]

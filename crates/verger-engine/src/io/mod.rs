@@ -42,6 +42,10 @@ pub enum StoreError {
     /// The rows being written could not be computed.
     #[error(transparent)]
     Rows(#[from] datafusion::error::DataFusionError),
+    /// An output that must not be written or replaced: it holds what verger did not write, or what the
+    /// command reads ([`output::refuse_overlap`], [`output::OutputStore::admit`]).
+    #[error("output {output} refused: {reason}")]
+    Refused { output: String, reason: String },
     /// Another run holds the output ([`claim`]).
     #[error("output {output} is being written by another verger run ({holder}); wait for it to finish or stop it")]
     Busy { output: String, holder: String },

@@ -70,7 +70,8 @@ impl OutputStore {
             }
             Location::S3 { bucket, prefix } => Ok(OutputStore {
                 store: options.s3(&bucket)?,
-                root: ObjectPath::from(prefix),
+                // The prefix as written (`Path::from` would percent-encode `%`, `#`, `~`…).
+                root: ObjectPath::parse(&prefix).map_err(|e| StoreError::Client(format!("{location}: {e}")))?,
                 base: Url::parse(&format!("s3://{bucket}/"))
                     .map_err(|e| StoreError::Client(format!("bucket name {bucket:?}: {e}")))?,
                 local: None,
@@ -132,13 +133,14 @@ impl OutputStore {
         }
     }
 
-    /// Whether anything but the claim ([`super::claim`]) is stored under the output.
+    /// Whether anything but the claim ([`super::claim`]) and its probes is stored under the output.
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
         let claim = self.path(super::claim::CLAIM);
+        let probes = format!("{}.probe-", claim.as_ref());
         let mut listed = self.store.list(Some(&self.root));
         while let Some(item) = listed.next().await {
             match item {
-                Ok(meta) if meta.location == claim => continue,
+                Ok(meta) if meta.location == claim || meta.location.as_ref().starts_with(&probes) => continue,
                 Ok(_) => return Ok(false),
                 // A local folder that does not exist yet is empty.
                 Err(object_store::Error::NotFound { .. }) => return Ok(true),
@@ -244,26 +246,69 @@ impl OutputStore {
         }
     }
 
-    /// Removes everything in the output but the claim of the run that clears it (`--overwrite`).
-    pub async fn clear(&self) -> Result<(), StoreError> {
-        if let Some(local) = &self.local {
-            let Ok(entries) = std::fs::read_dir(local) else {
-                return Ok(());
-            };
-            for entry in entries {
-                let path = entry.map_err(|e| StoreError::io(local, e))?.path();
-                if path.file_name().is_some_and(|n| n == super::claim::CLAIM) {
-                    continue;
-                }
-                let removed = match path.is_dir() {
-                    true => std::fs::remove_dir_all(&path),
-                    false => std::fs::remove_file(&path),
-                };
-                removed.map_err(|e| StoreError::io(&path, e))?;
-            }
+    /// Whether this output may be written as `mode` asks: an empty output always; a non-empty one only if it
+    /// carries one of `kind`'s marks (a file only verger writes there), so `--overwrite` or `--resume` pointed
+    /// at a user's folder is refused before anything in it is touched. `--overwrite` of a bucket's root is
+    /// refused whatever it holds.
+    pub async fn admit(&self, kind: &OutputKind, mode: Admit) -> Result<(), StoreError> {
+        let refused = |reason: String| StoreError::Refused {
+            output: self.display.clone(),
+            reason,
+        };
+        if mode == Admit::Replace && self.local.is_none() && self.root.as_ref().is_empty() {
+            return Err(refused(
+                "--overwrite would replace a whole bucket; name a prefix (s3://bucket/prefix)".into(),
+            ));
+        }
+        if self.is_empty().await? {
             return Ok(());
         }
-        self.delete_under(self.root.clone(), "").await
+        if mode == Admit::Empty {
+            return Err(refused(format!(
+                "it already exists: {}",
+                match kind.what {
+                    "run" => "--resume continues an unfinished run there, --overwrite replaces it",
+                    _ => "--overwrite replaces it",
+                }
+            )));
+        }
+        for mark in kind.marks {
+            if self.exists(mark).await? {
+                return Ok(());
+            }
+        }
+        Err(refused(format!(
+            "it holds files but no {} of verger's ({} missing), so they are not verger's to {}; choose an empty \
+             or new folder",
+            kind.what,
+            kind.marks.join(", "),
+            match mode {
+                Admit::Replace => "replace",
+                _ => "resume",
+            }
+        )))
+    }
+
+    /// Removes what `kind` writes (its names, nothing else) after [`OutputStore::admit`] allowed replacing
+    /// it (`--overwrite`): files the user put beside verger's stay, and no link is followed.
+    pub async fn replace(&self, kind: &OutputKind) -> Result<(), StoreError> {
+        self.admit(kind, Admit::Replace).await?;
+        for name in kind.names {
+            if let Some(local) = &self.local {
+                let path = local.join(name);
+                // The entry's own type: a link is removed as a link, never followed.
+                let removed = match std::fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+                    Ok(_) => std::fs::remove_file(&path),
+                    Err(_) => continue,
+                };
+                removed.map_err(|e| StoreError::io(&path, e))?;
+            } else {
+                self.delete_under(self.path(name), name).await?;
+                self.remove(name).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn delete_under(&self, prefix: ObjectPath, name: &str) -> Result<(), StoreError> {
@@ -542,6 +587,102 @@ impl ParquetObject {
         self.writer.close().await?;
         Ok(self.rows)
     }
+}
+
+/// What writes an output folder: the names it writes there (only these are ever replaced), and the files by
+/// which a folder is known to be its own.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputKind {
+    /// For messages: "run", "classifier".
+    pub what: &'static str,
+    /// Top-level files and folders it writes.
+    pub names: &'static [&'static str],
+    /// Files only it writes; one present makes a folder its own.
+    pub marks: &'static [&'static str],
+}
+
+/// What a command may do with an output that already holds files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Nothing: only an empty or missing output is written.
+    Empty,
+    /// Continue what verger left there (`--resume`).
+    Resume,
+    /// Replace what verger wrote there (`--overwrite`).
+    Replace,
+}
+
+/// Refuses an output that contains (or is) a location the command reads, `reads` as (what, location): its
+/// cleanup or replacement could delete what is being read. Spark refuses to overwrite a path it reads from for
+/// the same reason. Local paths are compared after resolving links in the part that exists, so a link or
+/// `..` does not hide an overlap.
+pub fn refuse_overlap(output: &str, reads: &[(&str, &str)]) -> Result<(), StoreError> {
+    let out = Resolved::of(output);
+    for (what, location) in reads {
+        if out.contains(&Resolved::of(location)) {
+            return Err(StoreError::Refused {
+                output: output.to_string(),
+                reason: format!("it contains {what} {location}, which this command reads; choose an output outside it"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A location in a form where containment is a prefix test.
+#[derive(Debug, PartialEq)]
+enum Resolved {
+    Local(PathBuf),
+    S3 { bucket: String, segments: Vec<String> },
+}
+
+impl Resolved {
+    fn of(location: &str) -> Resolved {
+        match Location::parse(location) {
+            Location::Local(path) => Resolved::Local(resolve_local(&path)),
+            Location::S3 { bucket, prefix } => Resolved::S3 {
+                bucket,
+                segments: prefix.split('/').filter(|s| !s.is_empty()).map(String::from).collect(),
+            },
+        }
+    }
+
+    fn contains(&self, other: &Resolved) -> bool {
+        match (self, other) {
+            (Resolved::Local(outer), Resolved::Local(inner)) => inner.starts_with(outer),
+            (
+                Resolved::S3 { bucket, segments },
+                Resolved::S3 {
+                    bucket: other_bucket,
+                    segments: other_segments,
+                },
+            ) => bucket == other_bucket && other_segments.starts_with(segments),
+            _ => false,
+        }
+    }
+}
+
+/// `path` made absolute, its longest existing ancestor with links resolved, and `.`/`..` taken lexically in
+/// the rest.
+fn resolve_local(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for ancestor in absolute.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(ancestor) {
+            let rest = absolute.strip_prefix(ancestor).expect("an ancestor");
+            let mut resolved = real;
+            for part in rest.components() {
+                match part {
+                    std::path::Component::ParentDir => {
+                        resolved.pop();
+                    }
+                    std::path::Component::Normal(name) => resolved.push(name),
+                    _ => {}
+                }
+            }
+            return resolved;
+        }
+    }
+    absolute
 }
 
 /// Deletes, under `dir`, the `NAME#N` files `object_store`'s local store writes before renaming into place.

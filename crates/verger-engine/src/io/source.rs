@@ -49,7 +49,9 @@ fn read_object(bucket: &str, key: &str, store: &StoreOptions) -> Result<Vec<u8>,
     // Featurization is synchronous CPU work on a runtime worker; the fetch borrows that worker meanwhile.
     tokio::task::block_in_place(|| {
         runtime.block_on(async {
-            let object = client.get(&ObjectPath::from(key)).await.map_err(unreadable)?;
+            // As listed: `Path::from` would percent-encode `%`, `#`, `~`, `[`… and ask for another key.
+            let path = ObjectPath::parse(key).map_err(unreadable)?;
+            let object = client.get(&path).await.map_err(unreadable)?;
             object.bytes().await.map(|b| b.to_vec()).map_err(unreadable)
         })
     })

@@ -23,10 +23,91 @@ use crate::pseudonym::Pseudonymizer;
 
 use super::staging;
 
-/// The partitioning a run commits to with its manifest, so that a resumed run cuts the same partitions.
+/// The partitioning a run commits to with its manifest, so that a resumed run cuts the same partitions, and
+/// what made the run, so that a resumed run is the same run.
 #[derive(Debug, Serialize, Deserialize)]
 struct Plan {
     partition_rows: usize,
+    /// None in runs made before verger recorded it: such a run is not resumed, since it cannot be checked.
+    #[serde(default)]
+    identity: Option<RunIdentity>,
+}
+
+/// What decides a run's manifest and staged partitions besides the images: `--resume` continues only a run
+/// that agrees on every field, else staged partitions of another input, model or device would be mixed in.
+/// It lives in the shared output, so a pseudonymised run records its input's pseudonym, not the path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunIdentity {
+    pub input: String,
+    pub globs: Vec<String>,
+    pub model_sha256: String,
+    /// [`verger_image::PREPROCESS_VERSION`].
+    pub preprocess_version: u32,
+    pub device: String,
+    pub precision: String,
+    /// A fingerprint of the pseudonymisation key (none without one): another key gives other pseudonyms.
+    pub key: Option<String>,
+}
+
+impl RunIdentity {
+    pub fn of(
+        input: &str,
+        globs: &[String],
+        featurize: &crate::featurize::FeaturizeSettings,
+        pseudonymizer: Option<&Pseudonymizer>,
+    ) -> RunIdentity {
+        RunIdentity {
+            input: match pseudonymizer {
+                Some(p) => p.pseudonym(input),
+                None => input.to_string(),
+            },
+            globs: globs.to_vec(),
+            model_sha256: featurize.model.sha256.clone(),
+            preprocess_version: verger_image::PREPROCESS_VERSION,
+            device: featurize.device.to_string(),
+            precision: featurize.precision.to_string(),
+            key: pseudonymizer.map(Pseudonymizer::fingerprint),
+        }
+    }
+
+    /// The first field in which `self` (this run) differs from `recorded` (the run being resumed), as a
+    /// sentence naming it.
+    fn mismatch(&self, recorded: &RunIdentity) -> Option<String> {
+        let differs = |field: &str, was: &dyn std::fmt::Debug, now: &dyn std::fmt::Debug| {
+            Some(format!("{field}: {was:?} when it started, {now:?} now"))
+        };
+        // The key first: with another key, the input's pseudonym differs too.
+        if self.key != recorded.key {
+            return Some(match (&recorded.key, &self.key) {
+                (Some(_), Some(_)) => "it was pseudonymised with another key".into(),
+                (Some(_), None) => "it was pseudonymised (--pseudonymize-paths), this run is not".into(),
+                _ => "it was not pseudonymised, this run is".into(),
+            });
+        }
+        if self.input != recorded.input {
+            return differs("input", &recorded.input, &self.input);
+        }
+        if self.globs != recorded.globs {
+            return differs("globs", &recorded.globs, &self.globs);
+        }
+        if self.model_sha256 != recorded.model_sha256 {
+            return differs("model (sha256)", &recorded.model_sha256, &self.model_sha256);
+        }
+        if self.preprocess_version != recorded.preprocess_version {
+            return differs(
+                "preprocessing version",
+                &recorded.preprocess_version,
+                &self.preprocess_version,
+            );
+        }
+        if self.device != recorded.device {
+            return differs("device", &recorded.device, &self.device);
+        }
+        if self.precision != recorded.precision {
+            return differs("precision", &recorded.precision, &self.precision);
+        }
+        None
+    }
 }
 
 /// What the list stage settled: the committed manifest (images in URI order), the partition size it is cut
@@ -45,6 +126,8 @@ pub struct ListSettings<'a> {
     pub store: &'a StoreOptions,
     pub partition_rows: usize,
     pub resume: bool,
+    /// What made this run; a resumed run must have been made the same way.
+    pub identity: RunIdentity,
     /// Keep the listing in memory ([`Manifest::images`]) rather than only in the committed file.
     pub keep_images: bool,
 }
@@ -61,14 +144,22 @@ pub async fn load_or_list(
         Some(_) => layout::REAL_MANIFEST.to_string(),
         None => public.clone(),
     };
-    let partition_rows = match settings.resume && out.exists(&real).await? {
+    // The plan is committed before the manifest: whatever a resumed run finds, it checks it first.
+    let plan = match settings.resume && out.exists(layout::PLAN).await? {
         true => {
             let plan: Plan = serde_json::from_slice(&out.get(layout::PLAN).await?)
                 .map_err(|e| JobError::Task(format!("{}: {e}", layout::PLAN)))?;
+            check_resumable(settings, out, &plan)?;
+            Some(plan)
+        }
+        false => None,
+    };
+    let partition_rows = match plan {
+        Some(plan) if out.exists(&real).await? => {
             tracing::info!("resuming from the committed manifest");
             plan.partition_rows
         }
-        false => list_and_commit(settings, out, &real, &public, pseudonymizer.clone()).await?,
+        _ => list_and_commit(settings, out, &real, &public, pseudonymizer.clone()).await?,
     };
     let rows = ManifestRows::open(out, &real, pseudonymizer).await?;
     let images = match settings.keep_images {
@@ -82,6 +173,32 @@ pub async fn load_or_list(
     })
 }
 
+/// Refuses to resume a run that was made otherwise than this one, naming the first field that differs.
+fn check_resumable(settings: &ListSettings<'_>, out: &OutputStore, plan: &Plan) -> Result<(), JobError> {
+    let refuse = |why: String| {
+        JobError::Config(format!(
+            "--resume refused: {} holds another run ({why}); resume it with the command that started it, or \
+             replace it with --overwrite",
+            out.display()
+        ))
+    };
+    let Some(recorded) = &plan.identity else {
+        return Err(refuse(
+            "made by an older verger, which recorded nothing to check".into(),
+        ));
+    };
+    if let Some(why) = settings.identity.mismatch(recorded) {
+        return Err(refuse(why));
+    }
+    if settings.partition_rows.max(1) != plan.partition_rows {
+        return Err(refuse(format!(
+            "--partition-rows: {} when it started, {} now",
+            plan.partition_rows, settings.partition_rows
+        )));
+    }
+    Ok(())
+}
+
 /// Lists the input into a new manifest and commits it with its plan; returns the plan's partition size.
 async fn list_and_commit(
     settings: &ListSettings<'_>,
@@ -92,6 +209,7 @@ async fn list_and_commit(
 ) -> Result<usize, JobError> {
     let plan = Plan {
         partition_rows: settings.partition_rows.max(1),
+        identity: Some(settings.identity.clone()),
     };
     let mut manifest = ManifestWriter::new(out, real, public, pseudonymizer)?;
     list_into(settings, &mut manifest).await?;

@@ -32,7 +32,7 @@ use crate::config::JobConfig;
 use crate::error::JobError;
 use crate::fault;
 use crate::io::claim::OutputClaim;
-use crate::io::output::OutputStore;
+use crate::io::output::{Admit, OutputStore};
 use crate::io::store::{bucket_regions, BucketRegion};
 use crate::io::StoreError;
 use crate::layout;
@@ -59,8 +59,17 @@ pub async fn run_job(
     cluster: Option<SessionContext>,
     stop: &Stop,
 ) -> Result<JobOutcome, JobError> {
-    // Where every bucket is, before any byte moves.
-    let locations = [&config.input, &config.output, &config.featurize.model.location].map(String::as_str);
+    // An output that holds what the run reads would be cleaned or replaced under it.
+    let mut reads = vec![
+        ("the input", config.input.as_str()),
+        ("the model", &config.featurize.model.location),
+    ];
+    reads.extend(config.cache.as_deref().map(|c| ("the cache", c)));
+    reads.extend(config.pca_model.as_deref().map(|p| ("the PCA model", p)));
+    crate::io::output::refuse_overlap(&config.output, &reads)?;
+    // Where every bucket is, before any byte moves: every location the run reads or writes.
+    let mut locations: Vec<&str> = reads.iter().map(|(_, location)| *location).collect();
+    locations.push(&config.output);
     let residency = bucket_regions(&locations, &config.featurize.store, &config.allowed_regions).await?;
     if config.featurize.store.encryption.is_some() && !config.output.starts_with("s3://") {
         return Err(StoreError::Client(
@@ -98,6 +107,8 @@ pub async fn run_job(
         None => None,
     };
     let out = OutputStore::open(&config.output, &config.featurize.store)?;
+    // Checked before the claim too, so a refused output (a user's folder) is not even claimed.
+    out.admit(&layout::RUN, admit_mode(config)).await?;
     let claim = OutputClaim::take(&out, config.lease_ttl_s).await?;
     let run = run_claimed(
         config,
@@ -114,9 +125,11 @@ pub async fn run_job(
     );
     // Dropping the run on a stop request cancels its tasks; the staged partitions are complete files (each
     // committed by rename), so a resumed run reuses them, and releasing the claim lets it start at once.
+    // A run that lost its claim (its lease taken over or expired) stops at once: nothing more is written.
     let outcome = tokio::select! {
         outcome = run => outcome,
         () = stop.requested() => Err(JobError::Interrupted(out.display().to_string())),
+        lost = claim.lost() => Err(lost.into()),
     };
     claim.release().await;
     outcome
@@ -144,7 +157,7 @@ async fn run_claimed(
         pricing,
         mut cache,
     } = inputs;
-    prepare_output(out, config.resume, config.overwrite).await?;
+    prepare_output(out, config).await?;
     let ctx = crate::context::local(config.threads, &config.featurize);
     out.register(&ctx);
     let pseudonymizer = match &config.pseudonymize_key {
@@ -168,6 +181,12 @@ async fn run_claimed(
         store: &config.featurize.store,
         partition_rows: config.partition_rows,
         resume: config.resume,
+        identity: manifest::RunIdentity::of(
+            &config.input,
+            &config.globs,
+            &config.featurize,
+            pseudonymizer.as_deref(),
+        ),
         keep_images: cache.is_some(),
     };
     let manifest = clock
@@ -293,17 +312,24 @@ async fn write_report(out: &OutputStore, report: &Report) -> Result<(), JobError
     page::write(out, report).await
 }
 
-/// Refuses an output that holds something, unless resuming an unfinished run there or replacing it.
-async fn prepare_output(out: &OutputStore, resume: bool, overwrite: bool) -> Result<(), JobError> {
-    if !out.is_empty().await? {
-        if resume {
-            if out.exists(layout::SUCCESS).await? {
+/// What the run may do with an output that holds files.
+fn admit_mode(config: &JobConfig) -> Admit {
+    match (config.resume, config.overwrite) {
+        (true, _) => Admit::Resume,
+        (false, true) => Admit::Replace,
+        (false, false) => Admit::Empty,
+    }
+}
+
+/// Refuses an output that holds something, unless resuming an unfinished run there or replacing a run's.
+async fn prepare_output(out: &OutputStore, config: &JobConfig) -> Result<(), JobError> {
+    match admit_mode(config) {
+        Admit::Replace => out.replace(&layout::RUN).await?,
+        mode => {
+            out.admit(&layout::RUN, mode).await?;
+            if mode == Admit::Resume && out.exists(layout::SUCCESS).await? {
                 return Err(JobError::AlreadyComplete(out.display().to_string()));
             }
-        } else if overwrite {
-            out.clear().await?;
-        } else {
-            return Err(JobError::OutputExists(out.display().to_string()));
         }
     }
     Ok(out.remove_unfinished_files()?)

@@ -6,9 +6,14 @@ use std::ffi::CStr;
 
 use turbojpeg::raw;
 
-use super::Limits;
+use super::{Header, Limits, CONVERSION_BYTES_PER_PIXEL};
 use crate::error::ImageError;
 use crate::pixels::{Mode, Pixels};
+
+/// Scans a progressive JPEG may have. Cameras and encoders write about ten; libjpeg-turbo's `djpeg
+/// -strict` advice for untrusted input is a few hundred. Beyond this, decoding is refused (Pillow has no such
+/// limit: an image refused here would take minutes of CPU there).
+const MAX_SCANS: libc_int = 500;
 
 /// libjpeg's JWRN_JPEG_EOF: the data ended before the image did.
 const PREMATURE_END: &str = "Premature end of JPEG file";
@@ -52,19 +57,52 @@ impl JpegDecoder {
         unsafe { raw::tj3Get(self.handle, param as libc_int) }
     }
 
-    /// Decodes into "L", "RGB" or "CMYK" as Pillow's JPEG plugin would.
-    pub fn decode(&mut self, bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
+    fn set(&mut self, param: raw::TJPARAM, value: libc_int) -> Result<(), ImageError> {
+        // SAFETY: setting a parameter of a valid handle.
+        let status = unsafe { raw::tj3Set(self.handle, param as libc_int, value) };
+        self.check(status)
+    }
+
+    /// Reads the header: the image's size, and what decoding it costs in memory at its peak.
+    pub fn header(&mut self, bytes: &[u8]) -> Result<Header, ImageError> {
         // SAFETY: the pointer and length describe `bytes`, which outlives the call.
         let status = unsafe { raw::tj3DecompressHeader(self.handle, bytes.as_ptr(), bytes.len() as _) };
         self.check(status)?;
         let width = self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH);
         let height = self.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT);
-        let (width, height) = match (usize::try_from(width), usize::try_from(height)) {
+        let (width, height) = match (u64::try_from(width), u64::try_from(height)) {
             (Ok(w), Ok(h)) if w > 0 && h > 0 => (w, h),
             // libjpeg reports no frame when the data ends before it: Pillow calls that truncated.
             _ => return Err(ImageError::Truncated),
         };
+        let channels: u64 = match self.get(raw::TJPARAM_TJPARAM_COLORSPACE) as u32 {
+            raw::TJCS_TJCS_GRAY => 1,
+            raw::TJCS_TJCS_CMYK | raw::TJCS_TJCS_YCCK => 4,
+            _ => 3,
+        };
+        // A progressive image's coefficients (2 bytes per sample) are held whole until its last scan.
+        let coefficients = match self.get(raw::TJPARAM_TJPARAM_PROGRESSIVE) {
+            1 => 2 * channels,
+            _ => 0,
+        };
+        Ok(Header {
+            width,
+            height,
+            peak_bytes: width * height * (channels + coefficients + CONVERSION_BYTES_PER_PIXEL),
+        })
+    }
+
+    /// Decodes into "L", "RGB" or "CMYK" as Pillow's JPEG plugin would.
+    pub fn decode(&mut self, bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
+        let header = self.header(bytes)?;
+        let (width, height) = (header.width as usize, header.height as usize);
         limits.check(width, height)?;
+        // libjpeg-turbo's own guards, for what the header does not show: a progressive image of endless scans
+        // (each one a pass over every coefficient), and intermediate buffers beyond what the pixel limit
+        // implies.
+        self.set(raw::TJPARAM_TJPARAM_SCANLIMIT, MAX_SCANS)?;
+        let max_memory_mb = (limits.max_pixels.saturating_mul(8) >> 20).clamp(1, libc_int::MAX as u64);
+        self.set(raw::TJPARAM_TJPARAM_MAXMEMORY, max_memory_mb as libc_int)?;
         if self.get(raw::TJPARAM_TJPARAM_PRECISION) != 8 {
             return Err(ImageError::Unsupported(
                 "JPEG sample precision other than 8 bits".into(),

@@ -45,6 +45,35 @@ impl Limits {
     }
 }
 
+/// What an image's header says before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub width: u64,
+    pub height: u64,
+    /// An upper bound of the bytes decoding and resizing it hold at once: the decoder's own buffers, the
+    /// decoded pixels, and a copy of them in conversion (premultiplied alpha or RGB). A service admits an
+    /// image against its memory budget by this, before allocating anything.
+    pub peak_bytes: u64,
+}
+
+/// Bytes per pixel beside the decoder's own: the decoded pixels (at most 4 per pixel in the modes decoding
+/// gives) and one converted copy of them.
+pub(crate) const CONVERSION_BYTES_PER_PIXEL: u64 = 8;
+
+/// Reads the header of a JPEG or PNG (chosen as [`decode`] chooses): its size, and its decoding's peak memory.
+pub fn header(bytes: &[u8]) -> Result<Header, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        jpeg::JpegDecoder::new()?.header(bytes)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        png::header(bytes)
+    } else {
+        Err(ImageError::UnknownFormat)
+    }
+}
+
 /// Decodes a JPEG or PNG, chosen by its signature as Pillow does (the file name does not matter).
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
     if bytes.is_empty() {

@@ -5,9 +5,25 @@ use std::io::Cursor;
 
 use png::{BitDepth, ColorType, Transformations};
 
-use super::Limits;
+use super::{Header, Limits, CONVERSION_BYTES_PER_PIXEL};
 use crate::error::ImageError;
 use crate::pixels::{Mode, Pixels};
+
+/// Reads the header (up to the first image data): the image's size, and what decoding it costs in memory at
+/// its peak (the decoder's buffer of raw samples beside the unpacked pixels).
+pub fn header(bytes: &[u8]) -> Result<Header, ImageError> {
+    let mut decoder = png::Decoder::new(Cursor::new(bytes));
+    decoder.set_transformations(Transformations::IDENTITY);
+    let reader = decoder.read_info().map_err(png_error)?;
+    let info = reader.info();
+    let (width, height) = (u64::from(info.width), u64::from(info.height));
+    let raw = info.bytes_per_pixel() as u64;
+    Ok(Header {
+        width,
+        height,
+        peak_bytes: width * height * (raw + CONVERSION_BYTES_PER_PIXEL) + height,
+    })
+}
 
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Pixels, ImageError> {
     let mut decoder = png::Decoder::new_with_limits(

@@ -119,6 +119,11 @@ impl Process {
         self.0.try_wait().ok().flatten().and_then(|s| s.code())
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Whether the process has ended.
     pub fn has_exited(&mut self) -> bool {
         self.0.try_wait().ok().flatten().is_some()
