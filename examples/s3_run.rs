@@ -19,10 +19,10 @@ fn main() -> Result<(), verger::Error> {
         // An S3-compatible store (SeaweedFS, MinIO, ...) instead of AWS.
         endpoint: args.next(),
         encryption: Some(verger::Encryption::Aes256),
+        // Every bucket the job touches must be in an EU region, checked before any byte moves.
+        allowed_regions: vec!["eu-*".into()],
         ..verger::StoreOptions::default()
     };
-    // Every bucket the job touches must be in an EU region, checked before any byte moves.
-    config.allowed_regions = vec!["eu-*".into()];
     config.resume = true;
 
     let outcome = verger::run(&config, Arc::new(verger::NoProgress))?;

@@ -43,8 +43,6 @@ pub struct JobConfig {
     pub resume: bool,
     /// Stop as soon as more inputs than this have failed.
     pub max_errors: Option<ErrorBudget>,
-    /// Region patterns every bucket the job touches must match (empty: no restriction).
-    pub allowed_regions: Vec<String>,
     /// Key file for pseudonymized paths in the shared outputs (result, errors, manifest).
     pub pseudonymize_key: Option<PathBuf>,
     pub featurize: FeaturizeSettings,
@@ -82,7 +80,6 @@ impl JobConfig {
             overwrite: false,
             resume: false,
             max_errors: None,
-            allowed_regions: Vec::new(),
             pseudonymize_key: None,
             featurize: FeaturizeSettings::new(model),
             cost: CostConfig::default(),

@@ -28,7 +28,6 @@ pub struct EstimateConfig {
     pub input: String,
     pub globs: Vec<String>,
     pub featurize: FeaturizeSettings,
-    pub allowed_regions: Vec<String>,
     pub sample: usize,
     /// Which sample: the same seed picks the same images.
     pub seed: u64,
@@ -44,7 +43,6 @@ impl EstimateConfig {
             input: input.into(),
             globs: vec![verger_listing::DEFAULT_GLOB.to_string()],
             featurize,
-            allowed_regions: Vec::new(),
             sample: DEFAULT_SAMPLE,
             seed: 0,
             threads: default_threads(),
@@ -110,12 +108,7 @@ pub async fn estimate(config: &EstimateConfig) -> Result<Estimate, JobError> {
     if config.sample == 0 || config.threads == 0 {
         return Err(JobError::Config("--sample and --threads must be at least 1".into()));
     }
-    bucket_regions(
-        &[config.input.as_str()],
-        &config.featurize.store,
-        &config.allowed_regions,
-    )
-    .await?;
+    bucket_regions(&[config.input.as_str()], &config.featurize.store).await?;
     let listed = Instant::now();
     let entries = crate::list_images(
         &config.input,

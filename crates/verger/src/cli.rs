@@ -188,7 +188,6 @@ impl EstimateArgs {
             None => {}
         }
         config.cost = self.cost.config(self.store.region.as_deref());
-        config.allowed_regions = self.store.allowed_regions;
         Ok(config)
     }
 }
@@ -219,7 +218,6 @@ impl ListArgs {
         }
         config.concurrency = self.concurrency;
         config.store = self.store.options()?;
-        config.allowed_regions = self.store.allowed_regions;
         Ok(config)
     }
 }
@@ -399,6 +397,7 @@ impl StoreArgs {
             encryption,
             max_retries: self.max_retries,
             timeout_s: self.timeout,
+            allowed_regions: self.allowed_regions.clone(),
         })
     }
 }
@@ -515,7 +514,6 @@ impl RunArgs {
         config.overwrite = self.overwrite;
         config.resume = self.resume;
         config.max_errors = self.max_errors;
-        config.allowed_regions = self.store.allowed_regions;
         config.pseudonymize_key = self.pseudonymize_paths;
         config.cost = self.cost.config(self.store.region.as_deref());
         if self.cluster.is_some() {

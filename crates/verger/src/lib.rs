@@ -256,6 +256,7 @@ pub fn estimate(config: &EstimateConfig) -> Result<Estimate, Error> {
 /// the page's location.
 pub fn report(output: &str, store: &StoreOptions) -> Result<String, Error> {
     store.check_transport()?;
+    held_to_regions(&[output], store)?;
     let output = absolute(output)?;
     Ok(runtime(1)?.block_on(verger_engine::report::page::rewrite(&output, store))?)
 }
@@ -269,8 +270,6 @@ pub struct ListConfig {
     /// Folders of a bucket listed at once.
     pub concurrency: usize,
     pub store: StoreOptions,
-    /// Region patterns every bucket must match (empty: no restriction).
-    pub allowed_regions: Vec<String>,
 }
 
 impl ListConfig {
@@ -280,7 +279,6 @@ impl ListConfig {
             globs: vec![DEFAULT_GLOB.to_string()],
             concurrency: LIST_CONCURRENCY,
             store: StoreOptions::default(),
-            allowed_regions: Vec::new(),
         }
     }
 }
@@ -299,7 +297,7 @@ pub fn list(config: &ListConfig) -> Result<Listing, Error> {
     config.store.check_transport()?;
     let started = std::time::Instant::now();
     let images = runtime(default_threads())?.block_on(async {
-        verger_engine::bucket_regions(&[config.input.as_str()], &config.store, &config.allowed_regions).await?;
+        verger_engine::bucket_regions(&[config.input.as_str()], &config.store).await?;
         verger_engine::list_images(&config.input, &config.globs, &config.store, config.concurrency).await
     })?;
     let mut per_label = BTreeMap::new();
@@ -424,8 +422,19 @@ pub fn read_pca(output: &str, store: &StoreOptions) -> Result<SavedPca, Error> {
     Ok(runtime(1)?.block_on(reading)?.2)
 }
 
+/// Refuses, before anything is read or written, a command whose buckets lie outside the store options'
+/// `allowed_regions` (nothing to check without them, or without buckets).
+fn held_to_regions(locations: &[&str], store: &StoreOptions) -> Result<(), Error> {
+    if store.allowed_regions.is_empty() || !locations.iter().any(|l| l.starts_with("s3://")) {
+        return Ok(());
+    }
+    runtime(1)?.block_on(verger_engine::bucket_regions(locations, store))?;
+    Ok(())
+}
+
 /// Trains a classifier on a finished run and writes its folder; returns how training went.
 pub fn train(config: &TrainConfig) -> Result<TrainReport, Error> {
+    held_to_regions(&[&config.run, &config.out], &config.store)?;
     let (_, report) = runtime(default_threads())?.block_on(verger_engine::classify::train(config))?;
     Ok(report)
 }
@@ -433,11 +442,13 @@ pub fn train(config: &TrainConfig) -> Result<TrainReport, Error> {
 /// Scores the classifier in folder `classifier` on the finished, labelled run `run`; the scores are also
 /// saved in the classifier folder (`evaluation.json`, `confusion.parquet`).
 pub fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Result<Evaluation, Error> {
+    held_to_regions(&[classifier, run], store)?;
     Ok(runtime(default_threads())?.block_on(verger_engine::classify::evaluate(classifier, run, store))?)
 }
 
 /// Loads and checks a classifier folder, once, for [`identify`].
 pub fn load_classifier(folder: &str, store: &StoreOptions) -> Result<Classifier, Error> {
+    held_to_regions(&[folder], store)?;
     Ok(runtime(1)?.block_on(Classifier::load(folder, store))?)
 }
 
@@ -450,6 +461,9 @@ pub fn identify(
     top: usize,
     neighbours: usize,
 ) -> Result<Vec<Identification>, Error> {
+    let mut locations: Vec<&str> = photos.iter().map(String::as_str).collect();
+    locations.push(&settings.model.location);
+    held_to_regions(&locations, &settings.store)?;
     verger_model::runtime::ensure_loaded(settings.device)?;
     let identifying = verger_engine::classify::identify(classifier, photos, settings, top, neighbours);
     Ok(runtime(default_threads())?.block_on(identifying)?)
@@ -464,6 +478,7 @@ pub fn serve(
     ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), Error> {
     settings.store.check_transport()?;
+    held_to_regions(&[&settings.model.location], &settings.store)?;
     verger_model::runtime::ensure_loaded(settings.device)?;
     let serving = verger_serve::serve(classifier, settings, config, ready, std::future::pending());
     Ok(runtime(default_threads())?.block_on(serving)?)
@@ -473,6 +488,7 @@ pub fn serve(
 /// checking it against verger's own pipeline; returns its size, checksum and single-photo latency.
 pub fn export(classifier: &Classifier, settings: &FeaturizeSettings, onnx: &str) -> Result<Exported, Error> {
     settings.store.check_transport()?;
+    held_to_regions(&[onnx, &settings.model.location], &settings.store)?;
     verger_model::runtime::ensure_loaded(settings.device)?;
     let onnx = absolute(onnx)?;
     let exporting = verger_engine::classify::export(classifier, settings, &onnx);

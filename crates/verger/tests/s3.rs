@@ -367,8 +367,9 @@ fn a_job_from_bucket_to_bucket_gives_the_rows_of_the_same_job_on_disk() {
     assert!(!contains(&wrong.stderr, "wrong-secret-value"), "{}", stderr(&wrong));
 }
 
-/// Issue 41, points 1 and 3: keys with characters object_store would percent-encode (`#`, `%`, `~`, `[`,
-/// a space) are read as listed, so every one is featurized; `--overwrite` of a bucket's root is refused.
+/// Issue 41, points 1, 3 and 6: keys with characters object_store would percent-encode (`#`, `%`, `~`, `[`,
+/// a space) are read as listed, so every one is featurized; `--overwrite` of a bucket's root is refused; every
+/// command holds every bucket it touches to `--allowed-regions`.
 #[test]
 fn odd_keys_are_read_as_listed_and_a_bucket_root_is_never_replaced() {
     let tmp = tempfile::tempdir().unwrap();
@@ -441,6 +442,42 @@ fn odd_keys_are_read_as_listed_and_a_bucket_root_is_never_replaced() {
         assert!(
             !refused_output.exists(),
             "{extra:?}: nothing is written for a refused job"
+        );
+    }
+    // ... and so are every other command's: a run, a classifier folder, photos, an ONNX file in that region.
+    let commands: [&[&str]; 6] = [
+        &["report", "s3://results/none"],
+        &["train", "s3://results/none", "--out", "s3://results/classifier"],
+        &["evaluate", "--model", "s3://results/classifier", "s3://results/none"],
+        &[
+            "identify",
+            "--model",
+            "s3://results/classifier",
+            "s3://images/odd/Kiwi/50%.jpg",
+        ],
+        &[
+            "export",
+            "--model",
+            "s3://results/classifier",
+            "--onnx",
+            "s3://results/app.onnx",
+        ],
+        &["serve", "--model", "s3://results/classifier", "--port", "0"],
+    ];
+    for args in commands {
+        let refused = Command::new(env!("CARGO_BIN_EXE_verger"))
+            .args(args)
+            .args(["--endpoint", &server.endpoint(), "--region", "us-east-1"])
+            .args(["--allowed-regions", "eu-*"])
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .output()
+            .unwrap();
+        assert_eq!(code(&refused), Some(1), "{args:?}: {}", stderr(&refused));
+        assert!(
+            stderr(&refused).contains("is in region us-east-1"),
+            "{args:?}: {}",
+            stderr(&refused)
         );
     }
     let kept = server

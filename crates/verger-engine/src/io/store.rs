@@ -42,6 +42,10 @@ pub struct StoreOptions {
     pub max_retries: usize,
     /// Seconds one request attempt may take.
     pub timeout_s: u64,
+    /// Region patterns (`eu-*`) every bucket a command touches must match (empty: no restriction), checked by
+    /// [`bucket_regions`] before any byte moves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_regions: Vec<String>,
 }
 
 impl Default for StoreOptions {
@@ -53,6 +57,7 @@ impl Default for StoreOptions {
             encryption: None,
             max_retries: 10,
             timeout_s: 60,
+            allowed_regions: Vec::new(),
         }
     }
 }
@@ -294,11 +299,8 @@ pub fn check_residency(allowed: &[String], buckets: &[BucketRegion]) -> Result<(
 
 /// The region of each bucket among `locations`, refusing any outside `allowed` (no restriction when empty):
 /// called before any byte moves.
-pub async fn bucket_regions(
-    locations: &[&str],
-    store: &StoreOptions,
-    allowed: &[String],
-) -> Result<Vec<BucketRegion>, StoreError> {
+pub async fn bucket_regions(locations: &[&str], store: &StoreOptions) -> Result<Vec<BucketRegion>, StoreError> {
+    let allowed = &store.allowed_regions;
     let mut buckets: Vec<BucketRegion> = Vec::new();
     for location in locations {
         let Location::S3 { bucket, .. } = Location::parse(location) else {

@@ -70,7 +70,7 @@ pub async fn run_job(
     // Where every bucket is, before any byte moves: every location the run reads or writes.
     let mut locations: Vec<&str> = reads.iter().map(|(_, location)| *location).collect();
     locations.push(&config.output);
-    let residency = bucket_regions(&locations, &config.featurize.store, &config.allowed_regions).await?;
+    let residency = bucket_regions(&locations, &config.featurize.store).await?;
     if config.featurize.store.encryption.is_some() && !config.output.starts_with("s3://") {
         return Err(StoreError::Client(
             "server-side encryption applies to outputs in object stores; a local output is as encrypted as its disk"

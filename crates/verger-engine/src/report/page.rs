@@ -872,7 +872,9 @@ impl Page {
                 buckets: report.buckets.clone(),
                 allowed_regions: report
                     .config
-                    .get("allowed_regions")
+                    .pointer("/featurize/store/allowed_regions")
+                    // Reports of runs made before the store options held them.
+                    .or_else(|| report.config.get("allowed_regions"))
                     .and_then(|v| serde_json::from_value(v.clone()).ok())
                     .unwrap_or_default(),
                 encryption: report.encryption.clone(),
