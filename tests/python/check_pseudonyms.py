@@ -1,4 +1,5 @@
-"""Pseudonymized outputs: each path is HMAC-SHA256(key, file:// URI) in hex, labels kept, no photo path left.
+"""Pseudonymized outputs: each path is HMAC-SHA256(key, file:// URI) in hex, labels kept, no photo path, photo
+file name, input folder or key file named anywhere, no size, time or ETag in the shared manifest.
 
 usage: check_pseudonyms.py OUT KEYFILE INPUT_ROOT
 """
@@ -28,10 +29,18 @@ for row in result + manifest:
 assert all(row["path"] in expected for row in errors)
 assert len({r["path"] for r in result} | {r["path"] for r in errors}) == len(expected)
 
+# Nothing that fingerprints a photo in the shared manifest: no size, time or ETag (issue 41, point 7).
+assert all(row["size"] == 0 and row["modified_ms"] == 0 and row["etag"] is None for row in manifest)
+
+# No byte of any file of the output names the input folder, a photo's file name or the key file.
+real = {os.path.abspath(root), os.path.abspath(keyfile)}
+for directory, _, files in os.walk(os.path.abspath(root)):
+    real.update(name for name in files if name.endswith(".jpg"))
 for directory, _, files in os.walk(out):
+    if os.path.relpath(directory, out).startswith("_staging"):
+        continue  # the real manifest a resumed run needs, removed when the run succeeds
     for name in files:
         data = open(os.path.join(directory, name), "rb").read()
-        for label in set(expected.values()):
-            leaked = (os.path.abspath(root) + "/" + label).encode()
-            assert leaked not in data, f"{name} contains the photo path {leaked!r}"
+        for leaked in real:
+            assert leaked.encode() not in data, f"{name} contains {leaked!r}"
 print(f"ok: {len(result)} pseudonymized rows, {len(errors)} errors")

@@ -8,6 +8,9 @@ use std::path::Path;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// The shortest key accepted: 32 bytes, HMAC-SHA256's own security level.
+pub const MIN_KEY_BYTES: usize = 32;
+
 /// A secret key for path pseudonyms. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Pseudonymizer {
@@ -21,15 +24,31 @@ impl std::fmt::Debug for Pseudonymizer {
 }
 
 impl Pseudonymizer {
-    /// Reads the key file (its bytes, a trailing newline removed); at least 16 bytes.
+    /// Reads the key file (its bytes, a trailing newline removed): at least [`MIN_KEY_BYTES`], in a file only
+    /// its owner can read or write (mode 0600), since whoever holds the key can test a guessed path.
     pub fn from_file(path: &Path) -> Result<Pseudonymizer, String> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "key file {} has mode {:o}: others may read it; chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
+        }
         let mut key = std::fs::read(path).map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
         while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             key.pop();
         }
-        if key.len() < 16 {
+        if key.len() < MIN_KEY_BYTES {
             return Err(format!(
-                "key file {} holds {} bytes; use at least 16",
+                "key file {} holds {} bytes; use at least {MIN_KEY_BYTES} random ones (openssl rand -hex 32 > KEY)",
                 path.display(),
                 key.len()
             ));
@@ -58,7 +77,11 @@ mod tests {
     #[test]
     fn pseudonyms_are_keyed_hmacs_and_the_key_stays_hidden() {
         let dir = std::env::temp_dir().join(format!("verger-key-{}", std::process::id()));
-        std::fs::write(&dir, b"0123456789abcdef-secret\n").unwrap();
+        std::fs::write(&dir, b"0123456789abcdef-0123456789abcdef-secret\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Pseudonymizer::from_file(&dir).unwrap_err().contains("chmod 600"));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o600)).unwrap();
         let p = Pseudonymizer::from_file(&dir).unwrap();
         // RFC 4231-style check against an independent computation is done in the end-to-end test (Python hmac).
         assert_eq!(p.pseudonym("file:///a.jpg").len(), 64);

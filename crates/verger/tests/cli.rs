@@ -154,7 +154,24 @@ fn pseudonymized_paths_are_keyed_hashes_and_no_photo_path_remains() {
     let tmp = tempfile::tempdir().unwrap();
     let (input, output, key) = (tmp.path().join("in"), tmp.path().join("out"), tmp.path().join("key"));
     small_input(&input);
-    std::fs::write(&key, b"a-key-of-at-least-16-bytes\n").unwrap();
+    // Issue 41, point 7: a short key, or one others may read, is refused before anything runs.
+    for (text, mode, says) in [
+        (&b"sixteen-byte-key"[..], 0o600, "use at least 32"),
+        (b"a-key-of-at-least-32-bytes-for-hmac-sha256", 0o644, "chmod 600"),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&key, text).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let refused = verger(&run_args(
+            &input,
+            &output,
+            &["--pseudonymize-paths", key.to_str().unwrap()],
+        ));
+        assert_eq!(refused.status.code(), Some(1), "{}", common::text(&refused));
+        assert!(common::text(&refused).contains(says), "{}", common::text(&refused));
+    }
+    std::fs::remove_dir_all(&output).ok();
+    common::key_file(&key, b"a-key-of-at-least-32-bytes-for-hmac-sha256\n");
     let out = verger(&run_args(
         &input,
         &output,

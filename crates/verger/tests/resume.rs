@@ -185,7 +185,7 @@ fn a_pseudonymized_run_resumes_to_the_same_output() {
     let input = tmp.path().join("in");
     small_input(&input);
     let key = tmp.path().join("key");
-    std::fs::write(&key, b"another-key-16-bytes-long").unwrap();
+    common::key_file(&key, b"another-key-of-at-least-32-bytes-long");
     let mut args = SMALL_RUN.to_vec();
     args.extend(["--pseudonymize-paths", key.to_str().unwrap()]);
     let baseline = tmp.path().join("baseline");
@@ -239,7 +239,7 @@ fn resume_refuses_a_run_made_otherwise() {
     let before = staged();
 
     let key = tmp.path().join("key");
-    std::fs::write(&key, b"a-key-of-at-least-16-bytes").unwrap();
+    common::key_file(&key, b"a-key-of-at-least-32-bytes-for-hmac-sha256");
     let with = |extra: &[&str]| {
         let mut args = SMALL_RUN.to_vec();
         args.extend_from_slice(extra);

@@ -42,6 +42,21 @@ fn unreadable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unreadable(e.to_string())
 }
 
+/// The cause of a failed read without the object's name: the error row already names the object (by its
+/// pseudonym in a pseudonymised run, where the message must not undo it), and object_store's messages carry
+/// the key as written and percent-encoded.
+fn unreadable_object(e: impl std::fmt::Display, bucket: &str, key: &str) -> StoreError {
+    let mut message = e.to_string();
+    let encoded = ObjectPath::from(key).as_ref().to_string();
+    let url_encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+    for form in [format!("s3://{bucket}/{key}"), encoded, url_encoded, key.to_string()] {
+        if !form.is_empty() {
+            message = message.replace(&form, "<object>");
+        }
+    }
+    StoreError::Unreadable(message)
+}
+
 fn read_object(bucket: &str, key: &str, store: &StoreOptions) -> Result<Vec<u8>, StoreError> {
     let client = store.s3(bucket)?;
     let runtime = tokio::runtime::Handle::try_current()
@@ -50,9 +65,32 @@ fn read_object(bucket: &str, key: &str, store: &StoreOptions) -> Result<Vec<u8>,
     tokio::task::block_in_place(|| {
         runtime.block_on(async {
             // As listed: `Path::from` would percent-encode `%`, `#`, `~`, `[`… and ask for another key.
-            let path = ObjectPath::parse(key).map_err(unreadable)?;
+            let unreadable = |e: object_store::Error| unreadable_object(e, bucket, key);
+            let path = ObjectPath::parse(key).map_err(|e| unreadable(e.into()))?;
             let object = client.get(&path).await.map_err(unreadable)?;
             object.bytes().await.map(|b| b.to_vec()).map_err(unreadable)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 41, point 7: an unreadable object's message names its cause, not the object, in none of the forms
+    /// object_store writes a key in (as listed, percent-encoded, as a URL).
+    #[test]
+    fn unreadable_objects_are_not_named_in_their_message() {
+        let key = "alice/holiday #1/50% off.jpg";
+        let encoded = ObjectPath::from(key).as_ref().to_string();
+        for path in [key.to_string(), encoded, format!("s3://photos/{key}")] {
+            let e = object_store::Error::NotFound {
+                path: path.clone(),
+                source: format!("GET http://store/photos/{path}: 404").into(),
+            };
+            let message = unreadable_object(e, "photos", key).to_string();
+            assert!(!message.contains("alice") && !message.contains("holiday"), "{message}");
+            assert!(message.contains("<object>") && message.contains("404"), "{message}");
+        }
+    }
 }

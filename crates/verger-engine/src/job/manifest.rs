@@ -7,7 +7,8 @@
 use std::ops::{ControlFlow, Range};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::DataType;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use verger_listing::{
@@ -299,7 +300,7 @@ impl ManifestWriter {
     async fn write(&mut self, images: &ImageList) -> Result<(), JobError> {
         self.real.write(images.batch()).await?;
         if let Some((file, p)) = &mut self.shared {
-            file.write(&with_paths(images.batch(), pseudonyms(images, p))?).await?;
+            file.write(&pseudonymised(images, p)?).await?;
         }
         self.rows += images.len();
         Ok(())
@@ -373,9 +374,18 @@ pub fn pseudonyms(images: &ImageList, pseudonymizer: &Pseudonymizer) -> ArrayRef
     ))
 }
 
-/// `batch` with its first column (the paths) replaced.
-fn with_paths(batch: &RecordBatch, paths: ArrayRef) -> Result<RecordBatch, JobError> {
-    let mut columns = batch.columns().to_vec();
-    columns[0] = paths;
+/// The manifest as a pseudonymised run shares it: each path's pseudonym and label, and nothing that
+/// fingerprints a photo (its size, time and ETag, the MD5 of a single-part upload): zero sizes and times, no
+/// ETags, in the manifest's own schema.
+fn pseudonymised(images: &ImageList, pseudonymizer: &Pseudonymizer) -> Result<RecordBatch, JobError> {
+    let batch = images.batch();
+    let n = batch.num_rows();
+    let columns: Vec<ArrayRef> = vec![
+        pseudonyms(images, pseudonymizer),
+        batch.column(1).clone(),
+        Arc::new(UInt64Array::from(vec![0u64; n])),
+        Arc::new(Int64Array::from(vec![0i64; n])),
+        datafusion::arrow::array::new_null_array(&DataType::Utf8, n),
+    ];
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }

@@ -354,6 +354,26 @@ pub struct Report {
     pub cache: Option<crate::job::cache::CacheSummary>,
 }
 
+/// The configuration as the report shows it. A pseudonymised run's report names no real location: its input,
+/// output, cache, PCA model and key file are replaced by what they are (issue 41, point 7).
+fn shared_config(config: &JobConfig) -> serde_json::Value {
+    let mut shown = serde_json::to_value(config).expect("config serializes");
+    if config.pseudonymize_key.is_some() {
+        for (field, what) in [
+            ("input", "(pseudonymised: the input)"),
+            ("output", "(pseudonymised: this output)"),
+            ("cache", "(pseudonymised: the cache)"),
+            ("pca_model", "(pseudonymised: the given PCA model)"),
+            ("pseudonymize_key", "(the key file)"),
+        ] {
+            if shown.get(field).is_some_and(|v| !v.is_null()) {
+                shown[field] = serde_json::Value::from(what);
+            }
+        }
+    }
+    shown
+}
+
 impl Report {
     /// The report of a run that ended with `counts` and `pca` (none when nothing was featurized), timed by
     /// `clock` and priced with `pricing`.
@@ -397,7 +417,7 @@ impl Report {
             buckets: Vec::new(),
             encryption: config.featurize.store.encryption.as_ref().map(|e| e.describe()),
             pseudonymized: config.pseudonymize_key.is_some(),
-            config: serde_json::to_value(config).expect("config serializes"),
+            config: shared_config(config),
             evaluations: Vec::new(),
             cache: None,
         }

@@ -106,6 +106,13 @@ pub fn small_input(dir: &Path) {
     std::fs::write(dir.join("Broken/ignored.txt"), b"not matched by the glob").unwrap();
 }
 
+/// Writes a key file as a user should: only its owner may read it (mode 0600).
+pub fn key_file(path: &Path, key: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, key).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A process killed when dropped.
 pub struct Process(Child);
 
