@@ -25,7 +25,11 @@ What it does (well under 3 minutes on a 2-core machine):
    with SIGKILL (once the first staged partition appears, or after a seeded random delay); each is resumed
    with --resume and must equal the baseline (paths, labels, features and pca_features bit for bit, errors,
    PCA model).
-5. Prints a summary block and exits 1 if anything crashed, a row was lost or duplicated, a resume failed, or
+5. Refusals (issue 41): `--overwrite` of the folder holding the input and of a folder that is not verger's,
+   `--resume` of such a folder, of a run made with another input or partitioning, and pseudonymisation keys
+   that are short or readable by others: each must exit 1 saying why and leave every file as it was.
+6. Prints a summary block and exits 1 if anything crashed, a row was lost or duplicated, a resume failed, a
+   refusal did not refuse cleanly, or
    the main run broke a rule above (exit code, missing message, paths never listed). Disagreements with
    Pillow are listed and counted but do not fail the suite: they are findings to triage. As an extra,
    informational check, `verger preprocess` must give Pillow's exact pixels for every file Pillow opens.
@@ -461,6 +465,70 @@ def check_resumes(runner, small, work, rng):
     return outcomes
 
 
+# ----------------------------------------------------------------------------------------------- refusals
+
+
+def snapshot(folder):
+    """Every file under `folder` with its bytes (the claim file aside: a refused run may have held it)."""
+    files = {}
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            if name != "_CLAIM":
+                path = os.path.join(directory, name)
+                files[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return files
+
+
+def check_refusals(runner, small, work):
+    """Issue 41's refusals: each command must fail with exit 1 naming why, and leave every file as it was.
+    Returns [(what, [problems])]."""
+    photos = os.path.join(work, "photos")
+    shutil.copytree(small, photos)
+    one_class = os.path.join(photos, sorted(os.listdir(photos))[0])
+    documents = os.path.join(work, "documents")
+    os.makedirs(os.path.join(documents, "result"))
+    for name, text in [("notes.txt", "mine"), ("result/thesis.tex", "mine too")]:
+        with open(os.path.join(documents, name), "w") as f:
+            f.write(text)
+    aborted = os.path.join(work, "aborted")
+    runner.run("a run to resume", photos, aborted, RESUME_ARGS, env={"VERGER_ABORT_AT": "featurize:2"},
+               expect_abort=True)
+    other = os.path.join(work, "other")
+    shutil.copytree(one_class, os.path.join(other, "only"))
+    short_key, loose_key = os.path.join(work, "short.key"), os.path.join(work, "loose.key")
+    for path, key, mode in [(short_key, "sixteen-byte-key", 0o600), (loose_key, "k" * 40, 0o644)]:
+        with open(path, "w") as f:
+            f.write(key)
+        os.chmod(path, mode)
+    cases = [
+        ("--overwrite of the folder holding the input", one_class, photos, ["--overwrite"], "contains the input",
+         photos),
+        ("--overwrite of a folder that is not verger's", photos, documents, ["--overwrite"], "not verger's",
+         documents),
+        ("--resume of a folder that is not verger's", photos, documents, ["--resume"], "not verger's", documents),
+        ("--resume with another input", other, aborted, RESUME_ARGS + ["--resume"], "input:", aborted),
+        ("--resume with another partitioning", photos, aborted,
+         GLOBS + ["--k", "5", "--partition-rows", "5", "--resume"], "--partition-rows", aborted),
+        ("a pseudonymisation key of 16 bytes", photos, os.path.join(work, "short"),
+         ["--pseudonymize-paths", short_key], "at least 32", None),
+        ("a pseudonymisation key others may read", photos, os.path.join(work, "loose"),
+         ["--pseudonymize-paths", loose_key], "chmod 600", None),
+    ]
+    outcomes = []
+    for what, input_dir, output, extra, says, untouched in cases:
+        before = snapshot(untouched) if untouched else None
+        code, err = runner.run(what, input_dir, output, extra)
+        problems = []
+        if code != 1:
+            problems.append(f"exit {describe_exit(code)}, not 1")
+        if says not in err:
+            problems.append(f"the message does not say {says!r}: {err.strip()[-300:]}")
+        if untouched and snapshot(untouched) != before:
+            problems.append(f"{os.path.basename(untouched)} changed")
+        outcomes.append((what, problems))
+    return outcomes
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -492,6 +560,8 @@ def main():
         build_small_corpus(corpus, small, ["empty.jpg", "text.jpg", "trunc_jpeg_00.jpg", "ihdr_100000x100000.png"])
         outcomes = check_resumes(runner, small, os.path.join(work, "resume"), rng)
         passed = sum(not problems for _, problems in outcomes)
+        refusals = check_refusals(runner, small, os.path.join(work, "refusals"))
+        refused = sum(not problems for _, problems in refusals)
 
         for p in main_check["problems"]:
             print(f"PROBLEM {p}")
@@ -502,6 +572,8 @@ def main():
         print(f"pixel mismatches with Pillow (verger preprocess, informational): {len(pixel_mismatches)}")
         for what, problems in outcomes:
             print(f"resume {'ok  ' if not problems else 'FAIL'} {what}" + "".join(f"\n    {p}" for p in problems))
+        for what, problems in refusals:
+            print(f"refusal {'ok  ' if not problems else 'FAIL'} {what}" + "".join(f"\n    {p}" for p in problems))
         for what, why in runner.crashes:
             print(f"CRASH {what}: {why}")
         print(f"({time.monotonic() - started:.0f} s)\n")
@@ -512,8 +584,9 @@ def main():
         print(f"duplicates: {main_check['dups']}")
         print(f"disagreements with Pillow: {len(main_check['disagreements'])}")
         print(f"resumes tried: {len(outcomes)}, passed: {passed}")
+        print(f"refusals tried: {len(refusals)}, refused cleanly: {refused}")
         failed = (runner.crashes or main_check["problems"] or main_check["lost"] or main_check["dups"]
-                  or passed < len(outcomes))
+                  or passed < len(outcomes) or refused < len(refusals))
         return 1 if failed else 0
     finally:
         if args.keep:
