@@ -280,21 +280,19 @@ impl Security {
 
 fn read(dir: &Path, name: &str, secret: bool) -> Result<String, SecurityError> {
     let path = dir.join(name);
-    let meta = fs::metadata(&path).map_err(|e| {
+    fs::metadata(&path).map_err(|e| {
         SecurityError::Io(format!(
             "{}: {e} (make a cluster's credentials with `verger cluster init {}`)",
             path.display(),
             dir.display()
         ))
     })?;
-    if secret && meta.permissions().mode() & 0o077 != 0 {
-        return Err(SecurityError::Invalid(format!(
-            "{} can be read by other users (mode {:o}): chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        )));
-    }
-    fs::read_to_string(&path).map_err(|e| SecurityError::Io(format!("{}: {e}", path.display())))
+    // Keys and the token through the project's one owner-only reader.
+    let bytes = match secret {
+        true => verger_engine::io::read_private(&path).map_err(SecurityError::Invalid)?,
+        false => fs::read(&path).map_err(|e| SecurityError::Io(format!("{}: {e}", path.display())))?,
+    };
+    String::from_utf8(bytes).map_err(|_| SecurityError::Invalid(format!("{}: not text", path.display())))
 }
 
 /// The first certificate of a PEM text, as DER.

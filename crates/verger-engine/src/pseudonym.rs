@@ -27,22 +27,7 @@ impl Pseudonymizer {
     /// Reads the key file (its bytes, a trailing newline removed): at least [`MIN_KEY_BYTES`], in a file only
     /// its owner can read or write (mode 0600), since whoever holds the key can test a guessed path.
     pub fn from_file(path: &Path) -> Result<Pseudonymizer, String> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(format!(
-                    "key file {} has mode {:o}: others may read it; chmod 600 it",
-                    path.display(),
-                    mode & 0o777
-                ));
-            }
-        }
-        let mut key = std::fs::read(path).map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+        let mut key = crate::io::read_private(path).map_err(|e| format!("key file {e}"))?;
         while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             key.pop();
         }

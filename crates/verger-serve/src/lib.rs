@@ -96,23 +96,10 @@ impl Token {
 
     /// A token from a file that only its owner can read or write (mode 0600 or stricter).
     pub fn from_file(path: &std::path::Path) -> Result<Token, ServeError> {
-        let failed = |why: String| ServeError::Config(format!("token file {}: {why}", path.display()));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|e| failed(e.to_string()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(failed(format!(
-                    "mode {:o} lets others read it; chmod 600 it",
-                    mode & 0o777
-                )));
-            }
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-        Token::new(&text).map_err(|e| failed(e.to_string()))
+        let failed = |why: String| ServeError::Config(format!("token file {why}"));
+        let bytes = verger_engine::io::read_private(path).map_err(failed)?;
+        let text = String::from_utf8(bytes).map_err(|_| failed(format!("{}: not text", path.display())))?;
+        Token::new(&text).map_err(|e| failed(format!("{}: {e}", path.display())))
     }
 
     fn matches(&self, given: &str) -> bool {
@@ -370,25 +357,14 @@ fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeErro
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let failed =
         |path: &std::path::Path, e: &dyn std::fmt::Display| ServeError::Tls(format!("{}: {e}", path.display()));
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&files.key)
-            .map_err(|e| failed(&files.key, &e))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            let why = format!("mode {:o} lets others read the private key; chmod 600 it", mode & 0o777);
-            return Err(failed(&files.key, &why));
-        }
-    }
+    let key = verger_engine::io::read_private(&files.key).map_err(ServeError::Tls)?;
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| failed(&files.cert, &e))?;
     if certs.is_empty() {
         return Err(failed(&files.cert, &"no certificate in the file"));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| failed(&files.key, &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| failed(&files.key, &e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| ServeError::Tls(e.to_string()))?

@@ -131,6 +131,19 @@ impl Seaweed {
         self.upload(bucket, "", empty.path());
     }
 
+    /// `verger ARGS` against this server with its buckets taken to be in us-east-1 while only `eu-*` is
+    /// allowed: every such command must be refused before any byte moves.
+    fn outside_allowed_regions(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_verger"))
+            .args(args)
+            .args(["--endpoint", &self.endpoint(), "--region", "us-east-1"])
+            .args(["--allowed-regions", "eu-*"])
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .output()
+            .unwrap()
+    }
+
     /// `verger ARGS` against this server, authenticated through the environment.
     fn verger(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_verger"));
@@ -340,15 +353,8 @@ fn a_job_from_bucket_to_bucket_gives_the_rows_of_the_same_job_on_disk() {
 
     // Outside the allowed regions: refused before anything is read or written, naming bucket and region.
     let refused_output = tmp.path().join("refused");
-    let refused = Command::new(env!("CARGO_BIN_EXE_verger"))
-        .args(["run", "--input", "s3://images/fruits", "--output"])
-        .arg(&refused_output)
-        .args(["--endpoint", &server.endpoint(), "--region", "us-east-1"])
-        .args(["--allowed-regions", "eu-*"])
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .output()
-        .unwrap();
+    let output = refused_output.to_str().unwrap();
+    let refused = server.outside_allowed_regions(&["run", "--input", "s3://images/fruits", "--output", output]);
     assert_eq!(code(&refused), Some(1));
     assert!(
         stderr(&refused).contains("bucket images is in region us-east-1"),
@@ -423,16 +429,14 @@ fn odd_keys_are_read_as_listed_and_a_bucket_root_is_never_replaced() {
     .enumerate()
     {
         let refused_output = tmp.path().join(format!("refused-{i}"));
-        let refused = Command::new(env!("CARGO_BIN_EXE_verger"))
-            .args(["run", "--input", local.to_str().unwrap(), "--output"])
-            .arg(&refused_output)
-            .args(extra)
-            .args(["--endpoint", &server.endpoint(), "--region", "us-east-1"])
-            .args(["--allowed-regions", "eu-*"])
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .output()
-            .unwrap();
+        let output = refused_output.to_str().unwrap();
+        let refused = server.outside_allowed_regions(
+            &[
+                &["run", "--input", local.to_str().unwrap(), "--output", output],
+                &extra[..],
+            ]
+            .concat(),
+        );
         assert_eq!(code(&refused), Some(1), "{extra:?}: {}", stderr(&refused));
         assert!(
             stderr(&refused).contains("bucket results is in region us-east-1"),
@@ -465,14 +469,7 @@ fn odd_keys_are_read_as_listed_and_a_bucket_root_is_never_replaced() {
         &["serve", "--model", "s3://results/classifier", "--port", "0"],
     ];
     for args in commands {
-        let refused = Command::new(env!("CARGO_BIN_EXE_verger"))
-            .args(args)
-            .args(["--endpoint", &server.endpoint(), "--region", "us-east-1"])
-            .args(["--allowed-regions", "eu-*"])
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .output()
-            .unwrap();
+        let refused = server.outside_allowed_regions(args);
         assert_eq!(code(&refused), Some(1), "{args:?}: {}", stderr(&refused));
         assert!(
             stderr(&refused).contains("is in region us-east-1"),

@@ -62,3 +62,24 @@ impl StoreError {
         }
     }
 }
+
+/// Reads a secret (a key, a token) from a file only its owner may read or write (mode 0600 or stricter):
+/// anyone else who could read it could use it. The error names the file and, for a loose one, the fix.
+pub fn read_private(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} can be read by other users (mode {:o}): chmod 600 it",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
