@@ -25,6 +25,10 @@ fn main() -> Result<(), verger::Error> {
     while TcpStream::connect(("127.0.0.1", SCHEDULER)).is_err() {
         std::thread::sleep(Duration::from_millis(100));
     }
+    let model = verger::default_model().expect("set VERGER_MODEL to the MobileNetV2 ONNX file");
+    let (input, output) = (verger::absolute(&input)?, verger::absolute(&output)?);
+    // The executor reads the images and the model and writes the output, and touches nothing else.
+    let allow_locations = vec![input.clone(), output.clone(), model.clone()];
     std::thread::spawn(move || {
         let options = verger::ExecutorOptions {
             scheduler_host: "127.0.0.1".into(),
@@ -33,14 +37,16 @@ fn main() -> Result<(), verger::Error> {
             port: SCHEDULER + 1,
             slots: 2,
             work_dir: None,
+            allow_locations,
+            endpoint: None,
+            allow_http: false,
         };
         verger::executor(options, &guard)
     });
     // Give the executor a moment to register; cluster jobs wait for one anyway.
     std::thread::sleep(Duration::from_secs(2));
 
-    let model = verger::default_model().expect("set VERGER_MODEL to the MobileNetV2 ONNX file");
-    let mut config = verger::JobConfig::new(verger::absolute(&input)?, verger::absolute(&output)?, model);
+    let mut config = verger::JobConfig::new(input, output, model);
     config.cluster = Some(format!("df://127.0.0.1:{SCHEDULER}"));
     config.cluster_security = Some(credentials.clone());
     config.overwrite = true;

@@ -1,5 +1,5 @@
-"""A finished verger output in S3: the full layout, _SUCCESS written last, no staging left, every object
-encrypted as asked, and the report saying which buckets, regions and encryption were used.
+"""A finished verger output in S3: the full layout, _SUCCESS written last (then only the lease, released), no
+staging left, every object encrypted as asked, and the report saying which buckets, regions and encryption were used.
 
 usage: check_s3_output.py s3://BUCKET/PREFIX SSE|none ROWS
 """
@@ -19,8 +19,13 @@ for required in ["_SUCCESS", "report.json", "report.html", "pca/model.json", "ma
                  "errors/part-00000.parquet", "result/part-00000.parquet"]:
     assert required in names, (required, sorted(names))
 assert not [n for n in names if n.startswith("_staging")], "staging left behind"
+# The run's lease is marked released after _SUCCESS (never deleted: object stores delete unconditionally).
+if "_CLAIM" in names:
+    claim = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/_CLAIM")["Body"].read())
+    assert claim.get("released") is True, claim
 success = names["_SUCCESS"]["LastModified"]
-assert all(o["LastModified"] <= success for o in objects), "_SUCCESS is not the last object written"
+results = [o for name, o in names.items() if name != "_CLAIM"]
+assert all(o["LastModified"] <= success for o in results), "_SUCCESS is not the last object written"
 
 secret = os.environ.get("PLANTED_SECRET", "").encode()
 for name in names:

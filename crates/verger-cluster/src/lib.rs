@@ -13,6 +13,7 @@
 //! It does not hold the job's logic (the client's `verger-engine` plans every cluster job).
 
 pub mod allow;
+pub mod flight;
 pub mod security;
 
 use std::net::SocketAddr;
@@ -30,7 +31,6 @@ use ballista_core::serde::protobuf::GetJobStatusParams;
 use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 use ballista_core::utils::{create_grpc_client_endpoint, create_grpc_server, GrpcClientConfig, GrpcServerConfig};
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
-use ballista_executor::flight_service::BallistaFlightService;
 use ballista_executor::shutdown::Shutdown;
 use ballista_executor::ArrowFlightServerProvider;
 use ballista_scheduler::cluster::BallistaCluster;
@@ -348,9 +348,24 @@ async fn admit(token: Arc<str>, mut request: axum::extract::Request, next: axum:
     }
 }
 
-/// Runs an executor until the process ends or the scheduler stops it. It runs only verger's plans
-/// ([`allow`]).
+/// Runs an executor until the process ends or the scheduler stops it. It runs only verger's plans, on the
+/// locations `options.allow_locations` names (required with `security`) ([`allow`]), and with `security`
+/// serves shuffle data only to executors and clients, for well-formed job ids ([`flight`]).
 pub async fn run_executor(options: ExecutorOptions, security: Option<Security>) -> Result<(), ClusterError> {
+    let reach = match (options.allow_locations.is_empty(), &security) {
+        (true, None) => None,
+        (true, Some(_)) => {
+            return Err(ClusterError::Usage(
+                "an executor with --security needs --allow-location PREFIX (repeatable): the folders and \
+                 s3:// prefixes its jobs read and write, the model's included"
+                    .into(),
+            ))
+        }
+        (false, _) => Some(
+            allow::Reach::new(&options.allow_locations, options.endpoint.clone(), options.allow_http)
+                .map_err(ClusterError::Usage)?,
+        ),
+    };
     let state = session_state(session_config(), &unusable_settings());
     let scheduler = format!("{}:{}", options.scheduler_host, options.scheduler_port);
     let mut config = ExecutorProcessConfig {
@@ -367,7 +382,7 @@ pub async fn run_executor(options: ExecutorOptions, security: Option<Security>) 
         override_function_registry: Some(Arc::new(BallistaFunctionRegistry::from(&state))),
         override_logical_codec: Some(logical_codec()),
         override_physical_codec: Some(physical_codec()),
-        override_execution_engine: Some(Arc::new(allow::VergerPlansOnly::new())),
+        override_execution_engine: Some(Arc::new(allow::VergerPlansOnly::new(reach))),
         ..ExecutorProcessConfig::default()
     };
     if let Some(security) = security {
@@ -385,7 +400,7 @@ pub async fn run_executor(options: ExecutorOptions, security: Option<Security>) 
             move |work_dir: String, address: SocketAddr, mut shutdown: Shutdown, grpc: GrpcServerConfig| {
                 let tls = security.server_tls();
                 tokio::spawn(async move {
-                    let service = FlightServiceServer::new(BallistaFlightService::new(work_dir))
+                    let service = FlightServiceServer::new(flight::ShuffleFetchesOnly::new(work_dir))
                         .max_decoding_message_size(max_decoding)
                         .max_encoding_message_size(max_encoding);
                     create_grpc_server(&grpc)

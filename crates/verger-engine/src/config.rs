@@ -197,4 +197,11 @@ pub struct ExecutorOptions {
     pub slots: usize,
     /// Where intermediate (shuffle) data goes (default: a temporary folder).
     pub work_dir: Option<String>,
+    /// The folders and `s3://` prefixes this executor's plans may read and write (the model's included);
+    /// empty: anywhere, which only an executor without security may be.
+    pub allow_locations: Vec<String>,
+    /// The S3-compatible endpoint plans may point the executor's store client at (none: AWS's own), and
+    /// whether plain HTTP to it is allowed; a plan asking for another is refused.
+    pub endpoint: Option<String>,
+    pub allow_http: bool,
 }

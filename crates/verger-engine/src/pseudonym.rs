@@ -49,9 +49,15 @@ impl Pseudonymizer {
 
     /// Hex HMAC-SHA256 of `path` under the key.
     pub fn pseudonym(&self, path: &str) -> String {
+        hex::encode(self.keyed_hash(path.as_bytes()))
+    }
+
+    /// HMAC-SHA256 of `bytes` under the key: what a pseudonymised run's feature cache knows an image's bytes
+    /// by, so that the cache fingerprints no photo for anyone without the key.
+    pub fn keyed_hash(&self, bytes: &[u8]) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        mac.update(path.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
     }
 }
 

@@ -275,6 +275,16 @@ pub struct ExecutorArgs {
     /// Where intermediate (shuffle) data goes (default: a temporary folder).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// A folder or s3://bucket/prefix this executor's jobs may read and write (repeatable; required with
+    /// --security): the inputs, outputs and model. Any other location in a plan is refused, naming it.
+    #[arg(long = "allow-location", value_name = "PREFIX")]
+    allow_locations: Vec<String>,
+    /// The S3-compatible endpoint jobs may reach (default: AWS); a plan naming another is refused.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Allow plain HTTP to --endpoint on another machine.
+    #[arg(long)]
+    allow_http: bool,
     #[command(flatten)]
     pub guard: GuardArgs,
 }
@@ -295,6 +305,9 @@ impl ExecutorArgs {
             port: self.port,
             slots: self.slots.unwrap_or_else(verger::default_threads),
             work_dir: self.work_dir.map(|d| d.to_string_lossy().into_owned()),
+            allow_locations: self.allow_locations,
+            endpoint: self.endpoint,
+            allow_http: self.allow_http,
         };
         Ok((options, guard))
     }

@@ -172,17 +172,43 @@ fn pseudonymized_paths_are_keyed_hashes_and_no_photo_path_remains() {
     }
     std::fs::remove_dir_all(&output).ok();
     common::key_file(&key, b"a-key-of-at-least-32-bytes-for-hmac-sha256\n");
-    let out = verger(&run_args(
-        &input,
-        &output,
-        &["--k", "5", "--pseudonymize-paths", key.to_str().unwrap()],
-    ));
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // With a feature cache (issue 41, point 7): run twice, the second served by the cache.
+    let cache = tmp.path().join("cache");
+    for pass in 0..2 {
+        let out = verger(&run_args(
+            &input,
+            &output,
+            &[
+                "--k",
+                "5",
+                "--pseudonymize-paths",
+                key.to_str().unwrap(),
+                "--cache",
+                cache.to_str().unwrap(),
+                "--overwrite",
+            ],
+        ));
+        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(output.join("report.json")).unwrap()).unwrap();
+        let hits = report["cache"]["hits"].as_u64().unwrap();
+        assert_eq!(hits > 0, pass == 1, "pass {pass}: {}", report["cache"]);
+    }
     let checked = python(
         "check_pseudonyms.py",
-        &[output.to_str().unwrap(), key.to_str().unwrap(), input.to_str().unwrap()],
+        &[
+            output.to_str().unwrap(),
+            key.to_str().unwrap(),
+            input.to_str().unwrap(),
+            cache.to_str().unwrap(),
+        ],
     );
     assert_success(&checked, "check_pseudonyms.py");
+    assert!(
+        common::text(&checked).contains("the cache's"),
+        "{}",
+        common::text(&checked)
+    );
 }
 
 /// Every file under `dir` (links not followed) with its bytes, to show that nothing in it changed.

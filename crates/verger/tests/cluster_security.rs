@@ -184,6 +184,7 @@ fn a_secured_cluster_runs_the_test_split_like_local_and_lets_no_stranger_in() {
         ];
         if let Some(dir) = security {
             args.extend(["--security".into(), dir.to_str().unwrap().into()]);
+            args.extend(["--allow-location".into(), tmp.path().to_str().unwrap().into()]);
         }
         let child = Command::new(env!("CARGO_BIN_EXE_verger"))
             .args(&args)
@@ -200,6 +201,9 @@ fn a_secured_cluster_runs_the_test_split_like_local_and_lets_no_stranger_in() {
         2,
         "an executor without the cluster's certificate joined"
     );
+
+    beyond_the_allowed_locations_nothing_is_read_or_written(tmp.path(), &few, &url, &creds);
+    shuffle_data_goes_to_executors_and_clients_by_job_id_only(&creds, port + 2);
 
     // REST without the token: 401, for reading and for cancelling.
     for (method, path) in [
@@ -265,4 +269,133 @@ fn a_secured_cluster_runs_the_test_split_like_local_and_lets_no_stranger_in() {
         std::fs::read(on_cluster.join("pca/model.json")).unwrap(),
         std::fs::read(local.join("pca/model.json")).unwrap()
     );
+}
+
+/// Issue 41, point 8: executors confined to the test's folder, the images and the model (`--allow-location`)
+/// refuse, naming the location, a run writing elsewhere, a run reading images from elsewhere, and a client's
+/// own plans that scan or write an output file elsewhere; nothing is read or written there.
+fn beyond_the_allowed_locations_nothing_is_read_or_written(work: &Path, few: &Path, url: &str, creds: &Path) {
+    use datafusion::arrow::array::{RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::provider_as_source;
+    use datafusion::logical_expr::{dml::InsertOp, LogicalPlanBuilder};
+    use datafusion::prelude::DataFrame;
+    use std::sync::Arc;
+    use verger_engine::io::output_file::{OutputFile, OutputFileTable};
+
+    let beyond = tempfile::tempdir().unwrap();
+    let refused = |input: &Path, output: &Path, location: &Path| {
+        let mut args = run_args(input, output, &["--cluster", url]);
+        args.extend(["--security", creds.to_str().unwrap()]);
+        let out = verger_bare(&args);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("outside this executor's --allow-location") && said.contains(location.to_str().unwrap()),
+            "{said}"
+        );
+        assert!(!output.join("_SUCCESS").exists());
+    };
+    // Written elsewhere: the executors' write of the output's first file.
+    let elsewhere = beyond.path().join("out");
+    refused(few, &elsewhere, &elsewhere);
+    assert!(!elsewhere.join("result").exists());
+    // Read from elsewhere: featurize's images.
+    let photos = beyond.path().join("photos");
+    copy_images("Kiwi", &photos.join("Kiwi"), 2);
+    refused(&photos, &work.join("from-elsewhere"), &photos);
+
+    // A client's own plans: a scan of a Parquet file outside, and a write outside.
+    let secret = beyond.path().join("secret.parquet");
+    let schema = Arc::new(Schema::new(vec![Field::new("path", DataType::Utf8, false)]));
+    let rows = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec!["a"]))]).unwrap();
+    let mut writer =
+        datafusion::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&secret).unwrap(), schema.clone(), None)
+            .unwrap();
+    writer.write(&rows).unwrap();
+    writer.close().unwrap();
+    let table = |name: &str| {
+        Arc::new(OutputFileTable {
+            file: OutputFile {
+                output: beyond.path().to_str().unwrap().to_string(),
+                store: Default::default(),
+                name: name.to_string(),
+                guard: None,
+                metadata: Vec::new(),
+            },
+            schema: schema.clone(),
+        })
+    };
+    let model = verger::default_model().unwrap();
+    let config = verger::JobConfig::new(few.to_str().unwrap(), work.join("unused").to_str().unwrap(), model);
+    let security = verger_cluster::Security::load(creds, verger_cluster::Role::Client).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let ctx = verger_cluster::connect(url, &config.featurize, Some(&security))
+            .await
+            .unwrap();
+        let scan = ctx.read_table(table("secret.parquet")).unwrap().collect().await;
+        let scan = scan.expect_err("a scan outside the allowed locations ran").to_string();
+        assert!(
+            scan.contains("outside this executor's --allow-location") && scan.contains(secret.to_str().unwrap()),
+            "{scan}"
+        );
+        let values = LogicalPlanBuilder::values(vec![vec![datafusion::prelude::lit("a")]])
+            .unwrap()
+            .project(vec![datafusion::prelude::col("column1").alias("path")])
+            .unwrap()
+            .build()
+            .unwrap();
+        let insert = LogicalPlanBuilder::insert_into(
+            values,
+            "t",
+            provider_as_source(table("written.parquet")),
+            InsertOp::Append,
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let write = DataFrame::new(ctx.state(), insert).collect().await;
+        let write = write
+            .expect_err("a write outside the allowed locations ran")
+            .to_string();
+        assert!(
+            write.contains("outside this executor's --allow-location") && write.contains("written.parquet"),
+            "{write}"
+        );
+    });
+    assert!(!beyond.path().join("written.parquet").exists());
+}
+
+/// Issue 41, point 9: an executor's Flight service (pyarrow.flight over mTLS, on executor 0's port) serves
+/// executors and clients only, and takes job ids, never paths; a well-formed id passes on to Ballista, which
+/// answers that it has no such partition.
+fn shuffle_data_goes_to_executors_and_clients_by_job_id_only(creds: &Path, flight_port: u16) {
+    let probe = |role: &str, job: &str| {
+        let out = python(
+            "flight_probe.py",
+            &[creds.to_str().unwrap(), role, &flight_port.to_string(), job],
+        );
+        assert_success(&out, "flight_probe.py");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let scheduler = probe("scheduler", "abc1234");
+    assert!(
+        scheduler.starts_with("refused") && scheduler.contains("scheduler role fetches no shuffle data"),
+        "{scheduler}"
+    );
+    for path in ["../../../../etc/passwd", "/etc", "a/../b"] {
+        let answer = probe("client", path);
+        assert!(
+            answer.starts_with("refused") && answer.contains("is not a job id"),
+            "{path}: {answer}"
+        );
+    }
+    for role in ["client", "executor"] {
+        let answer = probe(role, "abc1234");
+        assert!(
+            answer.contains("partition file") && !answer.contains("job id"),
+            "{role}: {answer}"
+        );
+    }
 }

@@ -302,6 +302,7 @@ impl Hosts {
         let port = EXECUTOR_PORT.to_string();
         let dir = self.work.path().join(format!("executor-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
+        let (endpoint, model) = (self.endpoint(), verger_testdata::model_path());
         let args = self.secured(&[
             "executor",
             "--scheduler",
@@ -314,6 +315,16 @@ impl Hosts {
             "1",
             "--work-dir",
             dir.to_str().unwrap(),
+            // Only the buckets of the run and the model, through this network's store.
+            "--allow-location",
+            "s3://images",
+            "--allow-location",
+            "s3://results",
+            "--allow-location",
+            model.to_str().unwrap(),
+            "--endpoint",
+            &endpoint,
+            "--allow-http",
         ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut command = self.net.command(host, &verger_bin(), &args);

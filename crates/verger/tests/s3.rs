@@ -898,7 +898,7 @@ fn one_writer_per_bucket_output() {
         same_as_disk(&prefix, &format!("pair {pair}"));
         assert_success(
             &server.python("check_s3_output.py", &[&format!("s3://results/{prefix}"), "none", "24"]),
-            &format!("pair {pair}: layout, _SUCCESS last, no lease left"),
+            &format!("pair {pair}: layout, _SUCCESS last, the lease released"),
         );
     }
     assert!(collisions > 0, "no pair ever overlapped: the test proves nothing");
@@ -1092,4 +1092,54 @@ fn one_writer_per_bucket_output() {
         !written.contains("pca/") && !written.contains("result/"),
         "nothing after: {written}"
     );
+
+    // Issue 41, point 5: release is conditional on the lease's version. A finished run's lease is marked
+    // released (not deleted), and the next run takes it over at once; a lease taken over after the run's last
+    // renewal (here while it waits before writing its reports, renewals 15 s apart) is left as the taker
+    // wrote it, where an unconditional delete would have removed it.
+    let lease = |prefix: &str| -> serde_json::Value {
+        let out = server.python("s3_get.py", &[&format!("s3://results/{prefix}/_CLAIM")]);
+        assert_success(&out, "s3_get.py _CLAIM");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let released = lease("live");
+    assert_eq!(released["released"], true, "{released}");
+    let again = server
+        .verger(&[
+            "run",
+            "--input",
+            "s3://images/fruits",
+            "--output",
+            "s3://results/live",
+            "--k",
+            "5",
+            "--overwrite",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&again), Some(3), "{}", stderr(&again));
+    assert_ne!(
+        lease("live")["run_id"],
+        released["run_id"],
+        "the next run took the released lease over"
+    );
+    let late_log = tmp.path().join("late.log");
+    let late = spawn_s3_run(
+        &server,
+        "late",
+        &["--lease-ttl", "60"],
+        &[("VERGER_PAUSE_AT", "written:4")],
+        &late_log,
+    );
+    wait_for_log(&late_log, "pausing");
+    server.upload(
+        "results",
+        "late",
+        &planted_lease(&tmp.path().join("taker"), now_ms + 600_000),
+    );
+    let late = late.wait_with_output().unwrap();
+    assert_eq!(code(&late), Some(3), "{}", read_log(&late_log));
+    let kept = lease("late");
+    assert_eq!(kept["run_id"], "planted", "the taker's lease was replaced: {kept}");
+    assert!(kept.get("released").is_none(), "{kept}");
 }

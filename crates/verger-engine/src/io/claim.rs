@@ -50,6 +50,9 @@ pub struct Holder {
     /// Until when the lease holds without renewal (object stores only; 0 for a local lock).
     pub expires_at_ms: u64,
     pub ttl_s: u64,
+    /// Given up by its run: free for the next one at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl std::fmt::Display for Holder {
@@ -77,6 +80,7 @@ impl Holder {
             started_at_ms: millis(now),
             expires_at_ms: 0,
             ttl_s,
+            released: false,
         }
     }
 
@@ -89,6 +93,9 @@ impl Holder {
 
     /// Why a lease read from the store may be taken over, if it may.
     fn stale(&self, now_ms: u64) -> Option<String> {
+        if self.released {
+            return Some("its run released it".into());
+        }
         // A pid names the same process only on this host, in this boot and in this PID namespace; a lease from
         // another namespace (another container of this host) is judged by its expiry alone.
         let here = self.host == hostname()
@@ -191,7 +198,10 @@ impl OutputClaim {
         }
     }
 
-    /// Gives the output up: removes the claim file, so the finished output holds only its results.
+    /// Gives the output up. A local claim file is removed. A lease is marked released by a put conditional on
+    /// the version this run last wrote, so a lease another run has taken over meanwhile is never touched;
+    /// the released lease stays (object stores have no conditional delete, and an unconditional one could
+    /// remove the next run's lease) and the next run takes it over at once.
     pub async fn release(self) {
         match self.kind {
             Kind::Local { file, path } => {
@@ -201,11 +211,30 @@ impl OutputClaim {
             }
             Kind::Lease(lease) => {
                 lease.renewer.abort();
-                let lost = lease.state.lock().unwrap_or_else(|p| p.into_inner()).lost.is_some();
-                if !lost {
-                    if let Err(e) = lease.store.delete(&lease.path).await {
-                        tracing::warn!("could not remove the lease of {}: {e}", self.output);
+                let _ = lease.renewer.await;
+                let version = {
+                    let state = lease.state.lock().unwrap_or_else(|p| p.into_inner());
+                    match state.lost {
+                        Some(_) => return,
+                        None => state.version.clone(),
                     }
+                };
+                let released = Holder {
+                    released: true,
+                    expires_at_ms: 0,
+                    ..self.holder.clone()
+                };
+                let payload = PutPayload::from(serde_json::to_vec(&released).expect("lease serializes"));
+                match lease
+                    .store
+                    .put_opts(&lease.path, payload, PutOptions::from(PutMode::Update(version)))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
+                        tracing::warn!("the lease of {} was no longer this run's; left as it is", self.output)
+                    }
+                    Err(e) => tracing::warn!("could not release the lease of {}: {e}", self.output),
                 }
             }
         }

@@ -98,11 +98,16 @@ pub async fn run_job(
     })
     .await
     .map_err(JobError::task)??;
+    let pseudonymizer = match &config.pseudonymize_key {
+        Some(key) => Some(Arc::new(Pseudonymizer::from_file(key).map_err(JobError::Pseudonymize)?)),
+        None => None,
+    };
     // A folder that is not a cache is refused before the output is touched.
     let cache = match &config.cache {
         Some(location) => {
             let identity = Identity::of(&config.featurize)?;
-            Some(FeatureCache::open(location, &config.featurize.store, identity, config.verify_cache).await?)
+            let (store, verify) = (&config.featurize.store, config.verify_cache);
+            Some(FeatureCache::open(location, store, identity, verify, pseudonymizer.clone()).await?)
         }
         None => None,
     };
@@ -121,6 +126,7 @@ pub async fn run_job(
             given_pca,
             pricing,
             cache,
+            pseudonymizer,
         },
     );
     // Dropping the run on a stop request cancels its tasks; the staged partitions are complete files (each
@@ -141,6 +147,7 @@ struct Inputs {
     given_pca: Option<(SavedPca, Vec<u8>)>,
     pricing: Pricing,
     cache: Option<FeatureCache>,
+    pseudonymizer: Option<Arc<Pseudonymizer>>,
 }
 
 async fn run_claimed(
@@ -156,14 +163,11 @@ async fn run_claimed(
         given_pca,
         pricing,
         mut cache,
+        pseudonymizer,
     } = inputs;
     prepare_output(out, config).await?;
     let ctx = crate::context::local(config.threads, &config.featurize);
     out.register(&ctx);
-    let pseudonymizer = match &config.pseudonymize_key {
-        Some(key) => Some(Arc::new(Pseudonymizer::from_file(key).map_err(JobError::Pseudonymize)?)),
-        None => None,
-    };
     let place = || match cluster {
         Some(remote) => Where::Cluster {
             remote,

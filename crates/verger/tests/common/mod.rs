@@ -252,6 +252,14 @@ pub fn cluster_secured(
             dir.to_str().unwrap(),
         ];
         args.extend(&guard);
+        // Secured executors take only the locations their jobs need: the work folder (the tests' outputs),
+        // the shared images and the model.
+        let allowed = [work.to_path_buf(), fruits360_dir(), verger_testdata::model_path()];
+        if security.is_some() {
+            for location in &allowed {
+                args.extend(["--allow-location", location.to_str().unwrap()]);
+            }
+        }
         processes.push(start(&args, port, &env, &work.join(format!("executor-{i}.log"))));
     }
     // Wait until the scheduler's REST API lists both executors.

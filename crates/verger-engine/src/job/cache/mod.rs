@@ -2,6 +2,11 @@
 //! SHA-256 of their bytes under a pipeline identity (model, preprocessing version, inference runtime,
 //! execution provider, precision), so that a daily run featurizes only the images that are new or changed.
 //!
+//! A pseudonymised run (`--pseudonymize-paths`) keeps a cache that names and fingerprints no photo: its
+//! identity carries the key's fingerprint (so it has a folder of its own), each listing key is one HMAC of
+//! the path, size and stamp (size, time and ETag stored as zero and none), and content hashes are HMACs of
+//! the bytes under the key, not their SHA-256.
+//!
 //! Layout: `verger-cache.json` marks the folder as a cache; each identity has its folder,
 //! `features-<id>/identity.json` and parts `features-<id>/part-<sha256 of its rows>.parquet`. A part row maps
 //! a listing key (path, size, modification time, entity tag) to the SHA-256 of the bytes found there, with
@@ -39,6 +44,7 @@ use crate::featurize::{features_type, field, result_type, FeaturizeSettings};
 use crate::io::output::{decode_parquet, OutputStore};
 use crate::io::store::StoreOptions;
 use crate::io::StoreError;
+use crate::pseudonym::Pseudonymizer;
 
 /// The file that marks a folder as a verger feature cache.
 pub const MARKER: &str = "verger-cache.json";
@@ -65,6 +71,10 @@ pub struct Identity {
     pub runtime: String,
     pub provider: String,
     pub precision: String,
+    /// The pseudonymisation key's fingerprint, in a pseudonymised run: its cache keys by pseudonyms and keyed
+    /// hashes, which mean nothing under another key (or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonym_key: Option<String>,
 }
 
 impl Identity {
@@ -86,6 +96,7 @@ impl Identity {
                 gpu => gpu.provider().into(),
             },
             precision: settings.precision.to_string(),
+            pseudonym_key: None,
         })
     }
 
@@ -145,12 +156,27 @@ struct ListingKey {
 }
 
 impl ListingKey {
-    fn of(entry: ImageEntry<'_>) -> Self {
-        ListingKey {
+    /// `entry`'s key; under a pseudonymiser, one keyed hash of all of it, so that the cache holds no path and
+    /// no size, time or ETag (the MD5 of a single-part upload) of a photo.
+    fn of(entry: ImageEntry<'_>, pseudonymizer: Option<&Pseudonymizer>) -> Self {
+        let key = ListingKey {
             uri: entry.uri.to_string(),
             size: entry.size,
             modified_ms: entry.modified_ms,
             etag: entry.etag.map(String::from),
+        };
+        match pseudonymizer {
+            None => key,
+            Some(p) => {
+                let (etag, modified_ms) = key.stamp();
+                let listing = format!("{}\0{}\0{}\0{modified_ms}", key.uri, key.size, etag.unwrap_or(""));
+                ListingKey {
+                    uri: p.pseudonym(&listing),
+                    size: 0,
+                    modified_ms: 0,
+                    etag: None,
+                }
+            }
         }
     }
 
@@ -198,6 +224,8 @@ pub struct FeatureCache {
     added: stats::Added,
     /// The statistics being written for the next run ([`FeatureCache::finish_stats`]).
     storing: Option<JoinHandle<Result<(), StoreError>>>,
+    /// A pseudonymised run's key: listings and contents are known by keyed hashes.
+    pseudonymizer: Option<Arc<Pseudonymizer>>,
     pub summary: CacheSummary,
 }
 
@@ -225,13 +253,16 @@ pub enum Found {
 
 impl FeatureCache {
     /// Opens the cache at `location`, making it if the folder is empty or new; refuses a folder that holds
-    /// something else.
+    /// something else. With `pseudonymizer`, the identity's folder is the key's own and the report does not
+    /// say where the cache is.
     pub async fn open(
         location: &str,
         store: &StoreOptions,
-        identity: Identity,
+        mut identity: Identity,
         verify: bool,
+        pseudonymizer: Option<Arc<Pseudonymizer>>,
     ) -> Result<Self, JobError> {
+        identity.pseudonym_key = pseudonymizer.as_ref().map(|p| p.fingerprint());
         let out = OutputStore::open(location, store)?;
         if out.exists(MARKER).await? {
             let bytes = out.get(MARKER).await?;
@@ -264,7 +295,10 @@ impl FeatureCache {
         let folder = identity.folder();
         Ok(FeatureCache {
             summary: CacheSummary {
-                location: location.to_string(),
+                location: match pseudonymizer {
+                    Some(_) => "(the feature cache: not named in a pseudonymised run)".into(),
+                    None => location.to_string(),
+                },
                 identity: folder.clone(),
                 ..Default::default()
             },
@@ -281,6 +315,7 @@ impl FeatureCache {
             stored: stats::Stored::default(),
             storing: None,
             added: stats::Added::default(),
+            pseudonymizer,
         })
     }
 
@@ -425,7 +460,10 @@ impl FeatureCache {
             .iter()
             .map(|&i| match self.verify {
                 true => None,
-                false => self.by_key.get(&ListingKey::of(images.get(i))).copied(),
+                false => self
+                    .by_key
+                    .get(&ListingKey::of(images.get(i), self.pseudonymizer.as_deref()))
+                    .copied(),
             })
             .collect();
         self.summary.unread += known.iter().filter(|h| h.is_some()).count() as u64;
@@ -439,12 +477,15 @@ impl FeatureCache {
         self.summary.hashed += to_read.len() as u64;
         let read: Vec<(usize, Option<ContentHash>)> = futures::stream::iter(to_read)
             .map(|(at, uri)| {
-                let store = store.clone();
+                let (store, pseudonymizer) = (store.clone(), self.pseudonymizer.clone());
                 async move {
                     let hash = tokio::task::spawn_blocking(move || {
                         crate::io::source::read(&uri, &store)
                             .ok()
-                            .map(|bytes| ContentHash::from(Sha256::digest(bytes)))
+                            .map(|bytes| match pseudonymizer {
+                                Some(p) => p.keyed_hash(&bytes),
+                                None => ContentHash::from(Sha256::digest(bytes)),
+                            })
                     })
                     .await
                     .map_err(JobError::task)?;
@@ -502,7 +543,7 @@ impl FeatureCache {
         let mut hashes = Vec::new();
         let mut features = Vec::new();
         for (entry, hash, result) in rows {
-            let key = ListingKey::of(entry);
+            let key = ListingKey::of(entry, self.pseudonymizer.as_deref());
             let values = match result {
                 Some((result, row)) => match featurized(result, row) {
                     Some(values) => Some(values),
@@ -708,12 +749,13 @@ mod tests {
             runtime: "libonnxruntime.so.1".into(),
             provider: "cpu".into(),
             precision: "fp32".into(),
+            pseudonym_key: None,
         }
     }
 
     /// The cache at `location`, opened and loaded keeping at most `kept_bytes` of features.
     async fn loaded(location: &str, kept_bytes: usize) -> FeatureCache {
-        let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity(), false)
+        let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity(), false, None)
             .await
             .unwrap();
         cache.kept_bytes = kept_bytes;
@@ -723,7 +765,7 @@ mod tests {
 
     pub(super) fn result(features: &[Option<Vec<f32>>]) -> StructArray {
         let keys: Vec<ListingKey> = (0..features.len())
-            .map(|i| ListingKey::of(entry(&i.to_string(), 1)))
+            .map(|i| ListingKey::of(entry(&i.to_string(), 1), None))
             .collect();
         let hashes = vec![[0u8; 32]; features.len()];
         as_result(&part_batch(&keys, &hashes, features).unwrap())
@@ -737,7 +779,9 @@ mod tests {
         let location = tmp.path().join("cache");
         let location = location.to_str().unwrap();
         let store = StoreOptions::default();
-        let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        let mut cache = FeatureCache::open(location, &store, identity(), false, None)
+            .await
+            .unwrap();
         cache.load(1).await.unwrap();
         let features = result(&[Some(vec![1.0, 2.5]), Some(vec![-0.0, 3.0])]);
         let (a, b) = (entry("file:///a.jpg", 10), entry("file:///b.jpg", 20));
@@ -748,7 +792,7 @@ mod tests {
         assert_eq!(added, 2);
 
         let reopen = |identity: Identity| async move {
-            let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity, false)
+            let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity, false, None)
                 .await
                 .unwrap();
             cache.load(1).await.unwrap();
@@ -810,7 +854,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let location = tmp.path().to_str().unwrap();
         let store = StoreOptions::default();
-        let mut cache = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        let mut cache = FeatureCache::open(location, &store, identity(), false, None)
+            .await
+            .unwrap();
         cache.load(1).await.unwrap();
         let features = result(&[Some(vec![1.0])]);
         let tagged = |modified_ms, etag| ImageEntry {
@@ -822,7 +868,9 @@ mod tests {
             .add([(tagged(1, "\"e1\""), [1; 32], Some((&features, 0)))])
             .await
             .unwrap();
-        let mut again = FeatureCache::open(location, &store, identity(), false).await.unwrap();
+        let mut again = FeatureCache::open(location, &store, identity(), false, None)
+            .await
+            .unwrap();
         again.load(2).await.unwrap();
         // Uploaded again (a new modification time, the same tag): known without reading; a new tag is not.
         let images = ImageList::from_iter([tagged(99, "\"e1\"")]);
@@ -857,8 +905,8 @@ mod tests {
     #[test]
     fn a_part_s_checksum_is_its_rows_hashed_value_by_value() {
         let keys = [
-            ListingKey::of(entry("file:///a.jpg", 3)),
-            ListingKey::of(entry("file:///b.jpg", 4)),
+            ListingKey::of(entry("file:///a.jpg", 3), None),
+            ListingKey::of(entry("file:///b.jpg", 4), None),
         ];
         let features = [Some(vec![1.5f32, -0.0, 7.25]), None];
         let batch = part_batch(&keys, &[[5; 32], [6; 32]], &features).unwrap();
@@ -954,6 +1002,7 @@ mod tests {
             &StoreOptions::default(),
             identity(),
             false,
+            None,
         )
         .await
         .err()

@@ -388,7 +388,7 @@ mod tests {
     }
 
     async fn open(location: &str) -> FeatureCache {
-        let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity(), false)
+        let mut cache = FeatureCache::open(location, &StoreOptions::default(), identity(), false, None)
             .await
             .unwrap();
         cache.load(2).await.unwrap();
