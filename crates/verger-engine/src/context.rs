@@ -12,6 +12,7 @@ use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{Stream, StreamExt, TryStreamExt};
 
+#[cfg(feature = "codec")]
 use crate::codec::Stateful;
 use crate::error::JobError;
 use crate::featurize::{FeaturizeSettings, FeaturizeUdf};
@@ -101,8 +102,9 @@ pub fn register_model(ctx: &SessionContext, model: Arc<verger_pca::PcaModel>) {
     ctx.register_udf(ScalarUDF::new_from_impl(PcaProjectUdf::new(model)));
 }
 
-/// The functions whose state travels with plans ([`crate::codec::StatefulUdf`]): a new stateful function is
-/// one more line here.
+/// The functions whose state travels with plans (`codec::StatefulUdf`): a new stateful function is one more
+/// line here.
+#[cfg(feature = "codec")]
 pub static STATEFUL: &[Stateful] = &[Stateful::of::<FeaturizeUdf>(), Stateful::of::<PcaProjectUdf>()];
 
 #[cfg(test)]

@@ -100,6 +100,7 @@ impl FeaturizeUdf {
     }
 }
 
+#[cfg(feature = "codec")]
 impl crate::codec::StatefulUdf for FeaturizeUdf {
     const NAME: &'static str = FeaturizeUdf::NAME;
 

@@ -5,8 +5,8 @@
 //! featurize, staging, pca_fit, write, verify, and the cluster attempt/commit protocol); the `featurize`
 //! scalar function ([`featurize`]) reads, decodes, resizes and runs the model per row; the `pca_stats`
 //! aggregate and the `pca_project` function ([`pca`]) reduce the features; [`io`] is the one layer every byte
-//! into or out of a store goes through; [`codec`] carries verger's functions and plan nodes in serialized
-//! plans; [`report`] times the stages and writes the run report and its page, priced from a table;
+//! into or out of a store goes through; `codec` (the `codec` feature, which the cluster turns on) carries
+//! verger's functions and plan nodes in serialized plans; [`report`] times the stages and writes the run report and its page, priced from a table;
 //! [`estimate`] predicts a run's time and cost from a sample; [`context`] makes every DataFusion session;
 //! [`classify`] trains, evaluates and applies classifiers on finished runs.
 //!
@@ -14,6 +14,7 @@
 //! `verger` binary and library) and `verger-cluster` do.
 
 pub mod classify;
+#[cfg(feature = "codec")]
 pub mod codec;
 pub mod config;
 pub mod context;

@@ -142,6 +142,7 @@ impl PcaProjectUdf {
     }
 }
 
+#[cfg(feature = "codec")]
 impl crate::codec::StatefulUdf for PcaProjectUdf {
     const NAME: &'static str = PcaProjectUdf::NAME;
 

@@ -1094,9 +1094,10 @@ fn one_writer_per_bucket_output() {
     );
 
     // Issue 41, point 5: release is conditional on the lease's version. A finished run's lease is marked
-    // released (not deleted), and the next run takes it over at once; a lease taken over after the run's last
-    // renewal (here while it waits before writing its reports, renewals 15 s apart) is left as the taker
-    // wrote it, where an unconditional delete would have removed it.
+    // released (not deleted), and the next run takes it over at once. A lease taken over after the run's last
+    // renewal (here while it waits before writing its reports, renewals 15 s apart) is found out when the run
+    // confirms its lease with the store right before `_SUCCESS`: the run fails without it (exit 1), and the
+    // taker's lease is left as the taker wrote it, where an unconditional delete would have removed it.
     let lease = |prefix: &str| -> serde_json::Value {
         let out = server.python("s3_get.py", &[&format!("s3://results/{prefix}/_CLAIM")]);
         assert_success(&out, "s3_get.py _CLAIM");
@@ -1138,7 +1139,18 @@ fn one_writer_per_bucket_output() {
         &planted_lease(&tmp.path().join("taker"), now_ms + 600_000),
     );
     let late = late.wait_with_output().unwrap();
-    assert_eq!(code(&late), Some(3), "{}", read_log(&late_log));
+    assert_eq!(code(&late), Some(1), "{}", read_log(&late_log));
+    assert!(
+        read_log(&late_log).contains("lost the claim"),
+        "{}",
+        read_log(&late_log)
+    );
+    let finished = server.python("s3_success.py", &["s3://results/late"]);
+    assert_eq!(
+        String::from_utf8_lossy(&finished.stdout).trim(),
+        "absent",
+        "_SUCCESS written by a run that lost its lease"
+    );
     let kept = lease("late");
     assert_eq!(kept["run_id"], "planted", "the taker's lease was replaced: {kept}");
     assert!(kept.get("released").is_none(), "{kept}");

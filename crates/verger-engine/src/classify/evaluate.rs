@@ -201,7 +201,7 @@ async fn record_in_run_report(
         };
         report.evaluations.retain(|e| e.classifier != entry.classifier);
         report.evaluations.push(entry);
-        claim.check()?;
+        claim.confirm().await?;
         run.put(layout::REPORT, report.to_json()).await?;
         page::write(&run, &report).await?;
         Ok(())

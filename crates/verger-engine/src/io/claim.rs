@@ -12,7 +12,8 @@
 //!   process on this very host that no longer exists (so `--resume` after a `kill -9` goes on at once). The
 //!   takeover is itself a conditional put on the stale version, so of two takers one wins. A holder whose
 //!   renewal finds another version, or that could not renew before its lease expired, has lost the claim and
-//!   must commit nothing ([`OutputClaim::check`]).
+//!   must commit nothing: it stops at once, and right before committing it renews once more
+//!   ([`OutputClaim::confirm`]). Its release is a last conditional put, marking the lease released.
 //!
 //! It does not order runs or queue them: the second run fails, and the user decides.
 
@@ -137,6 +138,9 @@ struct Lease {
     path: ObjectPath,
     /// The version this run last wrote, and why the claim was lost, if it was.
     state: Arc<Mutex<LeaseState>>,
+    /// Held around each conditional write of the lease (a renewal, [`OutputClaim::confirm`]'s, the release),
+    /// so that each writes on the version the one before wrote.
+    writes: Arc<futures::lock::Mutex<()>>,
     renewer: tokio::task::JoinHandle<()>,
 }
 
@@ -166,7 +170,8 @@ impl OutputClaim {
         &self.holder
     }
 
-    /// Fails if this run no longer holds the output: call right before committing.
+    /// Fails if this run no longer holds the output as far as it knows (its lease taken over at a renewal, or
+    /// expired); [`OutputClaim::confirm`] asks the store.
     pub fn check(&self) -> Result<(), StoreError> {
         let Kind::Lease(lease) = &self.kind else {
             return Ok(());
@@ -183,6 +188,24 @@ impl OutputClaim {
             output: self.output.clone(),
             reason,
         })
+    }
+
+    /// Fails if this run no longer holds the output, asking the store for a lease: a renewal conditional on the
+    /// version this run last wrote, so that a takeover since the last renewal is found out now. Call right
+    /// before committing. A store that cannot be reached now leaves the answer to the lease's expiry.
+    pub async fn confirm(&self) -> Result<(), StoreError> {
+        self.check()?;
+        if let Kind::Lease(lease) = &self.kind {
+            renew_once(
+                lease.store.as_ref(),
+                &lease.path,
+                &self.holder,
+                &lease.state,
+                &lease.writes,
+            )
+            .await;
+        }
+        self.check()
     }
 
     /// Resolves once this run has lost the output (a lease taken over, or expired before it could be renewed),
@@ -210,8 +233,10 @@ impl OutputClaim {
                 drop(file);
             }
             Kind::Lease(lease) => {
+                // No renewal in flight: one aborted mid-write could have written a version this run never saw
+                // (the release's condition would then fail, and the lease be left to expire).
+                let _writing = lease.writes.lock().await;
                 lease.renewer.abort();
-                let _ = lease.renewer.await;
                 let version = {
                     let state = lease.state.lock().unwrap_or_else(|p| p.into_inner());
                     match state.lost {
@@ -371,11 +396,19 @@ async fn take_lease(out: &OutputStore, holder: &Holder) -> Result<Kind, StoreErr
                     expires_at_ms: lease.expires_at_ms,
                     lost: None,
                 }));
-                let renewer = tokio::spawn(renew(store.clone(), path.clone(), lease.clone(), state.clone()));
+                let writes = Arc::new(futures::lock::Mutex::new(()));
+                let renewer = tokio::spawn(renew(
+                    store.clone(),
+                    path.clone(),
+                    lease.clone(),
+                    state.clone(),
+                    writes.clone(),
+                ));
                 return Ok(Kind::Lease(Lease {
                     store,
                     path,
                     state,
+                    writes,
                     renewer,
                 }));
             }
@@ -391,33 +424,63 @@ async fn take_lease(out: &OutputStore, holder: &Holder) -> Result<Kind, StoreErr
 }
 
 /// Renews the lease every quarter of its lifetime until aborted or lost.
-async fn renew(store: Arc<dyn ObjectStore>, path: ObjectPath, lease: Holder, state: Arc<Mutex<LeaseState>>) {
+async fn renew(
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    lease: Holder,
+    state: Arc<Mutex<LeaseState>>,
+    writes: Arc<futures::lock::Mutex<()>>,
+) {
     let period = Duration::from_millis(lease.ttl_s * 1000 / 4).max(Duration::from_millis(250));
     loop {
         tokio::time::sleep(period).await;
-        let renewed = lease.renewed();
-        let version = state.lock().unwrap_or_else(|p| p.into_inner()).version.clone();
-        let payload = PutPayload::from(serde_json::to_vec(&renewed).expect("lease serializes"));
-        match store
-            .put_opts(&path, payload, PutOptions::from(PutMode::Update(version)))
-            .await
-        {
-            Ok(written) => {
-                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                state.version = UpdateVersion {
-                    e_tag: written.e_tag,
-                    version: written.version,
-                };
-                state.expires_at_ms = renewed.expires_at_ms;
-            }
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
-                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                state.lost = Some("another run took its lease over".into());
-                tracing::error!("lost the lease on the output: another run took it over");
-                return;
-            }
-            // A store that is down for a while: keep trying; `check` fails once the lease has expired.
-            Err(e) => tracing::warn!("could not renew the lease on the output: {e}"),
+        if !renew_once(store.as_ref(), &path, &lease, &state, &writes).await {
+            return;
+        }
+    }
+}
+
+/// One renewal of `holder`'s lease, conditional on the version this run last wrote; false once it is lost.
+async fn renew_once(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    holder: &Holder,
+    state: &Mutex<LeaseState>,
+    writes: &futures::lock::Mutex<()>,
+) -> bool {
+    let _writing = writes.lock().await;
+    let renewed = holder.renewed();
+    let version = {
+        let state = state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.lost.is_some() {
+            return false;
+        }
+        state.version.clone()
+    };
+    let payload = PutPayload::from(serde_json::to_vec(&renewed).expect("lease serializes"));
+    match store
+        .put_opts(path, payload, PutOptions::from(PutMode::Update(version)))
+        .await
+    {
+        Ok(written) => {
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            state.version = UpdateVersion {
+                e_tag: written.e_tag,
+                version: written.version,
+            };
+            state.expires_at_ms = renewed.expires_at_ms;
+            true
+        }
+        Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            state.lost = Some("another run took its lease over".into());
+            tracing::error!("lost the lease on the output: another run took it over");
+            false
+        }
+        // A store that is down for a while: keep trying; `check` fails once the lease has expired.
+        Err(e) => {
+            tracing::warn!("could not renew the lease on the output: {e}");
+            true
         }
     }
 }

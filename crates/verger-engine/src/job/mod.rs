@@ -296,7 +296,7 @@ async fn run_claimed(
     report.versions.pca_model_sha256 = Some(hex::encode(Sha256::digest(out.get(layout::PCA_MODEL).await?)));
     write_report(out, &report).await?;
     fault::checkpoint("report");
-    claim.check()?;
+    claim.confirm().await?;
     out.put(layout::SUCCESS, Vec::new()).await?;
     out.remove_all(layout::STAGING).await?;
     Ok(JobOutcome { report })

@@ -62,7 +62,7 @@ pub async fn rewrite(output: &str, store: &crate::io::store::StoreOptions) -> Re
     let written = async {
         let report = Report::from_json(&out.get(layout::REPORT).await?, &format!("{output}/{}", layout::REPORT))
             .map_err(JobError::Report)?;
-        claim.check()?;
+        claim.confirm().await?;
         write(&out, &report).await
     }
     .await;
