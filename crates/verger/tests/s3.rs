@@ -1046,22 +1046,24 @@ fn one_writer_per_bucket_output() {
 
     // Issue 41, point 5: a run whose lease is taken over stops at once (exit 1), not at its final check, and
     // writes nothing more (no PCA model, no result).
-    let lost_log = tmp.path().join("lost.log");
-    let lost = spawn_s3_run(
-        &server,
-        "lost",
-        &["--lease-ttl", "2"],
-        &[("VERGER_PAUSE_AT", "featurized:40")],
-        &lost_log,
-    );
-    wait_for_log(&lost_log, "pausing");
-    server.upload(
-        "results",
-        "lost",
-        &planted_lease(&tmp.path().join("thief"), now_ms + 600_000),
-    );
-    let stolen_at = Instant::now();
-    let lost = lost.wait_with_output().unwrap();
+    // A run of `prefix` paused at `pause`, whose lease another run takes over meanwhile: its output, when the
+    // lease was taken, and its log.
+    let taken_over = |prefix: &str, ttl: &str, pause: &str| {
+        let log = tmp.path().join(format!("{prefix}.log"));
+        let run = spawn_s3_run(
+            &server,
+            prefix,
+            &["--lease-ttl", ttl],
+            &[("VERGER_PAUSE_AT", pause)],
+            &log,
+        );
+        wait_for_log(&log, "pausing");
+        let taker = planted_lease(&tmp.path().join(format!("{prefix}-taker")), now_ms + 600_000);
+        server.upload("results", prefix, &taker);
+        let taken_at = Instant::now();
+        (run.wait_with_output().unwrap(), taken_at, log)
+    };
+    let (lost, stolen_at, lost_log) = taken_over("lost", "2", "featurized:40");
     assert_eq!(code(&lost), Some(1), "{}", read_log(&lost_log));
     assert!(
         stolen_at.elapsed() < Duration::from_secs(20),
@@ -1124,21 +1126,7 @@ fn one_writer_per_bucket_output() {
         released["run_id"],
         "the next run took the released lease over"
     );
-    let late_log = tmp.path().join("late.log");
-    let late = spawn_s3_run(
-        &server,
-        "late",
-        &["--lease-ttl", "60"],
-        &[("VERGER_PAUSE_AT", "written:4")],
-        &late_log,
-    );
-    wait_for_log(&late_log, "pausing");
-    server.upload(
-        "results",
-        "late",
-        &planted_lease(&tmp.path().join("taker"), now_ms + 600_000),
-    );
-    let late = late.wait_with_output().unwrap();
+    let (late, _, late_log) = taken_over("late", "60", "written:4");
     assert_eq!(code(&late), Some(1), "{}", read_log(&late_log));
     assert!(
         read_log(&late_log).contains("lost the claim"),

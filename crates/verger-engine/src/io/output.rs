@@ -629,15 +629,16 @@ pub fn refuse_overlap(output: &str, reads: &[(&str, &str)]) -> Result<(), StoreE
     Ok(())
 }
 
-/// A location in a form where containment is a prefix test.
+/// A location in a form where containment is a prefix test: local paths with links and `..` resolved
+/// ([`resolve_local`]), S3 keys by segment.
 #[derive(Debug, PartialEq)]
-enum Resolved {
+pub enum Resolved {
     Local(PathBuf),
     S3 { bucket: String, segments: Vec<String> },
 }
 
 impl Resolved {
-    fn of(location: &str) -> Resolved {
+    pub fn of(location: &str) -> Resolved {
         match Location::parse(location) {
             Location::Local(path) => Resolved::Local(resolve_local(&path)),
             Location::S3 { bucket, prefix } => Resolved::S3 {
@@ -647,7 +648,8 @@ impl Resolved {
         }
     }
 
-    fn contains(&self, other: &Resolved) -> bool {
+    /// Whether `other` is this location or inside it.
+    pub fn contains(&self, other: &Resolved) -> bool {
         match (self, other) {
             (Resolved::Local(outer), Resolved::Local(inner)) => inner.starts_with(outer),
             (
