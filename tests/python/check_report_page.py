@@ -2,7 +2,11 @@
 that it loads with no console error and no network request, that every section is there and drawn, and that
 the given labels show as text (escaped in the HTML, not markup). Takes a full-page screenshot.
 
+With --quality, the data-quality section is drawn (its histogram, suspects and outliers); with --thumbnails,
+its thumbnails are decoded images, and without, the page holds none.
+
 usage: check_report_page.py REPORT_HTML SCREENSHOT_PNG [--label TEXT]... [--evaluated] [--failed-run]
+       [--quality] [--thumbnails]
 """
 
 import argparse
@@ -15,7 +19,7 @@ import tempfile
 
 from playwright.sync_api import sync_playwright
 
-SECTIONS = ["summary", "pca", "map", "time", "errors", "residency", "cost", "evaluation"]
+SECTIONS = ["summary", "pca", "map", "time", "errors", "residency", "cost", "evaluation", "quality"]
 
 parser = argparse.ArgumentParser()
 parser.add_argument("page")
@@ -23,6 +27,8 @@ parser.add_argument("screenshot")
 parser.add_argument("--label", action="append", default=[])
 parser.add_argument("--evaluated", action="store_true")
 parser.add_argument("--failed-run", action="store_true")
+parser.add_argument("--quality", action="store_true")
+parser.add_argument("--thumbnails", action="store_true")
 args = parser.parse_args()
 
 page_path = pathlib.Path(args.page).resolve()
@@ -63,6 +69,9 @@ with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
             out.cells = document.querySelectorAll('#evaluation rect.cell').length;
             out.legend = Array.from(document.querySelectorAll('#map .legend div')).map(d => d.textContent.trim());
             out.scripts = document.scripts.length;
+            out.quality_bars = document.querySelectorAll('#quality rect.scree').length;
+            out.quality_rows = document.querySelectorAll('#quality table tr').length;
+            out.thumbs = Array.from(document.querySelectorAll('img.thumb')).map(i => [i.complete, i.naturalWidth]);
             out.body = document.body.innerText;
             return out;
         }""",
@@ -91,6 +100,13 @@ for label in args.label:
 if args.evaluated:
     assert facts["cells"] > 0, "no confusion matrix"
     assert "top-1 accuracy" in facts["body"]
+if args.quality:
+    assert facts["quality_bars"] > 0 and facts["quality_rows"] > 2, facts
+    assert "Likely wrong labels" in facts["body"] and "Outliers" in facts["body"]
+if args.thumbnails:
+    assert facts["thumbs"] and all(done and width > 0 for done, width in facts["thumbs"]), facts["thumbs"]
+else:
+    assert not facts["thumbs"], "thumbnails without --thumbnails"
 for needed in ["cheaper per image", "per 1,000,000 images"] if not args.failed_run else ["per 1,000,000 images"]:
     assert needed in facts["body"], needed
-print(json.dumps({k: facts[k] for k in ["points", "bars", "cells"]} | {"bytes": size}))
+print(json.dumps({k: facts[k] for k in ["points", "bars", "cells", "quality_bars"]} | {"thumbnails": len(facts["thumbs"]), "bytes": size}))

@@ -22,12 +22,24 @@ pub const REPORT_PAGE: &str = "report.html";
 pub const SUCCESS: &str = "_SUCCESS";
 /// Present in an attempt's folder while its submission is open.
 pub const OPEN: &str = "_OPEN";
+/// What `verger quality` writes into a run.
+pub const QUALITY: &str = "quality";
 
 /// A run's output: what `--overwrite` replaces (nothing else in the folder), and the files that make a folder a
 /// run's (the manifest's plan is committed first, the report and `_SUCCESS` last).
 pub const RUN: OutputKind = OutputKind {
     what: "run",
-    names: &[RESULT, ERRORS, "pca", MANIFEST, STAGING, REPORT, REPORT_PAGE, SUCCESS],
+    names: &[
+        RESULT,
+        ERRORS,
+        "pca",
+        MANIFEST,
+        STAGING,
+        REPORT,
+        REPORT_PAGE,
+        SUCCESS,
+        QUALITY,
+    ],
     marks: &[PLAN, REPORT, SUCCESS],
 };
 

@@ -8,7 +8,8 @@
 //! into or out of a store goes through; `codec` (the `codec` feature, which the cluster turns on) carries
 //! verger's functions and plan nodes in serialized plans; [`report`] times the stages and writes the run report and its page, priced from a table;
 //! [`estimate`] predicts a run's time and cost from a sample; [`context`] makes every DataFusion session;
-//! [`classify`] trains, evaluates and applies classifiers on finished runs.
+//! [`classify`] trains, evaluates and applies classifiers on finished runs; [`quality`] audits a finished run's
+//! images as a dataset (duplicates, leakage, outliers, likely wrong labels).
 //!
 //! It does not parse command lines, draw progress bars or know about clusters' processes: front ends (the
 //! `verger` binary and library) and `verger-cluster` do.
@@ -29,6 +30,7 @@ pub mod layout;
 pub mod pca;
 pub mod progress;
 pub mod pseudonym;
+pub mod quality;
 pub mod report;
 pub mod saved_pca;
 

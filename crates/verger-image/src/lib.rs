@@ -35,6 +35,26 @@ pub fn load_rgb224(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, ImageError>
     Ok(convert::into_rgb(resized).data)
 }
 
+/// A small JPEG of the image for people to look at (never for the model): fitted into `side` × `side` with
+/// its aspect kept, Pillow's resampling, RGB, quality 80.
+pub fn thumbnail_jpeg(bytes: &[u8], side: usize, limits: &Limits) -> Result<Vec<u8>, ImageError> {
+    let decoded = decode(bytes, limits)?;
+    let longest = decoded.width.max(decoded.height).max(1) as f64;
+    let fit = |n: usize| ((n as f64 * side as f64 / longest).round() as usize).max(1);
+    let (width, height) = (fit(decoded.width), fit(decoded.height));
+    let rgb = convert::into_rgb(resize::pillow_resize(&decoded, width, height));
+    let image = turbojpeg::Image {
+        pixels: &rgb.data[..],
+        width,
+        pitch: width * 3,
+        height,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    let jpeg =
+        turbojpeg::compress(image, 80, turbojpeg::Subsamp::Sub2x2).map_err(|e| ImageError::Jpeg(e.to_string()))?;
+    Ok(jpeg.to_vec())
+}
+
 /// Encodes 8-bit RGB pixels as PNG, to look at exactly what the model sees.
 pub fn encode_png(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>, ImageError> {
     let mut out = Vec::new();
@@ -47,4 +67,21 @@ pub fn encode_png(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>, Im
         .map_err(|e| ImageError::Png(e.to_string()))?;
     writer.finish().map_err(|e| ImageError::Png(e.to_string()))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thumbnail_is_a_small_jpeg_with_the_aspect_kept() {
+        // A 100x50 PNG: the thumbnail is 64x32.
+        let rgb: Vec<u8> = (0..100 * 50 * 3).map(|i| (i % 251) as u8).collect();
+        let png = encode_png(&rgb, 100, 50).unwrap();
+        let jpeg = thumbnail_jpeg(&png, 64, &Limits::default()).unwrap();
+        let back = decode(&jpeg, &Limits::default()).unwrap();
+        assert_eq!((back.width, back.height, back.mode), (64, 32, Mode::Rgb));
+        assert!(jpeg.len() < 64 * 32 * 3, "{} bytes", jpeg.len());
+        assert_eq!(thumbnail_jpeg(b"", 64, &Limits::default()), Err(ImageError::Empty));
+    }
 }

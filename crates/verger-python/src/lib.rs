@@ -49,6 +49,8 @@ fn error(py: Python<'_>, e: Error) -> PyErr {
         Error::Model(_) | Error::Job(JobError::Model(_)) => "ModelError",
         Error::Io { .. } | Error::Job(JobError::Io { .. }) => "FileError",
         Error::Classify(_) => "ClassifyError",
+        Error::Quality(verger::QualityError::Options(_)) => "UsageError",
+        Error::Quality(_) => "ClassifyError",
         Error::Cluster(_) | Error::ClusterNotBuilt { .. } => "ClusterError",
         Error::Job(_) => "RunError",
         Error::Serve(_) => "VergerError",
@@ -276,14 +278,24 @@ fn read_pca(py: Python<'_>, output: String, argv: Vec<String>) -> PyResult<Strin
     Ok(String::from_utf8(model.to_json()).expect("JSON is UTF-8"))
 }
 
-/// `train`, `evaluate` or `identify` with the command line's options `argv`; the result as JSON.
+/// `train`, `evaluate`, `identify` or `quality` with the command line's options `argv`; the result as JSON.
 #[pyfunction]
 fn classify(py: Python<'_>, argv: Vec<String>) -> PyResult<String> {
     let command = cli::parse(&argv).map_err(|e| failure(py, e))?;
     let json = py.detach(|| -> Result<String, Failure> {
         Ok(match command {
             Command::Train(args) => to_json(&verger::train(&args.config()?)?),
-            Command::Evaluate { model, run, store } => to_json(&verger::evaluate(&model, &run, &store.options()?)?),
+            Command::Evaluate {
+                model,
+                run,
+                novel_only_vs,
+                threshold,
+                store,
+            } => {
+                let novelty = cli::novelty(novel_only_vs, threshold)?;
+                to_json(&verger::evaluate(&model, &run, novelty.as_ref(), &store.options()?)?)
+            }
+            Command::Quality(args) => to_json(&verger::quality(&args.config()?)?),
             Command::Identify(args) => {
                 let (classifier, settings) = args.classifier.load()?;
                 to_json(&verger::identify(
@@ -294,7 +306,7 @@ fn classify(py: Python<'_>, argv: Vec<String>) -> PyResult<String> {
                     args.neighbours,
                 )?)
             }
-            _ => return Err(Failure::Usage("expected train, evaluate or identify".into())),
+            _ => return Err(Failure::Usage("expected train, evaluate, identify or quality".into())),
         })
     });
     json.map_err(|e| failure(py, e))

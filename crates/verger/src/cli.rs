@@ -73,9 +73,20 @@ pub enum Command {
         model: String,
         /// A finished verger run, e.g. the Test split made with --pca-model TRAINING/pca/model.json.
         run: String,
+        /// Also score the images without a near twin in this finished run (the training run): the accuracy
+        /// that holds on photos unlike the training images.
+        #[arg(long, value_name = "TRAIN_RUN")]
+        novel_only_vs: Option<String>,
+        /// With --novel-only-vs: the cosine similarity of the features from which an image is a near twin, in
+        /// (0, 1]. Default: verger quality's, 0.93.
+        #[arg(long, requires = "novel_only_vs")]
+        threshold: Option<f64>,
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Check a finished run's images as a dataset: exact and near duplicates, leakage into other runs
+    /// (--against), outliers and likely wrong labels; writes RUN/quality/ and a section of its report.
+    Quality(QualityArgs),
     /// Identify photos (files or s3:// objects): the most probable labels and the nearest training images.
     #[command(after_help = ExitStatus::HELP)]
     Identify(IdentifyArgs),
@@ -567,6 +578,10 @@ pub struct TrainArgs {
     /// Replace an existing classifier folder.
     #[arg(long)]
     overwrite: bool,
+    /// identify calls a photo unknown when it is further from every training image than this percentile
+    /// of the training images' own nearest-neighbour distances, in (0, 100]. Default: 99.
+    #[arg(long)]
+    unknown_percentile: Option<f64>,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -584,10 +599,68 @@ impl TrainArgs {
             }
             config.options.l2 = l2;
         }
+        if let Some(p) = self.unknown_percentile {
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(Failure::Usage(format!(
+                    "--unknown-percentile must be in (0, 100], not {p}"
+                )));
+            }
+            config.unknown_percentile = p;
+        }
         config.overwrite = self.overwrite;
         config.store = self.store.options()?;
         Ok(config)
     }
+}
+
+#[derive(Args)]
+pub struct QualityArgs {
+    /// A finished verger run (folder or s3://); quality/ is written into it.
+    pub run: String,
+    /// Another finished run of the same model and PCA basis to find this run's near twins in (leakage), e.g.
+    /// the Training run when RUN is the Test run; repeatable.
+    #[arg(long)]
+    pub against: Vec<String>,
+    /// The cosine similarity of the features from which two images are near duplicates, in (0, 1].
+    /// Default: 0.93 (docs/quality.md).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Neighbours each image is compared with (outlier score, label disagreement). Default: 10.
+    #[arg(long)]
+    pub neighbours: Option<usize>,
+    /// Folds of the out-of-fold probabilities the label check uses, at least 2. Default: 5.
+    #[arg(long)]
+    pub folds: Option<usize>,
+    /// Suspects and outliers listed in the summary. Default: 100.
+    #[arg(long)]
+    pub top: Option<usize>,
+    /// Embed small JPEGs of the listed images in report.html (off by default: photos may be personal data).
+    #[arg(long)]
+    pub thumbnails: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+impl QualityArgs {
+    pub fn config(self) -> Result<verger::QualityConfig, Failure> {
+        let mut config = verger::QualityConfig::new(self.run);
+        config.against = self.against;
+        config.threshold = self.threshold.unwrap_or(config.threshold);
+        config.neighbours = self.neighbours.unwrap_or(config.neighbours);
+        config.folds = self.folds.unwrap_or(config.folds);
+        config.top = self.top.unwrap_or(config.top);
+        config.thumbnails = self.thumbnails;
+        config.store = self.store.options()?;
+        config.check().map_err(|e| Failure::Usage(e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// `evaluate`'s novel-only scores from its options: the run to compare with and the threshold, checked.
+pub fn novelty(novel_only_vs: Option<String>, threshold: Option<f64>) -> Result<Option<verger::Novelty>, Failure> {
+    let threshold = verger::check_threshold(threshold.unwrap_or(verger::quality::DEFAULT_THRESHOLD))
+        .map_err(|e| Failure::Usage(format!("--threshold: {e}")))?;
+    Ok(novel_only_vs.map(|against| verger::Novelty { against, threshold }))
 }
 
 /// A classifier folder and the featurizer its features came from: what identify, serve and export load.

@@ -15,6 +15,7 @@
 //! - [`read`] and [`read_pca`]: a finished run's rows and its PCA model;
 //! - [`train`], [`evaluate`] and [`identify`]: a classifier on a run's features, scored on another run, and
 //!   applied to new photos;
+//! - [`quality`]: a run's images as a dataset: duplicates, leakage into other runs, outliers, likely wrong labels;
 //! - [`serve`]: [`identify`] over HTTP, with limits and metrics;
 //! - [`export`]: the classifier and its featurizer as one ONNX file for apps;
 //! - [`scheduler`] and [`executor`]: the cluster's processes.
@@ -34,8 +35,18 @@ pub mod cli;
 
 pub use verger_classify::TrainOptions;
 pub use verger_engine::classify::{
-    Classifier, ClassifyError, Evaluation, Exported, Identification, Identified, Input, TrainConfig, TrainReport,
+    Classifier, ClassifyError, Evaluation, Exported, Identification, Identified, Input, NovelScores, Novelty,
+    TrainConfig, TrainReport, UnknownRule, DEFAULT_UNKNOWN_PERCENTILE, UNKNOWN_NEIGHBOUR,
 };
+pub use verger_engine::quality::{check_threshold, QualityConfig, QualityError, QualitySummary};
+
+/// `verger quality`'s defaults and findings.
+pub mod quality {
+    pub use verger_engine::quality::{
+        Bin, Duplicates, Image, Leakage, Outlier, Suspect, DEFAULT_FOLDS, DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD,
+        DEFAULT_TOP, IMAGES, LEAKAGE, SUMMARY,
+    };
+}
 pub use verger_serve::{ServeConfig, ServeError};
 
 /// The HTTP service's defaults and credentials.
@@ -88,6 +99,8 @@ pub enum Error {
     Classify(#[from] ClassifyError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Quality(#[from] QualityError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     /// The cluster could not be reached or its processes could not start.
@@ -439,11 +452,28 @@ pub fn train(config: &TrainConfig) -> Result<TrainReport, Error> {
     Ok(report)
 }
 
-/// Scores the classifier in folder `classifier` on the finished, labelled run `run`; the scores are also
-/// saved in the classifier folder (`evaluation.json`, `confusion.parquet`).
-pub fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Result<Evaluation, Error> {
-    held_to_regions(&[classifier, run], store)?;
-    Ok(runtime(default_threads())?.block_on(verger_engine::classify::evaluate(classifier, run, store))?)
+/// Scores the classifier in folder `classifier` on the finished, labelled run `run`, and with `novelty` also on
+/// its images without a near twin in another run; the scores are also saved in the classifier folder
+/// (`evaluation.json`, `confusion.parquet`).
+pub fn evaluate(
+    classifier: &str,
+    run: &str,
+    novelty: Option<&Novelty>,
+    store: &StoreOptions,
+) -> Result<Evaluation, Error> {
+    let mut locations = vec![classifier, run];
+    locations.extend(novelty.map(|n| n.against.as_str()));
+    held_to_regions(&locations, store)?;
+    Ok(runtime(default_threads())?.block_on(verger_engine::classify::evaluate(classifier, run, novelty, store))?)
+}
+
+/// Checks a finished run's images as a dataset and writes what it found into the run (`quality/`, and a
+/// section of its report).
+pub fn quality(config: &QualityConfig) -> Result<QualitySummary, Error> {
+    let mut locations = vec![config.run.as_str()];
+    locations.extend(config.against.iter().map(String::as_str));
+    held_to_regions(&locations, &config.store)?;
+    Ok(runtime(default_threads())?.block_on(verger_engine::quality::check(config))?)
 }
 
 /// Loads and checks a classifier folder, once, for [`identify`].

@@ -186,12 +186,30 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             );
             Ok(ExitStatus::Success)
         }
-        Command::Evaluate { model, run, store } => {
-            let e = verger::evaluate(&model, &run, &store.options()?)?;
+        Command::Evaluate {
+            model,
+            run,
+            novel_only_vs,
+            threshold,
+            store,
+        } => {
+            let novelty = args::novelty(novel_only_vs, threshold)?;
+            let e = verger::evaluate(&model, &run, novelty.as_ref(), &store.options()?)?;
             println!(
                 "{} rows of {run}: top-1 {:.4}, top-5 {:.4}, macro F1 {:.4}",
                 e.rows, e.top1, e.top5, e.macro_f1
             );
+            if let Some(n) = e.novel.as_ref().filter(|n| n.rows == 0) {
+                println!(
+                    "every row has a near twin in {} (similarity >= {}): no novel-only scores",
+                    n.against, n.threshold
+                );
+            } else if let Some(n) = &e.novel {
+                println!(
+                    "{} rows without a near twin in {} (similarity < {}): top-1 {:.4}, top-5 {:.4}, macro F1 {:.4}",
+                    n.rows, n.against, n.threshold, n.top1, n.top5, n.macro_f1
+                );
+            }
             for (label, rows) in &e.unseen_labels {
                 println!("  {rows} rows labelled {label:?}, a label the classifier never saw");
             }
@@ -202,6 +220,12 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             if e.recorded_in_run_report {
                 println!("summarised in {run}/report.json and {run}/report.html");
             }
+            Ok(ExitStatus::Success)
+        }
+        Command::Quality(args) => {
+            let config = args.config()?;
+            let q = verger::quality(&config)?;
+            print_quality(&config.run, &q);
             Ok(ExitStatus::Success)
         }
         Command::Identify(args) => identify(&args),
@@ -269,6 +293,12 @@ fn identify(args: &args::IdentifyArgs) -> Result<ExitStatus, args::Failure> {
             match (&answer.identified, &answer.error) {
                 (Some(found), _) => {
                     println!("{}", answer.photo);
+                    if found.unknown {
+                        println!(
+                            "  unknown, unlike every training image (novelty {:.2})",
+                            found.novelty.unwrap_or_default()
+                        );
+                    }
                     for label in &found.labels {
                         println!("  {:>7.2} %  {}", 100.0 * label.probability, label.label);
                     }
@@ -282,6 +312,55 @@ fn identify(args: &args::IdentifyArgs) -> Result<ExitStatus, args::Failure> {
         }
     }
     Ok(ExitStatus::from_failures(failed))
+}
+
+fn print_quality(run: &str, q: &verger::QualitySummary) {
+    let run = run.trim_end_matches('/');
+    let share = |n: u64| 100.0 * n as f64 / q.rows.max(1) as f64;
+    println!("{} images of {run}", q.rows);
+    match &q.exact_duplicates {
+        Some(d) => println!(
+            "  exact duplicates: {} groups, {} copies ({} groups with conflicting labels)",
+            d.groups, d.copies, d.conflicting_labels
+        ),
+        None => println!("  exact duplicates: not checked (pseudonymised paths)"),
+    }
+    if q.unreadable > 0 {
+        println!("  {} images could not be read again to hash them", q.unreadable);
+    }
+    println!(
+        "  near duplicates (similarity >= {}): {} images ({:.1} %) in {} groups ({} with conflicting labels)",
+        q.threshold,
+        q.near_duplicate_images,
+        share(q.near_duplicate_images),
+        q.near_duplicate_groups,
+        q.near_duplicate_conflicts
+    );
+    for l in &q.leakage {
+        println!(
+            "  leakage: {} of {} images ({:.1} %) have a near twin in {} ({} of the same label)",
+            l.leaked,
+            l.rows,
+            100.0 * l.share,
+            l.against,
+            l.same_label
+        );
+    }
+    println!(
+        "  likely wrong labels: {} label issues (confident learning, {} folds), {} suspects",
+        q.label_issues, q.folds, q.label_suspects
+    );
+    for s in q.suspects.iter().take(5) {
+        println!(
+            "    {:.3}  {} labelled {}, looks like {}",
+            s.score, s.path, s.label, s.suggested
+        );
+    }
+    println!("  outliers, furthest first:");
+    for o in q.outliers.iter().take(5) {
+        println!("    {:.3}  {} ({})", o.score, o.path, o.label);
+    }
+    println!("saved in {run}/quality/ and summarised in {run}/report.json and {run}/report.html");
 }
 
 /// Seconds as the estimate prints them.

@@ -113,6 +113,30 @@ fn train_evaluate_identify_on_the_shared_splits() {
     }
     assert!(!test_run.join("_CLAIM").exists(), "the claim is released");
 
+    // The accuracy that holds on photos unlike the training images: the same scores on the Test images
+    // without a near twin in Training, checked against numpy and the classifier's own weights.
+    let pca_classifier = tmp.path().join("classifier-pca-features");
+    let (c, t, tr) = (
+        pca_classifier.to_str().unwrap(),
+        test_run.to_str().unwrap(),
+        train_run.to_str().unwrap(),
+    );
+    let novel = verger(&["evaluate", "--model", c, t, "--novel-only-vs", tr]);
+    assert_success(&novel, "evaluate --novel-only-vs");
+    println!("{}", text(&novel));
+    assert!(text(&novel).contains("without a near twin in"), "{}", text(&novel));
+    let checked = python("check_novel.py", &[c, t, tr]);
+    println!("{}", text(&checked));
+    assert_success(&checked, "novel-only scores against numpy");
+    let page = std::fs::read_to_string(test_run.join("report.html")).unwrap();
+    assert!(
+        page.contains("On photos unlike any training image"),
+        "the page lacks the novel scores"
+    );
+    let refused = verger(&["evaluate", "--model", c, t, "--novel-only-vs", tr, "--threshold", "2"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("(0, 1]"), "{}", text(&refused));
+
     // Export: one ONNX file per classifier; plain onnxruntime on Pillow-resized Test photos agrees with
     // verger identify on every photo's top-1 and on every probability within 1e-4. Every 8th Test photo
     // (308, every class): identifying all 2,464 twice and checking them cost four minutes on 2 cores.
@@ -154,13 +178,61 @@ fn train_evaluate_identify_on_the_shared_splits() {
         assert_success(&checked, &format!("onnxruntime runs the app model of {on}"));
     }
 
+    // Unknown photos: Test fruit rarely is (the rate is printed), Pillow's test photos and noise always are.
+    let rule = json(&pca_classifier.join("classifier.json"))["unknown"].clone();
+    assert_eq!(rule["percentile"], 99.0, "{rule}");
+    assert!(rule["distance"].as_f64().unwrap() > 0.0, "{rule}");
+    let answers: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("identify-pca-features.json")).unwrap()).unwrap();
+    let answers = answers.as_array().unwrap();
+    let unknown = answers
+        .iter()
+        .filter(|a| a["identified"]["unknown"].as_bool().unwrap())
+        .count();
+    let rate = unknown as f64 / answers.len() as f64;
+    println!(
+        "false-unknown rate on {} Test photos: {rate:.4} ({unknown})",
+        answers.len()
+    );
+    assert!(
+        rate <= 0.05,
+        "{unknown} of {} Test photos called unknown",
+        answers.len()
+    );
+    let strangers = tmp.path().join("strangers");
+    assert_success(
+        &python("noise_photo.py", &[strangers.to_str().unwrap(), "5"]),
+        "noise photos",
+    );
+    let pillow = verger_testdata::shared_dir().join("datasets/pillow-test-images");
+    let mut args = vec!["identify", "--model", c, "--json"];
+    let mut photos: Vec<String> = ["flower.jpg", "hopper.jpg", "iptc.jpg", "xmp_test.jpg", "pil123rgba.png"]
+        .iter()
+        .map(|p| pillow.join(p).to_string_lossy().into_owned())
+        .collect();
+    photos.extend((0..5).map(|i| strangers.join(format!("noise_{i}.jpg")).to_string_lossy().into_owned()));
+    args.extend(photos.iter().map(String::as_str));
+    let identified = verger(&args);
+    assert_success(&identified, "identify strangers");
+    let answers: serde_json::Value = serde_json::from_slice(&identified.stdout).unwrap();
+    for answer in answers.as_array().unwrap() {
+        let novelty = answer["identified"]["novelty"].as_f64().unwrap();
+        println!("{}: novelty {novelty:.2}", answer["photo"]);
+        assert_eq!(answer["identified"]["unknown"], true, "{answer}");
+    }
+    let table = verger(&["identify", "--model", c, &photos[0]]);
+    assert!(
+        text(&table).contains("unknown, unlike every training image"),
+        "{}",
+        text(&table)
+    );
+
     // Deterministic: the same run gives the same bytes.
     let again = tmp.path().join("classifier-again");
     assert_success(
         &verger(&["train", train_run.to_str().unwrap(), "--out", again.to_str().unwrap()]),
         "train again",
     );
-    let pca_classifier = tmp.path().join("classifier-pca-features");
     for file in ["classifier.json", "pca_model.json", "neighbours.parquet"] {
         assert!(
             std::fs::read(again.join(file)).unwrap() == std::fs::read(pca_classifier.join(file)).unwrap(),

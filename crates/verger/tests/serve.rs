@@ -150,6 +150,9 @@ fn serves_identify_with_limits_metrics_and_graceful_shutdown() {
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["photo"], "upload");
         assert_eq!(answer["identified"], expected["identified"], "{}", photo.display());
+        // The novelty score and the unknown flag come with every answer, as identify's.
+        assert!(answer["identified"]["novelty"].as_f64().is_some(), "{answer}");
+        assert!(answer["identified"]["unknown"].is_boolean(), "{answer}");
         right += usize::from(answer["identified"]["labels"][0]["label"] == *label);
     }
     assert!(right >= photos.len() - 1, "{right} of {} right", photos.len());

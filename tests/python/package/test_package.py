@@ -205,6 +205,36 @@ def test_train_evaluate_identify(small_input, small_run, tmp_path):
     assert answers[1]["error"] and "missing.jpg" in str(answers[1]), answers[1]
 
 
+def test_quality_and_novel_scores(small_input, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    verger.run(small_input, run, k=10, threads=2, progress=False)
+    summary = verger.quality(run, neighbours=3, folds=2, top=5)
+    assert summary.rows == 64 and summary.neighbours == 3 and summary.folds == 2
+    assert summary.exact_duplicates["copies"] == 0, summary.exact_duplicates
+    assert len(summary.outliers) == 5
+    images = pq.read_table(run / "quality" / "images.parquet")
+    assert images.num_rows == 64 and json.loads(images.schema.metadata[b"verger.classes"]) == sorted(LABELS)
+    assert json.load(open(run / "report.json"))["quality"]["rows"] == 64
+    with pytest.raises(verger.UsageError, match=r"\(0, 1\]"):
+        verger.quality(run, threshold=1.5)
+    with pytest.raises(verger.ClassifyError, match="not a finished verger run"):
+        verger.quality(tmp_path)
+
+    verger.train(run, tmp_path / "classifier", unknown_percentile=95)
+    scores = verger.evaluate(tmp_path / "classifier", run, novel_only_vs=run)
+    # Every image has itself in the run it is compared with: none is novel.
+    assert scores.novel["rows"] == 0 and scores.novel["threshold"] == 0.93, scores.novel
+    with pytest.raises(verger.UsageError, match="--threshold"):
+        verger.evaluate(tmp_path / "classifier", run, novel_only_vs=run, threshold=0)
+    photo = sorted((small_input / "Kiwi").glob("*.jpg"))[0]
+    answer = verger.identify(tmp_path / "classifier", [photo])[0]["identified"]
+    assert answer["novelty"] < 0.05 and answer["unknown"] is False, answer
+
+
 def test_inference_leaves_nothing_in_the_user_s_home(tmp_path):
     """Microsoft's ONNX Runtime wheels record usage telemetry under ~/.cache/Microsoft unless told not to."""
     home = tmp_path / "home"

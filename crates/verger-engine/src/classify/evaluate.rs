@@ -1,13 +1,15 @@
 //! `verger evaluate`: a classifier scored on a labelled run (for example the Test split projected with the
 //! Training PCA): top-1, top-5, macro F1, per-class precision and recall, the confusion matrix and the most
 //! confused pairs, saved next to the classifier and summarised in the evaluated run's `report.json` and `report.html`.
+//! With a [`Novelty`], the same scores again on the images without a near twin in another run (the training
+//! run): the accuracy that holds on photos unlike any the classifier was trained on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use verger_classify::metrics;
 
 use super::folder::{Classifier, Input, CONFUSION, EVALUATION};
@@ -34,6 +36,26 @@ pub struct ConfusedPair {
     pub count: u64,
 }
 
+/// Which images count as novel: those whose nearest image of run `against` (by cosine similarity of the
+/// features) is below `threshold`.
+#[derive(Debug, Clone)]
+pub struct Novelty {
+    pub against: String,
+    pub threshold: f64,
+}
+
+/// The scores on the novel images only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NovelScores {
+    pub against: String,
+    pub threshold: f64,
+    /// Images without a near twin in `against`.
+    pub rows: u64,
+    pub top1: f64,
+    pub top5: f64,
+    pub macro_f1: f64,
+}
+
 /// A classifier's scores on a run, saved as `evaluation.json` (and `confusion.parquet`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
@@ -49,16 +71,25 @@ pub struct Evaluation {
     pub per_class: Vec<ClassReport>,
     /// The 20 largest off-diagonal cells of the confusion matrix.
     pub most_confused: Vec<ConfusedPair>,
+    /// The same scores on the images without a near twin in another run, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub novel: Option<NovelScores>,
     /// Whether the summary was added to the run's `report.json` (not when the run cannot be written, or
     /// another run holds it: a warning says why).
     #[serde(skip)]
     pub recorded_in_run_report: bool,
 }
 
-/// Scores the classifier in folder `classifier` on the finished run `run`, and saves the scores beside it.
-pub async fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Result<Evaluation, ClassifyError> {
+/// Scores the classifier in folder `classifier` on the finished run `run` (and on its novel images with
+/// `novelty`), and saves the scores beside it.
+pub async fn evaluate(
+    classifier: &str,
+    run: &str,
+    novelty: Option<&Novelty>,
+    store: &StoreOptions,
+) -> Result<Evaluation, ClassifyError> {
     let model = Classifier::load(classifier, store).await?;
-    let rows = run_rows::read(run, store, model.input == Input::Features).await?;
+    let rows = run_rows::read(run, store, model.input == Input::Features || novelty.is_some()).await?;
     if rows.pca_model.model != model.pca.model {
         return Err(ClassifyError::Mismatch(format!(
             "run {run} was projected with another PCA model than classifier {classifier} was trained with: \
@@ -105,6 +136,38 @@ pub async fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Resu
         .map(|row| metrics::top_k(&model.model.logits(row), 5))
         .collect();
     let scores = metrics::score(&truth, &ranked, names.len());
+    let novel = match novelty {
+        None => None,
+        Some(n) => {
+            crate::quality::check_threshold(n.threshold).map_err(ClassifyError::Mismatch)?;
+            let reference = run_rows::read(&n.against, store, true).await?;
+            if reference.pca_model.model_sha256 != rows.pca_model.model_sha256 {
+                return Err(ClassifyError::Mismatch(format!(
+                    "run {run} and run {} hold features of different models (sha256 {:?} and {:?})",
+                    n.against, rows.pca_model.model_sha256, reference.pca_model.model_sha256
+                )));
+            }
+            let nearest = tokio::task::spawn_blocking(move || crate::quality::nearest_in(&rows, &reference))
+                .await
+                .map_err(|e| ClassifyError::Job(crate::error::JobError::task(e)))?;
+            let keep: Vec<usize> = (0..truth.len())
+                .filter(|&i| nearest.nearest(i).is_none_or(|(_, s)| s < n.threshold))
+                .collect();
+            let subset = metrics::score(
+                &keep.iter().map(|&i| truth[i]).collect::<Vec<_>>(),
+                &keep.iter().map(|&i| ranked[i].clone()).collect::<Vec<_>>(),
+                names.len(),
+            );
+            Some(NovelScores {
+                against: n.against.clone(),
+                threshold: n.threshold,
+                rows: subset.rows,
+                top1: subset.top1,
+                top5: subset.top5,
+                macro_f1: subset.macro_f1,
+            })
+        }
+    };
     let mut evaluation = Evaluation {
         run: run.to_string(),
         classifier: classifier.to_string(),
@@ -135,6 +198,7 @@ pub async fn evaluate(classifier: &str, run: &str, store: &StoreOptions) -> Resu
                 count: c.count,
             })
             .collect(),
+        novel,
         recorded_in_run_report: false,
     };
 
@@ -198,6 +262,7 @@ async fn record_in_run_report(
             unseen_labels: evaluation.unseen_labels.clone(),
             details: format!("{}/{EVALUATION}", evaluation.classifier.trim_end_matches('/')),
             confusion: Some(confusion),
+            novel: evaluation.novel.clone(),
         };
         report.evaluations.retain(|e| e.classifier != entry.classifier);
         report.evaluations.push(entry);

@@ -48,6 +48,19 @@ struct Stored {
     featurizer_sha256: String,
     pca_sha256: String,
     options: TrainOptions,
+    /// Absent in classifiers trained before verger flagged unknown photos.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unknown: Option<UnknownRule>,
+}
+
+/// When a photo is unlike every training image: its distance to the nearest training image in PCA space
+/// above `distance`, the `percentile`-th percentile of the training images' own distances to their
+/// `neighbour`-th nearest other training image (leave one out).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct UnknownRule {
+    pub percentile: f64,
+    pub neighbour: usize,
+    pub distance: f64,
 }
 
 /// The training images, for nearest neighbours in PCA space.
@@ -72,6 +85,8 @@ pub struct Classifier {
     pub pca: SavedPca,
     pub pca_bytes: Vec<u8>,
     pub neighbours: Neighbours,
+    /// None for classifiers trained before verger had it.
+    pub unknown: Option<UnknownRule>,
 }
 
 impl Classifier {
@@ -93,6 +108,7 @@ impl Classifier {
             featurizer_sha256: self.featurizer_sha256.clone(),
             pca_sha256: sha256_hex(&self.pca_bytes),
             options: self.options,
+            unknown: self.unknown,
         };
         out.put(PCA, self.pca_bytes.clone()).await?;
         let n = &self.neighbours;
@@ -181,6 +197,7 @@ impl Classifier {
             pca,
             pca_bytes,
             neighbours,
+            unknown: stored.unknown,
         })
     }
 }

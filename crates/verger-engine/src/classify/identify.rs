@@ -30,6 +30,13 @@ pub struct Identified {
     pub labels: Vec<Label>,
     /// The nearest training images, nearest first.
     pub neighbours: Vec<Neighbour>,
+    /// The distance to the nearest training image in PCA space over the classifier's unknown distance (the
+    /// 99th percentile of the training images' own nearest distances, unless trained otherwise): above 1, the
+    /// photo is unlike nearly every training image. None for classifiers trained without the rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub novelty: Option<f64>,
+    /// Novelty above 1: not a kind of image the classifier knows, whatever its labels say.
+    pub unknown: bool,
 }
 
 /// One photo's answer: identified, or why not (`stage` is `read`, `decode` or `infer`).
@@ -64,15 +71,26 @@ impl Classifier {
             })
             .collect();
         let n = &self.neighbours;
-        let neighbours = verger_classify::nearest(&n.pca, self.pca.model.k, &pca, neighbours)
+        let found = verger_classify::nearest(&n.pca, self.pca.model.k, &pca, neighbours.max(1));
+        let novelty = self
+            .unknown
+            .zip(found.first())
+            .map(|(rule, &(_, distance))| distance / rule.distance.max(f64::MIN_POSITIVE));
+        let neighbours = found
             .into_iter()
+            .take(neighbours)
             .map(|(i, distance)| Neighbour {
                 path: n.paths[i].clone(),
                 label: n.labels[i].clone(),
                 distance,
             })
             .collect();
-        Identified { labels, neighbours }
+        Identified {
+            labels,
+            neighbours,
+            novelty,
+            unknown: novelty.is_some_and(|v| v > 1.0),
+        }
     }
 
     /// Refuses a featurizer other than the one whose features the classifier was trained on.

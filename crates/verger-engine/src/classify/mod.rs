@@ -15,11 +15,11 @@ mod identify;
 pub mod run_rows;
 mod train;
 
-pub use evaluate::{evaluate, Evaluation};
+pub use evaluate::{evaluate, Evaluation, NovelScores, Novelty};
 pub use export::{export, Exported};
-pub use folder::{Classifier, Input};
+pub use folder::{Classifier, Input, UnknownRule};
 pub use identify::{identify, identify_bytes, Identification, Identified, Label, Neighbour, PhotoError};
-pub use train::{train, TrainConfig, TrainReport};
+pub use train::{train, TrainConfig, TrainReport, DEFAULT_UNKNOWN_PERCENTILE, UNKNOWN_NEIGHBOUR};
 
 use thiserror::Error;
 

@@ -311,6 +311,9 @@ pub struct EvaluationSummary {
     pub details: String,
     #[serde(default)]
     pub confusion: Option<Confusion>,
+    /// The scores on the images without a near twin in the training run (`--novel-only-vs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub novel: Option<crate::classify::NovelScores>,
 }
 
 /// A confusion matrix, sparse: `(true, predicted, count)` for every cell that is not zero.
@@ -352,6 +355,9 @@ pub struct Report {
     /// What the feature cache did (`--cache`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::job::cache::CacheSummary>,
+    /// What `verger quality` found in this run's images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::quality::QualitySummary>,
 }
 
 /// The configuration as the report shows it. A pseudonymised run's report names no real location: its input,
@@ -420,6 +426,7 @@ impl Report {
             config: shared_config(config),
             evaluations: Vec::new(),
             cache: None,
+            quality: None,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct PageInput {
     /// `(label, pc1, pc2)` of at most [`MAP_POINTS`] result rows, and how many rows there are in all.
     pub points: Vec<(String, f64, f64)>,
     pub rows: u64,
+    /// `quality --thumbnails`: the listed images as `data:` URIs, by path.
+    pub thumbnails: std::collections::BTreeMap<String, String>,
 }
 
 /// Reads what the page needs from `out` and writes `report.html` there.
@@ -124,6 +126,14 @@ pub async fn read_input(out: &OutputStore, report: &Report) -> Result<PageInput,
             }
         }
         input.rows = i as u64;
+    }
+    if report.quality.as_ref().is_some_and(|q| q.thumbnails) && out.exists(crate::quality::THUMBNAILS).await? {
+        input.thumbnails = serde_json::from_slice(&out.get(crate::quality::THUMBNAILS).await?).map_err(|e| {
+            JobError::Report(format!(
+                "{} is not what verger quality wrote: {e}",
+                crate::quality::THUMBNAILS
+            ))
+        })?;
     }
     Ok(input)
 }
@@ -479,6 +489,207 @@ fn short(label: &str) -> String {
 }
 
 #[derive(Serialize)]
+struct NovelView {
+    against: String,
+    threshold: f64,
+    rows: u64,
+    top1: String,
+    top5: String,
+    macro_f1: String,
+}
+
+#[derive(Serialize)]
+struct SuspectRow {
+    thumb: Option<String>,
+    path: String,
+    label: String,
+    suggested: String,
+    score: String,
+    disagree: String,
+}
+
+#[derive(Serialize)]
+struct OutlierRow {
+    thumb: Option<String>,
+    path: String,
+    label: String,
+    score: String,
+}
+
+#[derive(Serialize)]
+struct LeakageRow {
+    against: String,
+    rows: u64,
+    leaked: u64,
+    share: String,
+    same_label: u64,
+}
+
+/// Rows listed on the page (the summary and `images.parquet` hold more).
+const QUALITY_ROWS: usize = crate::quality::PAGE_ROWS;
+
+#[derive(Serialize)]
+struct ImageRow {
+    thumb: Option<String>,
+    path: String,
+    label: String,
+}
+
+#[derive(Serialize)]
+struct QualityView {
+    facts: Vec<Fact>,
+    threshold: f64,
+    neighbours: usize,
+    leakage: Vec<LeakageRow>,
+    bars: Vec<Bar>,
+    bottom: f64,
+    y_ticks: Vec<Tick>,
+    x_labels: Vec<(f64, String)>,
+    issues: u64,
+    folds: usize,
+    suspects_total: u64,
+    suspects: Vec<SuspectRow>,
+    outliers: Vec<OutlierRow>,
+    duplicates: Vec<Vec<ImageRow>>,
+    details: String,
+    thumbnails: bool,
+}
+
+fn quality(q: &crate::quality::QualitySummary, thumbnails: &std::collections::BTreeMap<String, String>) -> QualityView {
+    let thumb = |path: &str| thumbnails.get(path).cloned();
+    let percent = |n: u64| format!("{:.1} %", 100.0 * n as f64 / q.rows.max(1) as f64);
+    let mut facts = vec![Fact {
+        name: "images checked",
+        value: q.rows.to_string(),
+    }];
+    match &q.exact_duplicates {
+        Some(d) => facts.extend([
+            Fact {
+                name: "exact duplicate copies",
+                value: d.copies.to_string(),
+            },
+            Fact {
+                name: "duplicate groups with conflicting labels",
+                value: d.conflicting_labels.to_string(),
+            },
+        ]),
+        None => facts.push(Fact {
+            name: "exact duplicates (not checked: pseudonymised)",
+            value: "n/a".into(),
+        }),
+    }
+    facts.extend([
+        Fact {
+            name: "with a near duplicate",
+            value: percent(q.near_duplicate_images),
+        },
+        Fact {
+            name: "label issues",
+            value: q.label_issues.to_string(),
+        },
+    ]);
+    let height = 160.0;
+    let bottom = TOP + height;
+    let most = q.nearest_similarity.iter().map(|b| b.images).max().unwrap_or(0).max(1) as f64;
+    let y = Scale::new(0.0, most, bottom, TOP);
+    let n = q.nearest_similarity.len().max(1) as f64;
+    let slot = WIDTH / n;
+    let bars = q
+        .nearest_similarity
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Bar {
+            x: round1(LEFT + i as f64 * slot + 2.0),
+            y: round1(y.at(b.images as f64)),
+            w: round1(slot - 4.0),
+            h: round1(bottom - y.at(b.images as f64)),
+            title: format!(
+                "{} images with a nearest similarity in [{:.2}, {:.2})",
+                b.images,
+                b.from.max(-1.0),
+                b.to
+            ),
+        })
+        .collect();
+    let x_labels = q
+        .nearest_similarity
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let text = match b.from < 0.5 {
+                true => format!("< {:.1}", b.to),
+                false => format!("{:.2}", b.from).trim_start_matches('0').to_string(),
+            };
+            (round1(LEFT + (i as f64 + 0.5) * slot), text)
+        })
+        .collect();
+    QualityView {
+        facts,
+        threshold: q.threshold,
+        neighbours: q.neighbours,
+        leakage: q
+            .leakage
+            .iter()
+            .map(|l| LeakageRow {
+                against: l.against.clone(),
+                rows: l.rows,
+                leaked: l.leaked,
+                share: format!("{:.1} %", 100.0 * l.share),
+                same_label: l.same_label,
+            })
+            .collect(),
+        bars,
+        bottom,
+        y_ticks: y.ticks(4, |v| format!("{v:.0}")),
+        x_labels,
+        issues: q.label_issues,
+        folds: q.folds,
+        suspects_total: q.label_suspects,
+        suspects: q
+            .suspects
+            .iter()
+            .take(QUALITY_ROWS)
+            .map(|s| SuspectRow {
+                thumb: thumb(&s.path),
+                path: s.path.clone(),
+                label: s.label.clone(),
+                suggested: s.suggested.clone(),
+                score: format!("{:.3}", s.score),
+                disagree: format!("{:.0} %", 100.0 * s.neighbours_disagree),
+            })
+            .collect(),
+        outliers: q
+            .outliers
+            .iter()
+            .take(QUALITY_ROWS)
+            .map(|o| OutlierRow {
+                thumb: thumb(&o.path),
+                path: o.path.clone(),
+                label: o.label.clone(),
+                score: format!("{:.3}", o.score),
+            })
+            .collect(),
+        duplicates: q
+            .exact_duplicates
+            .iter()
+            .flat_map(|d| d.examples.iter().take(QUALITY_ROWS))
+            .map(|group| {
+                group
+                    .iter()
+                    .map(|i| ImageRow {
+                        thumb: thumb(&i.path),
+                        path: i.path.clone(),
+                        label: i.label.clone(),
+                    })
+                    .collect()
+            })
+            .collect(),
+        details: q.details.clone(),
+        thumbnails: q.thumbnails,
+    }
+}
+
+#[derive(Serialize)]
 struct EvaluationView {
     classifier: String,
     rows: u64,
@@ -490,6 +701,7 @@ struct EvaluationView {
     heatmap: Option<Heatmap>,
     /// Off-diagonal cells, largest first.
     confused: Vec<(String, String, u64)>,
+    novel: Option<NovelView>,
 }
 
 fn evaluation(e: &super::EvaluationSummary) -> EvaluationView {
@@ -552,6 +764,14 @@ fn evaluation(e: &super::EvaluationSummary) -> EvaluationView {
         unseen: e.unseen_labels.iter().map(|(l, n)| (l.clone(), *n)).collect(),
         heatmap,
         confused,
+        novel: e.novel.as_ref().map(|n| NovelView {
+            against: n.against.clone(),
+            threshold: n.threshold,
+            rows: n.rows,
+            top1: format!("{:.2} %", n.top1 * 100.0),
+            top5: format!("{:.2} %", n.top5 * 100.0),
+            macro_f1: format!("{:.4}", n.macro_f1),
+        }),
     }
 }
 
@@ -599,6 +819,7 @@ struct Page {
     residency: Residency,
     cost: CostView,
     evaluations: Vec<EvaluationView>,
+    quality: Option<QualityView>,
     /// What the feature cache did, when there was one.
     cache: Option<Vec<Fact>>,
     /// `(class, colour)` of every map label, for the page's style sheet.
@@ -897,6 +1118,7 @@ impl Page {
                 ),
             },
             evaluations: report.evaluations.iter().map(evaluation).collect(),
+            quality: report.quality.as_ref().map(|q| quality(q, &input.thumbnails)),
             cache: report.cache.as_ref().map(cache_facts),
         }
     }
@@ -963,6 +1185,7 @@ mod tests {
                 .map(|i| (labels[i % 88].clone(), (i as f64).sin() * 9.0, (i as f64).cos() * 7.0))
                 .collect(),
             rows: 100_000,
+            thumbnails: Default::default(),
         };
         let html = render(&report(&labels), "s3://photos<eu>/out", &input).unwrap();
         assert!(

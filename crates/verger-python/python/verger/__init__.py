@@ -31,6 +31,7 @@ __all__ = [
     "train",
     "evaluate",
     "identify",
+    "quality",
     "Report",
     "PcaModel",
     "__version__",
@@ -435,6 +436,7 @@ def train(
     *,
     on: Literal["pca-features", "features"] = "pca-features",
     l2: float | None = None,
+    unknown_percentile: float | None = None,
     overwrite: bool = False,
     region: str | None = None,
     endpoint: str | None = None,
@@ -443,9 +445,16 @@ def train(
     timeout: int | None = None,
 ) -> dict[str, Any]:
     """Trains a classifier (softmax regression, L2) on the finished run ``run`` and writes its folder
-    ``out``, as ``verger train`` does; returns how training went (``training.json``)."""
+    ``out``, as ``verger train`` does; returns how training went (``training.json``). ``identify`` calls a
+    photo unknown above the ``unknown_percentile`` (default 99) of the training images' nearest distances."""
     argv = ["train", _text(run), "--out", _text(out)]
-    argv += _options(on=on, l2=l2, overwrite=overwrite, **_store(region, endpoint, allow_http, max_retries, timeout))
+    argv += _options(
+        on=on,
+        l2=l2,
+        unknown_percentile=unknown_percentile,
+        overwrite=overwrite,
+        **_store(region, endpoint, allow_http, max_retries, timeout),
+    )
     return _Attributes(json.loads(_verger.classify(argv)))
 
 
@@ -453,6 +462,8 @@ def evaluate(
     classifier: PathLike,
     run: PathLike,
     *,
+    novel_only_vs: PathLike | None = None,
+    threshold: float | None = None,
     region: str | None = None,
     endpoint: str | None = None,
     allow_http: bool = False,
@@ -460,9 +471,48 @@ def evaluate(
     timeout: int | None = None,
 ) -> dict[str, Any]:
     """Scores ``classifier`` on the finished, labelled run ``run`` (made with the classifier's PCA model), as
-    ``verger evaluate`` does: ``top1``, ``top5``, ``macro_f1``, ``per_class``, ``most_confused``..."""
+    ``verger evaluate`` does: ``top1``, ``top5``, ``macro_f1``, ``per_class``, ``most_confused``... With
+    ``novel_only_vs`` (the training run), ``novel`` holds the same scores on the images without a near twin
+    there (cosine similarity below ``threshold``, default 0.93)."""
     argv = ["evaluate", "--model", _text(classifier), _text(run)]
-    argv += _options(**_store(region, endpoint, allow_http, max_retries, timeout))
+    argv += _options(
+        novel_only_vs=None if novel_only_vs is None else _text(novel_only_vs),
+        threshold=threshold,
+        **_store(region, endpoint, allow_http, max_retries, timeout),
+    )
+    return _Attributes(json.loads(_verger.classify(argv)))
+
+
+def quality(
+    run: PathLike,
+    *,
+    against: Sequence[PathLike] = (),
+    threshold: float | None = None,
+    neighbours: int | None = None,
+    folds: int | None = None,
+    top: int | None = None,
+    thumbnails: bool = False,
+    region: str | None = None,
+    endpoint: str | None = None,
+    allow_http: bool = False,
+    max_retries: int | None = None,
+    timeout: int | None = None,
+) -> dict[str, Any]:
+    """Checks the finished run ``run``'s images as a dataset, as ``verger quality`` does: exact and near
+    duplicates, leakage into the runs ``against`` (e.g. the Training run for the Test run), outliers and likely
+    wrong labels (``suspects``). Writes ``run/quality/`` (``images.parquet``: a row per image) and a section of
+    the run's report; returns the summary. ``thumbnails=True`` embeds small JPEGs of the listed images in
+    ``report.html`` (off by default: photos may be personal data)."""
+    argv = ["quality", _text(run)]
+    argv += _options(
+        against=[_text(a) for a in against],
+        threshold=threshold,
+        neighbours=neighbours,
+        folds=folds,
+        top=top,
+        thumbnails=thumbnails,
+        **_store(region, endpoint, allow_http, max_retries, timeout),
+    )
     return _Attributes(json.loads(_verger.classify(argv)))
 
 
