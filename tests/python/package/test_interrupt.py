@@ -20,9 +20,13 @@ CHILD = textwrap.dedent(
     import verger
 
     source, output = sys.argv[1], Path(sys.argv[2])
+    told = []
 
+    # Once: progress may be called again before the interrupt reaches the main thread, and the parent reads
+    # the next line as the outcome.
     def progress(stage, done, total, ended):
-        if stage == "featurize" and done >= 32:
+        if stage == "featurize" and done >= 32 and not told:
+            told.append(True)
             print("featurizing", flush=True)
 
     try:
