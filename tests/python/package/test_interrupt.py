@@ -15,9 +15,13 @@ from conftest import copy_images
 
 CHILD = textwrap.dedent(
     """
-    import json, sys
+    import json, signal, sys
     from pathlib import Path
     import verger
+
+    # Ctrl-C as in a terminal, however the tests were started: a shell's background job inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     source, output = sys.argv[1], Path(sys.argv[2])
     told = []
