@@ -1,9 +1,8 @@
 //! Exact k nearest neighbours of many rows at once, by blocked matrix products (faer) on every core: cosine
 //! similarity for feature vectors, Euclidean distance for PCA rows.
 //!
-//! Exact, so its cost grows with queries × references: about 5 s for 7,500 × 7,500 rows of 1,280 values on
-//! two cores. Deterministic: each product is summed in one order whatever the threads, and ties go to the
-//! lower reference index.
+//! Exact, so its cost grows with queries × references. Deterministic: each product is summed in one order
+//! whatever the threads, and ties go to the lower reference index.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};

@@ -7,7 +7,8 @@
 //! Written into the run: `quality/images.parquet` (a row per image), `quality/leakage.parquet` (a row per
 //! image and other run), `quality/summary.json`, and a section of `report.json` and `report.html`. The numbers
 //! are `verger-classify`'s ([`verger_classify::knn`], [`verger_classify::label_issues`]); exact kNN, so its
-//! time grows with the square of the rows (about 20 s for 7,500 images on two cores).
+//! time grows with the square of the rows (28 s for 7,432 images on two cores, hashing and folds included:
+//! docs/quality.md).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -256,14 +257,21 @@ pub async fn check(config: &QualityConfig) -> Result<QualitySummary, QualityErro
         }
         .into()
     };
-    // A run in which every image failed has a report saying so, and no result to read.
-    if OutputStore::open(run, &config.store)?.exists(layout::REPORT).await?
-        && run_report(run, &config.store).await?.counts.featurized == 0
-    {
+    let out = OutputStore::open(run, &config.store)?;
+    // A run in which every image failed has a report saying so, and no result to read; a folder without a
+    // report is refused by reading its rows (not a finished run).
+    let report = match out.exists(layout::REPORT).await? {
+        true => Some(run_report(&out, run).await?),
+        false => None,
+    };
+    if report.as_ref().is_some_and(|r| r.counts.featurized == 0) {
         return Err(nothing());
     }
-    let rows = run_rows::read(run, &config.store, true).await?;
-    let report = run_report(run, &config.store).await?;
+    let rows = Arc::new(run_rows::read(run, &config.store, true).await?);
+    let report = match report {
+        Some(report) => report,
+        None => run_report(&out, run).await?,
+    };
     if rows.is_empty() {
         return Err(nothing());
     }
@@ -276,14 +284,9 @@ pub async fn check(config: &QualityConfig) -> Result<QualitySummary, QualityErro
     for other in &config.against {
         let o = run_rows::read(other, &config.store, true).await?;
         belongs_with(run, &rows, other, &o)?;
-        others.push(o);
+        others.push(Arc::new(o));
     }
-    let classes: Vec<String> = {
-        let mut c = rows.labels.clone();
-        c.sort();
-        c.dedup();
-        c
-    };
+    let classes = rows.classes();
 
     // Hashes first (I/O), while nothing large is held yet besides the rows.
     let hashes = match report.pseudonymized {
@@ -291,40 +294,40 @@ pub async fn check(config: &QualityConfig) -> Result<QualitySummary, QualityErro
         false => Some(hash_images(&rows.paths, &config.store).await?),
     };
     let (k, folds) = (config.neighbours, config.folds);
-    let features = rows.features.clone().expect("read with features");
-    let dim = verger_model::FEATURE_DIM;
-    let within = tokio::task::spawn_blocking(move || cosine_knn(&features, &features, dim, k, true))
-        .await
-        .map_err(task)?;
+    let mine = rows.clone();
+    let within = tokio::task::spawn_blocking(move || {
+        let features = mine.features.as_deref().expect("read with features");
+        cosine_knn(features, features, verger_model::FEATURE_DIM, k, true)
+    })
+    .await
+    .map_err(task)?;
     let mut leaks = Vec::new();
     for o in &others {
-        let (mine, theirs) = (rows.features.clone().expect("read"), o.features.clone().expect("read"));
+        let (mine, theirs) = (rows.clone(), o.clone());
         leaks.push(
-            tokio::task::spawn_blocking(move || cosine_knn(&mine, &theirs, dim, 1, false))
+            tokio::task::spawn_blocking(move || nearest_in(&mine, &theirs))
                 .await
                 .map_err(task)?,
         );
     }
-    let labels: Vec<usize> = rows
-        .labels
-        .iter()
-        .map(|l| classes.binary_search(l).expect("a class of the rows"))
-        .collect();
+    let labels = rows.label_indices(&classes);
     let probabilities = match classes.len() {
         0 | 1 => None,
         n => {
-            let (pca, pk, l) = (rows.pca.clone(), rows.k, labels.clone());
+            let (mine, l) = (rows.clone(), labels.clone());
             let options = TrainOptions::default();
             Some(
-                tokio::task::spawn_blocking(move || label_issues::out_of_fold(&pca, pk, &l, n, folds, &options))
-                    .await
-                    .map_err(task)?
-                    .map_err(ClassifyError::Train)?,
+                tokio::task::spawn_blocking(move || {
+                    label_issues::out_of_fold(&mine.pca, mine.k, &l, n, folds, &options)
+                })
+                .await
+                .map_err(task)?
+                .map_err(ClassifyError::Train)?,
             )
         }
     };
 
-    let found = Found::new(config, &rows, &classes, &labels, hashes, &within, probabilities);
+    let found = Found::new(config, &rows, &classes, labels, hashes, &within, probabilities);
     let mut summary = found.summary(config, &rows, &classes);
     for (name, (other, nearest)) in config.against.iter().zip(others.iter().zip(&leaks)) {
         summary
@@ -336,7 +339,6 @@ pub async fn check(config: &QualityConfig) -> Result<QualitySummary, QualityErro
         false => None,
     };
 
-    let out = OutputStore::open(run, &config.store)?;
     let claim = OutputClaim::take(&out, crate::config::DEFAULT_LEASE_TTL_S).await?;
     let written = async {
         let images = found.images(&rows, &classes)?;
@@ -358,7 +360,7 @@ pub async fn check(config: &QualityConfig) -> Result<QualitySummary, QualityErro
             None => {}
         }
         // Read again under the claim: an evaluation may have added to it meanwhile.
-        let mut report = run_report(run, &config.store).await?;
+        let mut report = run_report(&out, run).await?;
         report.quality = Some(summary.clone());
         claim.confirm().await?;
         out.put(layout::REPORT, report.to_json()).await?;
@@ -375,8 +377,7 @@ fn task(e: tokio::task::JoinError) -> QualityError {
     QualityError::Run(ClassifyError::Job(crate::error::JobError::task(e)))
 }
 
-async fn run_report(run: &str, store: &StoreOptions) -> Result<Report, QualityError> {
-    let out = OutputStore::open(run, store)?;
+async fn run_report(out: &OutputStore, run: &str) -> Result<Report, QualityError> {
     Report::from_json(&out.get(layout::REPORT).await?, layout::REPORT).map_err(|reason| {
         ClassifyError::Run {
             run: run.to_string(),
@@ -386,17 +387,23 @@ async fn run_report(run: &str, store: &StoreOptions) -> Result<Report, QualityEr
     })
 }
 
+/// Refuses another run whose features another featurizer made: their similarities compare nothing.
+pub(crate) fn same_featurizer(run: &str, rows: &RunRows, other: &str, o: &RunRows) -> Result<(), ClassifyError> {
+    if rows.pca_model.model_sha256 == o.pca_model.model_sha256 {
+        return Ok(());
+    }
+    Err(ClassifyError::Mismatch(format!(
+        "{run} and {other} hold features of different models (sha256 {} and {}): their similarities compare \
+         nothing",
+        rows.pca_model.model_sha256.as_deref().unwrap_or("unknown"),
+        o.pca_model.model_sha256.as_deref().unwrap_or("unknown"),
+    )))
+}
+
 /// Refuses another run whose features are not comparable with this run's: another featurizer, or another
 /// PCA basis (the runs of one dataset share one: `--pca-model`).
 fn belongs_with(run: &str, rows: &RunRows, other: &str, o: &RunRows) -> Result<(), ClassifyError> {
-    if rows.pca_model.model_sha256 != o.pca_model.model_sha256 {
-        return Err(ClassifyError::Mismatch(format!(
-            "{run} and {other} hold features of different models (sha256 {} and {}): their similarities \
-             compare nothing",
-            rows.pca_model.model_sha256.as_deref().unwrap_or("unknown"),
-            o.pca_model.model_sha256.as_deref().unwrap_or("unknown"),
-        )));
-    }
+    same_featurizer(run, rows, other, o)?;
     if rows.pca_model.model != o.pca_model.model {
         return Err(ClassifyError::Mismatch(format!(
             "{run} and {other} were projected with different PCA models (pca/model.json sha256 {} and {}): \
@@ -488,6 +495,8 @@ struct Found {
     exact_group: Vec<Option<u64>>,
     near_group: Vec<Option<u64>>,
     nearest: Vec<Option<(usize, f64)>>,
+    /// Each row's label, as its index in the classes.
+    labels: Vec<usize>,
     outlier: Vec<f64>,
     disagree: Vec<f64>,
     /// `classes` a row.
@@ -501,7 +510,7 @@ impl Found {
         config: &QualityConfig,
         rows: &RunRows,
         classes: &[String],
-        labels: &[usize],
+        labels: Vec<usize>,
         hashes: Option<Vec<Option<String>>>,
         within: &Neighbours,
         probabilities: Option<Vec<f64>>,
@@ -563,7 +572,7 @@ impl Found {
             .collect();
         let c = classes.len();
         let issue = match &probabilities {
-            Some(p) => label_issues::confident_learning(p, labels, c),
+            Some(p) => label_issues::confident_learning(p, &labels, c),
             None => vec![false; n],
         };
         // Besides confident learning's issues: rows whose label the classifier doubts, whose best guess is
@@ -584,6 +593,7 @@ impl Found {
             exact_group,
             near_group,
             nearest: (0..n).map(|i| within.nearest(i)).collect(),
+            labels,
             outlier,
             disagree,
             probabilities,
@@ -592,8 +602,9 @@ impl Found {
         }
     }
 
-    fn given(&self, i: usize, label: usize, classes: usize) -> Option<f64> {
-        self.probabilities.as_ref().map(|p| p[i * classes + label])
+    /// The out-of-fold probability of row `i`'s own label (`classes` probabilities a row).
+    fn given(&self, i: usize, classes: usize) -> Option<f64> {
+        self.probabilities.as_ref().map(|p| p[i * classes + self.labels[i]])
     }
 
     fn suggested<'a>(&self, i: usize, classes: &'a [String]) -> Option<&'a str> {
@@ -606,7 +617,6 @@ impl Found {
     fn summary(&self, config: &QualityConfig, rows: &RunRows, classes: &[String]) -> QualitySummary {
         let n = rows.len();
         let c = classes.len();
-        let label_of = |i: usize| classes.binary_search(&rows.labels[i]).expect("a class");
         let image = |i: usize| Image {
             path: rows.paths[i].clone(),
             label: rows.labels[i].clone(),
@@ -650,18 +660,16 @@ impl Found {
             })
             .collect();
         for (_, s) in self.nearest.iter().flatten() {
-            // The last bin holds 1 (and what rounding puts above it).
-            let b = BIN_EDGES[1..].partition_point(|&edge| edge <= *s).min(bins.len() - 1);
-            bins[b].images += 1;
+            bins[bin_of(*s)].images += 1;
         }
         let mut by_outlier: Vec<usize> = (0..n).collect();
         by_outlier.sort_by(|&a, &b| self.outlier[b].total_cmp(&self.outlier[a]).then(a.cmp(&b)));
         let mut suspects: Vec<usize> = (0..n).filter(|&i| self.suspect[i]).collect();
         suspects.sort_by(|&a, &b| {
             self.issue[b].cmp(&self.issue[a]).then(
-                self.given(a, label_of(a), c)
+                self.given(a, c)
                     .unwrap_or(1.0)
-                    .total_cmp(&self.given(b, label_of(b), c).unwrap_or(1.0))
+                    .total_cmp(&self.given(b, c).unwrap_or(1.0))
                     .then(a.cmp(&b)),
             )
         });
@@ -701,7 +709,7 @@ impl Found {
                     path: rows.paths[i].clone(),
                     label: rows.labels[i].clone(),
                     suggested: self.suggested(i, classes).unwrap_or_default().to_string(),
-                    score: self.given(i, label_of(i), c).unwrap_or(1.0),
+                    score: self.given(i, c).unwrap_or(1.0),
                     confident_learning: self.issue[i],
                     neighbours_disagree: self.disagree[i],
                 })
@@ -717,7 +725,6 @@ impl Found {
     fn images(&self, rows: &RunRows, classes: &[String]) -> Result<RecordBatch, QualityError> {
         let n = rows.len();
         let c = classes.len();
-        let label_of = |i: usize| classes.binary_search(&rows.labels[i]).expect("a class");
         let mut probabilities = ListBuilder::new(Float64Builder::new());
         for i in 0..n {
             match &self.probabilities {
@@ -774,9 +781,7 @@ impl Found {
                 self.nearest.iter().map(|n| n.map(|(_, s)| s)).collect::<Vec<_>>(),
             )),
             Arc::new(Float64Array::from(self.outlier.clone())),
-            Arc::new(Float64Array::from(
-                (0..n).map(|i| self.given(i, label_of(i), c)).collect::<Vec<_>>(),
-            )),
+            Arc::new(Float64Array::from((0..n).map(|i| self.given(i, c)).collect::<Vec<_>>())),
             Arc::new(StringArray::from(
                 (0..n).map(|i| self.suggested(i, classes)).collect::<Vec<_>>(),
             )),
@@ -787,6 +792,13 @@ impl Found {
         ];
         Ok(RecordBatch::try_new(schema, columns)?)
     }
+}
+
+/// The histogram bin of a similarity: `[from, to)`, the last bin holding 1 (and what rounding puts above it).
+fn bin_of(similarity: f64) -> usize {
+    BIN_EDGES[1..]
+        .partition_point(|&edge| edge <= similarity)
+        .min(BIN_EDGES.len() - 2)
 }
 
 /// Numbers the groups (each a list of image indices, in order) from 0 by their first image.
@@ -826,7 +838,7 @@ fn leakage(rows: &RunRows, against: &str, other: &RunRows, nearest: &Neighbours,
 fn leakage_rows(
     rows: &RunRows,
     against: &[String],
-    others: &[RunRows],
+    others: &[Arc<RunRows>],
     nearest: &[Neighbours],
     threshold: f64,
 ) -> Result<RecordBatch, QualityError> {
@@ -894,11 +906,7 @@ mod tests {
 
     #[test]
     fn similarities_fall_in_their_bins_and_one_in_the_last() {
-        let bin = |s: f64| {
-            BIN_EDGES[1..]
-                .partition_point(|&edge| edge <= s)
-                .min(BIN_EDGES.len() - 2)
-        };
+        let bin = bin_of;
         assert_eq!(bin(-0.3), 0);
         assert_eq!(bin(0.5), 1);
         assert_eq!(bin(0.929), 11);

@@ -285,16 +285,7 @@ fn classify(py: Python<'_>, argv: Vec<String>) -> PyResult<String> {
     let json = py.detach(|| -> Result<String, Failure> {
         Ok(match command {
             Command::Train(args) => to_json(&verger::train(&args.config()?)?),
-            Command::Evaluate {
-                model,
-                run,
-                novel_only_vs,
-                threshold,
-                store,
-            } => {
-                let novelty = cli::novelty(novel_only_vs, threshold)?;
-                to_json(&verger::evaluate(&model, &run, novelty.as_ref(), &store.options()?)?)
-            }
+            Command::Evaluate(args) => to_json(&args.evaluate()?),
             Command::Quality(args) => to_json(&verger::quality(&args.config()?)?),
             Command::Identify(args) => {
                 let (classifier, settings) = args.classifier.load()?;

@@ -67,23 +67,7 @@ pub enum Command {
     Train(TrainArgs),
     /// Score a classifier on a finished, labelled run (projected with the classifier's PCA model):
     /// top-1/top-5 accuracy, macro F1, per-class scores, confusion matrix; saved beside the classifier.
-    Evaluate {
-        /// The classifier folder (made by verger train).
-        #[arg(long)]
-        model: String,
-        /// A finished verger run, e.g. the Test split made with --pca-model TRAINING/pca/model.json.
-        run: String,
-        /// Also score the images without a near twin in this finished run (the training run): the accuracy
-        /// that holds on photos unlike the training images.
-        #[arg(long, value_name = "TRAIN_RUN")]
-        novel_only_vs: Option<String>,
-        /// With --novel-only-vs: the cosine similarity of the features from which an image is a near twin, in
-        /// (0, 1]. Default: verger quality's, 0.93.
-        #[arg(long, requires = "novel_only_vs")]
-        threshold: Option<f64>,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
+    Evaluate(EvaluateArgs),
     /// Check a finished run's images as a dataset: exact and near duplicates, leakage into other runs
     /// (--against), outliers and likely wrong labels; writes RUN/quality/ and a section of its report.
     Quality(QualityArgs),
@@ -579,7 +563,8 @@ pub struct TrainArgs {
     #[arg(long)]
     overwrite: bool,
     /// identify calls a photo unknown when it is further from every training image than this percentile
-    /// of the training images' own nearest-neighbour distances, in (0, 100]. Default: 99.
+    /// of the training images' own distances to their 5th nearest other training image, in (0, 100].
+    /// Default: 99.
     #[arg(long)]
     unknown_percentile: Option<f64>,
     #[command(flatten)]
@@ -600,12 +585,7 @@ impl TrainArgs {
             config.options.l2 = l2;
         }
         if let Some(p) = self.unknown_percentile {
-            if !(p > 0.0 && p <= 100.0) {
-                return Err(Failure::Usage(format!(
-                    "--unknown-percentile must be in (0, 100], not {p}"
-                )));
-            }
-            config.unknown_percentile = p;
+            config.unknown_percentile = verger::check_unknown_percentile(p).map_err(Failure::Usage)?;
         }
         config.overwrite = self.overwrite;
         config.store = self.store.options()?;
@@ -656,11 +636,38 @@ impl QualityArgs {
     }
 }
 
-/// `evaluate`'s novel-only scores from its options: the run to compare with and the threshold, checked.
-pub fn novelty(novel_only_vs: Option<String>, threshold: Option<f64>) -> Result<Option<verger::Novelty>, Failure> {
-    let threshold = verger::check_threshold(threshold.unwrap_or(verger::quality::DEFAULT_THRESHOLD))
-        .map_err(|e| Failure::Usage(format!("--threshold: {e}")))?;
-    Ok(novel_only_vs.map(|against| verger::Novelty { against, threshold }))
+#[derive(Args)]
+pub struct EvaluateArgs {
+    /// The classifier folder (made by verger train).
+    #[arg(long)]
+    pub model: String,
+    /// A finished verger run, e.g. the Test split made with --pca-model TRAINING/pca/model.json.
+    pub run: String,
+    /// Also score the images without a near twin in this finished run (the training run): the accuracy
+    /// that holds on photos unlike the training images.
+    #[arg(long, value_name = "TRAIN_RUN")]
+    pub novel_only_vs: Option<String>,
+    /// With --novel-only-vs: the cosine similarity of the features from which an image is a near twin, in
+    /// (0, 1]. Default: verger quality's, 0.93.
+    #[arg(long, requires = "novel_only_vs")]
+    pub threshold: Option<f64>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+impl EvaluateArgs {
+    /// Checks the options and scores the classifier ([`verger::evaluate`]).
+    pub fn evaluate(self) -> Result<verger::Evaluation, Failure> {
+        let threshold = verger::check_threshold(self.threshold.unwrap_or(verger::quality::DEFAULT_THRESHOLD))
+            .map_err(|e| Failure::Usage(format!("--threshold: {e}")))?;
+        let novelty = self.novel_only_vs.map(|against| verger::Novelty { against, threshold });
+        Ok(verger::evaluate(
+            &self.model,
+            &self.run,
+            novelty.as_ref(),
+            &self.store.options()?,
+        )?)
+    }
 }
 
 /// A classifier folder and the featurizer its features came from: what identify, serve and export load.

@@ -35,8 +35,8 @@ pub mod cli;
 
 pub use verger_classify::TrainOptions;
 pub use verger_engine::classify::{
-    Classifier, ClassifyError, Evaluation, Exported, Identification, Identified, Input, NovelScores, Novelty,
-    TrainConfig, TrainReport, UnknownRule, DEFAULT_UNKNOWN_PERCENTILE, UNKNOWN_NEIGHBOUR,
+    check_unknown_percentile, Classifier, ClassifyError, Evaluation, Exported, Identification, Identified, Input,
+    NovelScores, Novelty, TrainConfig, TrainReport, UnknownRule, DEFAULT_UNKNOWN_PERCENTILE, UNKNOWN_NEIGHBOUR,
 };
 pub use verger_engine::quality::{check_threshold, QualityConfig, QualityError, QualitySummary};
 

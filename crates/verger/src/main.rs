@@ -186,15 +186,9 @@ fn dispatch(command: Command) -> Result<ExitStatus, args::Failure> {
             );
             Ok(ExitStatus::Success)
         }
-        Command::Evaluate {
-            model,
-            run,
-            novel_only_vs,
-            threshold,
-            store,
-        } => {
-            let novelty = args::novelty(novel_only_vs, threshold)?;
-            let e = verger::evaluate(&model, &run, novelty.as_ref(), &store.options()?)?;
+        Command::Evaluate(args) => {
+            let e = args.evaluate()?;
+            let (model, run) = (&e.classifier, &e.run);
             println!(
                 "{} rows of {run}: top-1 {:.4}, top-5 {:.4}, macro F1 {:.4}",
                 e.rows, e.top1, e.top5, e.macro_f1

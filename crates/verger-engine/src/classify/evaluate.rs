@@ -141,12 +141,7 @@ pub async fn evaluate(
         Some(n) => {
             crate::quality::check_threshold(n.threshold).map_err(ClassifyError::Mismatch)?;
             let reference = run_rows::read(&n.against, store, true).await?;
-            if reference.pca_model.model_sha256 != rows.pca_model.model_sha256 {
-                return Err(ClassifyError::Mismatch(format!(
-                    "run {run} and run {} hold features of different models (sha256 {:?} and {:?})",
-                    n.against, rows.pca_model.model_sha256, reference.pca_model.model_sha256
-                )));
-            }
+            crate::quality::same_featurizer(run, &rows, &n.against, &reference)?;
             let nearest = tokio::task::spawn_blocking(move || crate::quality::nearest_in(&rows, &reference))
                 .await
                 .map_err(|e| ClassifyError::Job(crate::error::JobError::task(e)))?;

@@ -31,8 +31,9 @@ pub struct Identified {
     /// The nearest training images, nearest first.
     pub neighbours: Vec<Neighbour>,
     /// The distance to the nearest training image in PCA space over the classifier's unknown distance (the
-    /// 99th percentile of the training images' own nearest distances, unless trained otherwise): above 1, the
-    /// photo is unlike nearly every training image. None for classifiers trained without the rule.
+    /// 99th percentile of the training images' own distances to their 5th nearest other training image,
+    /// unless trained otherwise): above 1, the photo is unlike nearly every training image. None for
+    /// classifiers trained without the rule.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub novelty: Option<f64>,
     /// Novelty above 1: not a kind of image the classifier knows, whatever its labels say.

@@ -19,7 +19,9 @@ pub use evaluate::{evaluate, Evaluation, NovelScores, Novelty};
 pub use export::{export, Exported};
 pub use folder::{Classifier, Input, UnknownRule};
 pub use identify::{identify, identify_bytes, Identification, Identified, Label, Neighbour, PhotoError};
-pub use train::{train, TrainConfig, TrainReport, DEFAULT_UNKNOWN_PERCENTILE, UNKNOWN_NEIGHBOUR};
+pub use train::{
+    check_unknown_percentile, train, TrainConfig, TrainReport, DEFAULT_UNKNOWN_PERCENTILE, UNKNOWN_NEIGHBOUR,
+};
 
 use thiserror::Error;
 

@@ -35,6 +35,22 @@ impl RunRows {
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
     }
+
+    /// The labels of the rows, sorted, each once: the classes a classifier tells apart.
+    pub fn classes(&self) -> Vec<String> {
+        let mut classes = self.labels.clone();
+        classes.sort();
+        classes.dedup();
+        classes
+    }
+
+    /// Each row's label as its index in `classes` (which holds every label of the rows: [`RunRows::classes`]).
+    pub fn label_indices(&self, classes: &[String]) -> Vec<usize> {
+        self.labels
+            .iter()
+            .map(|l| classes.binary_search(l).expect("a class of the rows"))
+            .collect()
+    }
 }
 
 /// Reads the result of the finished run `run` (a folder or `s3://`), with the 1280-d features if `features`.

@@ -21,6 +21,14 @@ pub const DEFAULT_UNKNOWN_PERCENTILE: f64 = 99.0;
 /// above it (docs/quality.md).
 pub const UNKNOWN_NEIGHBOUR: usize = 5;
 
+/// An unknown percentile in (0, 100], or why not.
+pub fn check_unknown_percentile(percentile: f64) -> Result<f64, String> {
+    match percentile > 0.0 && percentile <= 100.0 {
+        true => Ok(percentile),
+        false => Err(format!("--unknown-percentile must be in (0, 100], not {percentile}")),
+    }
+}
+
 /// What to train on and where to write the classifier.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -33,8 +41,8 @@ pub struct TrainConfig {
     pub store: StoreOptions,
     /// Replace an existing classifier folder.
     pub overwrite: bool,
-    /// The percentile of the training images' nearest-neighbour distances above which a photo is unknown,
-    /// in (0, 100].
+    /// The percentile of the training images' [`UNKNOWN_NEIGHBOUR`]-th nearest-neighbour distances above which a
+    /// photo is unknown, in (0, 100].
     pub unknown_percentile: f64,
 }
 
@@ -75,12 +83,7 @@ pub struct TrainReport {
 /// Trains on `config.run` and writes the classifier folder `config.out`.
 pub async fn train(config: &TrainConfig) -> Result<(Classifier, TrainReport), ClassifyError> {
     let started = Instant::now();
-    let percentile = config.unknown_percentile;
-    if !(percentile > 0.0 && percentile <= 100.0) {
-        return Err(ClassifyError::Mismatch(format!(
-            "--unknown-percentile must be in (0, 100], not {percentile}"
-        )));
-    }
+    let percentile = check_unknown_percentile(config.unknown_percentile).map_err(ClassifyError::Mismatch)?;
     // Replacing a folder that holds the run would delete what is being trained on.
     crate::io::output::refuse_overlap(&config.out, &[("the run", &config.run)])?;
     let out = OutputStore::open(&config.out, &config.store)?;
@@ -96,12 +99,7 @@ pub async fn train(config: &TrainConfig) -> Result<(Classifier, TrainReport), Cl
     if rows.is_empty() {
         return Err(failed("no rows to train on".into()));
     }
-    let classes: Vec<String> = {
-        let mut c = rows.labels.clone();
-        c.sort();
-        c.dedup();
-        c
-    };
+    let classes = rows.classes();
     if classes.len() < 2 {
         return Err(failed(format!(
             "one class only ({}): a classifier needs at least two",
@@ -111,11 +109,7 @@ pub async fn train(config: &TrainConfig) -> Result<(Classifier, TrainReport), Cl
     let featurizer_sha256 = rows.pca_model.model_sha256.clone().ok_or_else(|| {
         failed("its PCA model does not record the featurizer's sha256 (made by an older verger): run it again".into())
     })?;
-    let labels: Vec<usize> = rows
-        .labels
-        .iter()
-        .map(|l| classes.binary_search(l).expect("a known class"))
-        .collect();
+    let labels = rows.label_indices(&classes);
     let mut class_rows = BTreeMap::new();
     for l in &rows.labels {
         *class_rows.entry(l.clone()).or_default() += 1;
@@ -127,11 +121,15 @@ pub async fn train(config: &TrainConfig) -> Result<(Classifier, TrainReport), Cl
             verger_model::FEATURE_DIM,
         ),
     };
-    let unknown = unknown_rule(&rows.pca, rows.k, percentile, UNKNOWN_NEIGHBOUR);
     let (options, n_classes) = (config.options, classes.len());
-    let trained = tokio::task::spawn_blocking(move || verger_classify::train(&x, dim, &labels, n_classes, &options))
-        .await
-        .map_err(|e| ClassifyError::Job(crate::error::JobError::task(e)))??;
+    let (pca, k) = (rows.pca.clone(), rows.k);
+    let (trained, unknown) = tokio::task::spawn_blocking(move || {
+        let trained = verger_classify::train(&x, dim, &labels, n_classes, &options);
+        (trained, unknown_rule(&pca, k, percentile, UNKNOWN_NEIGHBOUR))
+    })
+    .await
+    .map_err(|e| ClassifyError::Job(crate::error::JobError::task(e)))?;
+    let trained = trained?;
     tracing::info!(
         iterations = trained.iterations,
         loss = trained.loss,

@@ -500,9 +500,7 @@ struct NovelView {
 
 #[derive(Serialize)]
 struct SuspectRow {
-    thumb: Option<String>,
-    path: String,
-    label: String,
+    image: ImageRow,
     suggested: String,
     score: String,
     disagree: String,
@@ -510,9 +508,7 @@ struct SuspectRow {
 
 #[derive(Serialize)]
 struct OutlierRow {
-    thumb: Option<String>,
-    path: String,
-    label: String,
+    image: ImageRow,
     score: String,
 }
 
@@ -556,7 +552,11 @@ struct QualityView {
 }
 
 fn quality(q: &crate::quality::QualitySummary, thumbnails: &std::collections::BTreeMap<String, String>) -> QualityView {
-    let thumb = |path: &str| thumbnails.get(path).cloned();
+    let image = |path: &str, label: &str| ImageRow {
+        thumb: thumbnails.get(path).cloned(),
+        path: path.to_string(),
+        label: label.to_string(),
+    };
     let percent = |n: u64| format!("{:.1} %", 100.0 * n as f64 / q.rows.max(1) as f64);
     let mut facts = vec![Fact {
         name: "images checked",
@@ -650,9 +650,7 @@ fn quality(q: &crate::quality::QualitySummary, thumbnails: &std::collections::BT
             .iter()
             .take(QUALITY_ROWS)
             .map(|s| SuspectRow {
-                thumb: thumb(&s.path),
-                path: s.path.clone(),
-                label: s.label.clone(),
+                image: image(&s.path, &s.label),
                 suggested: s.suggested.clone(),
                 score: format!("{:.3}", s.score),
                 disagree: format!("{:.0} %", 100.0 * s.neighbours_disagree),
@@ -663,9 +661,7 @@ fn quality(q: &crate::quality::QualitySummary, thumbnails: &std::collections::BT
             .iter()
             .take(QUALITY_ROWS)
             .map(|o| OutlierRow {
-                thumb: thumb(&o.path),
-                path: o.path.clone(),
-                label: o.label.clone(),
+                image: image(&o.path, &o.label),
                 score: format!("{:.3}", o.score),
             })
             .collect(),
@@ -673,16 +669,7 @@ fn quality(q: &crate::quality::QualitySummary, thumbnails: &std::collections::BT
             .exact_duplicates
             .iter()
             .flat_map(|d| d.examples.iter().take(QUALITY_ROWS))
-            .map(|group| {
-                group
-                    .iter()
-                    .map(|i| ImageRow {
-                        thumb: thumb(&i.path),
-                        path: i.path.clone(),
-                        label: i.label.clone(),
-                    })
-                    .collect()
-            })
+            .map(|group| group.iter().map(|i| image(&i.path, &i.label)).collect())
             .collect(),
         details: q.details.clone(),
         thumbnails: q.thumbnails,

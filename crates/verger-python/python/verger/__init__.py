@@ -446,7 +446,8 @@ def train(
 ) -> dict[str, Any]:
     """Trains a classifier (softmax regression, L2) on the finished run ``run`` and writes its folder
     ``out``, as ``verger train`` does; returns how training went (``training.json``). ``identify`` calls a
-    photo unknown above the ``unknown_percentile`` (default 99) of the training images' nearest distances."""
+    photo unknown above the ``unknown_percentile`` (default 99) of the training images' distances to their
+    5th nearest other."""
     argv = ["train", _text(run), "--out", _text(out)]
     argv += _options(
         on=on,
