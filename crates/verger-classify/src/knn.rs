@@ -1,12 +1,64 @@
-//! Exact k nearest neighbours of many rows at once, by blocked matrix products (faer) on every core: cosine
-//! similarity for feature vectors, Euclidean distance for PCA rows.
+//! k nearest neighbours of many rows at once: cosine similarity for feature vectors, Euclidean distance for
+//! PCA rows. [`search`] chooses: exact search by blocked matrix products (faer) on every core while queries ×
+//! references stay within [`EXACT_MAX_PAIRS`], an HNSW index ([`crate::ann`]) beyond, with its recall@10
+//! measured every time ([`Method`]).
 //!
-//! Exact, so its cost grows with queries × references. Deterministic: each product is summed in one order
+//! Exact search costs queries × references; it is deterministic: each product is summed in one order
 //! whatever the threads, and ties go to the lower reference index.
+
+use std::str::FromStr;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::ann::{self, Recall};
+use crate::ClassifyError;
+
+/// Exact search up to this many query-reference pairs (a set of 100,000 rows against itself), an index
+/// beyond. Chosen, not yet measured as the crossover (`bench/quality.py --only peer` measures it).
+pub const EXACT_MAX_PAIRS: u64 = 10_000_000_000;
+
+/// How rows are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Cosine,
+    Euclidean,
+}
+
+/// Which search to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Search {
+    /// Exact within [`EXACT_MAX_PAIRS`], approximate beyond.
+    #[default]
+    Auto,
+    Exact,
+    Approximate,
+}
+
+impl FromStr for Search {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Search::Auto),
+            "exact" => Ok(Search::Exact),
+            "approximate" => Ok(Search::Approximate),
+            other => Err(format!("a search is auto, exact or approximate, not {other:?}")),
+        }
+    }
+}
+
+/// How a search was made.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Method {
+    Exact,
+    /// An HNSW index, with its recall@10 against exact search.
+    Approximate(Recall),
+}
 
 /// Queries a block, references a block: a 256 × 2048 product (4 MiB) stays in cache-friendly pieces and
 /// gives every core its own query blocks.
@@ -18,6 +70,7 @@ const REFERENCE_BLOCK: usize = 2048;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Neighbours {
     k: usize,
+    method: Method,
     /// `k` slots a query: reference index, or `usize::MAX` when empty.
     index: Vec<usize>,
     /// Cosine similarity (highest first) or Euclidean distance (lowest first), by slot.
@@ -27,6 +80,11 @@ pub struct Neighbours {
 impl Neighbours {
     pub fn k(&self) -> usize {
         self.k
+    }
+
+    /// Exact, or approximate with the index's measured recall.
+    pub fn method(&self) -> Method {
+        self.method
     }
 
     /// How many queries.
@@ -54,30 +112,199 @@ impl Neighbours {
 /// values, row-major). With `same_rows`, `queries` and `references` are one set and a row is not its own
 /// neighbour. A zero row has similarity 0 to everything.
 pub fn cosine_knn(queries: &[f64], references: &[f64], dim: usize, k: usize, same_rows: bool) -> Neighbours {
-    let unit = |rows: &[f64]| -> Vec<f64> {
-        rows.chunks_exact(dim)
-            .flat_map(|row| {
-                let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
-                let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-                row.iter().map(move |v| v * scale)
-            })
-            .collect()
-    };
-    blocked(&unit(queries), &unit(references), dim, k, same_rows, |dot, _, _| dot)
+    let skip = |q: usize, r: usize| same_rows && q == r;
+    blocked(
+        &unit(queries, dim),
+        &unit(references, dim),
+        dim,
+        k,
+        skip,
+        |dot, _, _| dot,
+    )
+}
+
+/// Rows scaled to length 1 (a zero row stays zero).
+fn unit(rows: &[f64], dim: usize) -> Vec<f64> {
+    rows.chunks_exact(dim)
+        .flat_map(|row| {
+            let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+            row.iter().map(move |v| v * scale)
+        })
+        .collect()
 }
 
 /// For each row of `queries`, the `k` rows of `references` nearest in Euclidean distance, as in
 /// [`cosine_knn`]; the scores are distances, lowest first.
 pub fn euclidean_knn(queries: &[f64], references: &[f64], dim: usize, k: usize, same_rows: bool) -> Neighbours {
+    let mut found = euclidean_ranks(queries, references, dim, k, |q, r| same_rows && q == r);
+    found.score.iter_mut().for_each(|s| *s = Metric::Euclidean.score(*s));
+    found
+}
+
+/// Exact neighbours ranked by minus the squared distance, so that the highest rank is the nearest.
+fn euclidean_ranks(
+    queries: &[f64],
+    references: &[f64],
+    dim: usize,
+    k: usize,
+    skip: impl Fn(usize, usize) -> bool + Sync,
+) -> Neighbours {
     let squares =
         |rows: &[f64]| -> Vec<f64> { rows.chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect() };
     let (q2, r2) = (squares(queries), squares(references));
-    // Ranked by minus the squared distance, so that the highest score is the nearest.
-    let mut found = blocked(queries, references, dim, k, same_rows, |dot, q, r| {
+    blocked(queries, references, dim, k, skip, |dot, q, r| {
         -(q2[q] + r2[r] - 2.0 * dot)
-    });
-    found.score.iter_mut().for_each(|s| *s = (-*s).max(0.0).sqrt());
-    found
+    })
+}
+
+/// For each row of `queries`, its `k` nearest rows of `references` by `metric`, as [`cosine_knn`] or
+/// [`euclidean_knn`] find them when `search` (or [`Search::Auto`] within [`EXACT_MAX_PAIRS`]) asks for
+/// exact search; otherwise through an HNSW index over `references`, whose recall@10 against exact search on
+/// a sample of the queries the result carries ([`Neighbours::method`]).
+pub fn search(
+    queries: &[f64],
+    references: &[f64],
+    dim: usize,
+    k: usize,
+    same_rows: bool,
+    metric: Metric,
+    search: Search,
+) -> Result<Neighbours, ClassifyError> {
+    if dim == 0 || queries.len() % dim != 0 || references.len() % dim != 0 {
+        return Err(ClassifyError::Shape {
+            rows: queries.len().max(references.len()),
+            dim,
+        });
+    }
+    let pairs = (queries.len() / dim) as u64 * (references.len() / dim) as u64;
+    let exact = match search {
+        Search::Exact => true,
+        Search::Approximate => false,
+        Search::Auto => pairs <= EXACT_MAX_PAIRS,
+    };
+    Ok(match (exact, metric) {
+        (true, Metric::Cosine) => cosine_knn(queries, references, dim, k, same_rows),
+        (true, Metric::Euclidean) => euclidean_knn(queries, references, dim, k, same_rows),
+        (false, Metric::Cosine) => {
+            // One copy of a set searched against itself.
+            let references = unit(references, dim);
+            let queries = (!same_rows).then(|| unit(queries, dim));
+            approximate(
+                queries.as_deref().unwrap_or(&references),
+                &references,
+                dim,
+                k,
+                same_rows,
+                metric,
+            )?
+        }
+        (false, Metric::Euclidean) => approximate(queries, references, dim, k, same_rows, metric)?,
+    })
+}
+
+/// [`search`] through an index (rows already unit-length for cosine).
+fn approximate(
+    queries: &[f64],
+    references: &[f64],
+    dim: usize,
+    k: usize,
+    same_rows: bool,
+    metric: Metric,
+) -> Result<Neighbours, ClassifyError> {
+    search_with(
+        &ann::Index::build(references, dim, metric)?,
+        queries,
+        references,
+        dim,
+        k,
+        same_rows,
+    )
+}
+
+/// [`search`] through an index already built over `references` (unit rows for cosine, as the queries), with
+/// its recall measured on these queries.
+pub fn search_with(
+    index: &ann::Index,
+    queries: &[f64],
+    references: &[f64],
+    dim: usize,
+    k: usize,
+    same_rows: bool,
+) -> Result<Neighbours, ClassifyError> {
+    let metric = index.metric();
+    let nq = queries.len() / dim;
+    let mut found = Neighbours {
+        k,
+        method: Method::Exact,
+        index: vec![usize::MAX; nq * k],
+        score: vec![f64::NEG_INFINITY; nq * k],
+    };
+    if k > 0 {
+        found
+            .index
+            .par_chunks_mut(k)
+            .zip(found.score.par_chunks_mut(k))
+            .enumerate()
+            .try_for_each(|(q, (slots, scores))| {
+                let query = &queries[q * dim..(q + 1) * dim];
+                for (at, (i, s)) in index
+                    .nearest(references, query, k, same_rows.then_some(q))?
+                    .into_iter()
+                    .enumerate()
+                {
+                    slots[at] = i;
+                    scores[at] = s;
+                }
+                Ok::<_, ClassifyError>(())
+            })?;
+    }
+    found.method = Method::Approximate(recall(index, queries, references, dim, same_rows, metric)?);
+    Ok(found)
+}
+
+/// The index's recall@10 against exact search, on up to [`ann::RECALL_SAMPLE`] queries spread evenly.
+fn recall(
+    index: &ann::Index,
+    queries: &[f64],
+    references: &[f64],
+    dim: usize,
+    same_rows: bool,
+    metric: Metric,
+) -> Result<Recall, ClassifyError> {
+    let nq = queries.len() / dim;
+    let sample: Vec<usize> = (0..ann::RECALL_SAMPLE.min(nq))
+        .map(|i| i * nq / ann::RECALL_SAMPLE.min(nq))
+        .collect();
+    let rows: Vec<f64> = sample
+        .iter()
+        .flat_map(|&q| queries[q * dim..(q + 1) * dim].iter().copied())
+        .collect();
+    let skip = |s: usize, r: usize| same_rows && sample[s] == r;
+    // Ranks, higher nearer, for both.
+    let exact = match metric {
+        Metric::Cosine => blocked(&rows, references, dim, ann::RECALL_AT, skip, |dot, _, _| dot),
+        Metric::Euclidean => euclidean_ranks(&rows, references, dim, ann::RECALL_AT, skip),
+    };
+    let (mut hits, mut wanted) = (0usize, 0usize);
+    for (s, &q) in sample.iter().enumerate() {
+        let truth: Vec<(usize, f64)> = exact.of(s).collect();
+        let Some(&(_, last)) = truth.last() else { continue };
+        let query = &queries[q * dim..(q + 1) * dim];
+        let got = index.nearest(references, query, truth.len(), same_rows.then_some(q))?;
+        // A neighbour as near as the exact last one is as good (ties).
+        hits += got
+            .iter()
+            .filter(|&&(i, _)| {
+                metric.rank(query, &references[i * dim..(i + 1) * dim]) >= last - 1e-12 * last.abs().max(1.0)
+            })
+            .count();
+        wanted += truth.len();
+    }
+    Ok(Recall {
+        recall_at_10: if wanted == 0 { 1.0 } else { hits as f64 / wanted as f64 },
+        sample: sample.len(),
+    })
 }
 
 /// The `k` highest `score(q · r, q, r)` of each query, over references in blocks.
@@ -86,7 +313,7 @@ fn blocked(
     references: &[f64],
     dim: usize,
     k: usize,
-    same_rows: bool,
+    skip: impl Fn(usize, usize) -> bool + Sync,
     score: impl Fn(f64, usize, usize) -> f64 + Sync,
 ) -> Neighbours {
     assert!(dim > 0, "rows of no values");
@@ -95,6 +322,7 @@ fn blocked(
     let (nq, nr) = (queries.len() / dim, references.len() / dim);
     let mut found = Neighbours {
         k,
+        method: Method::Exact,
         index: vec![usize::MAX; nq * k],
         score: vec![f64::NEG_INFINITY; nq * k],
     };
@@ -126,7 +354,7 @@ fn blocked(
                 for i in 0..rows {
                     let (slots, scores) = (&mut index[i * k..(i + 1) * k], &mut best[i * k..(i + 1) * k]);
                     for j in 0..r.nrows() {
-                        if same_rows && q0 + i == r0 + j {
+                        if skip(q0 + i, r0 + j) {
                             continue;
                         }
                         let s = score(dots[(i, j)], q0 + i, r0 + j);
@@ -233,5 +461,85 @@ mod tests {
         let found = cosine_knn(&[0.0, 0.0], &refs, 2, 1, false);
         assert_eq!(found.nearest(0), Some((0, 0.0)));
         assert_eq!(cosine_knn(&[], &refs, 2, 1, false).queries(), 0);
+    }
+
+    /// Rows around a few centres, as features and PCA rows are.
+    fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f64> {
+        let noise = rows(n, dim, seed);
+        let centres = rows(7, dim, seed + 1);
+        (0..n * dim)
+            .map(|v| 4.0 * centres[(v / dim % 7) * dim + v % dim] + noise[v])
+            .collect()
+    }
+
+    #[test]
+    fn the_index_reports_the_recall_brute_force_measures_and_scores_what_it_finds_exactly() {
+        let (dim, k, n) = (8, 5, 3000);
+        let set = clustered(n, dim, 3);
+        for (metric, cosine) in [(Metric::Cosine, true), (Metric::Euclidean, false)] {
+            let found = search(&set, &set, dim, k, true, metric, Search::Approximate).unwrap();
+            let Method::Approximate(recall) = found.method() else {
+                panic!("asked for the index")
+            };
+            assert_eq!(recall.sample, ann::RECALL_SAMPLE);
+            // The same recall, measured here by brute force on the same sample (no ties in random rows).
+            let truth = brute(&set, &set, dim, ann::RECALL_AT, true, cosine);
+            let index = ann::Index::build(&if cosine { unit(&set, dim) } else { set.clone() }, dim, metric).unwrap();
+            let (mut hits, mut wanted) = (0, 0);
+            for q in (0..ann::RECALL_SAMPLE).map(|i| i * n / ann::RECALL_SAMPLE) {
+                let rows = if cosine { unit(&set, dim) } else { set.clone() };
+                let got = index
+                    .nearest(&rows, &rows[q * dim..(q + 1) * dim], 10, Some(q))
+                    .unwrap();
+                hits += got.iter().filter(|(i, _)| truth[q].contains(i)).count();
+                wanted += 10;
+            }
+            let measured = hits as f64 / wanted as f64;
+            assert!(recall.recall_at_10 >= 0.9, "{metric:?}: recall {}", recall.recall_at_10);
+            // The graph is built on every core, so the two graphs may differ slightly.
+            assert!(
+                (recall.recall_at_10 - measured).abs() < 0.02,
+                "{} vs {measured}",
+                recall.recall_at_10
+            );
+            for q in 0..n {
+                let got: Vec<(usize, f64)> = found.of(q).collect();
+                assert_eq!(got.len(), k);
+                assert!(got.iter().all(|&(i, _)| i != q), "query {q} is its own neighbour");
+                assert!(got.windows(2).all(|w| w[0].1 >= w[1].1 || !cosine), "best first");
+                for &(i, score) in &got {
+                    let (a, b) = (&set[q * dim..(q + 1) * dim], &set[i * dim..(i + 1) * dim]);
+                    let exact = match cosine {
+                        true => {
+                            let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                            let norm = |r: &[f64]| r.iter().map(|v| v * v).sum::<f64>().sqrt();
+                            dot / (norm(a) * norm(b))
+                        }
+                        false => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt(),
+                    };
+                    assert!(
+                        (score - exact).abs() < 1e-9,
+                        "query {q} neighbour {i}: {score} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn auto_searches_exactly_within_the_limit_and_shapes_are_checked() {
+        let set = clustered(500, 4, 5);
+        let found = search(&set, &set, 4, 3, true, Metric::Euclidean, Search::Auto).unwrap();
+        assert_eq!(found.method(), Method::Exact);
+        assert_eq!(found, euclidean_knn(&set, &set, 4, 3, true));
+        assert!(matches!(
+            search(&set[..7], &set, 4, 3, false, Metric::Cosine, Search::Auto),
+            Err(ClassifyError::Shape { .. })
+        ));
+        assert_eq!("approximate".parse::<Search>(), Ok(Search::Approximate));
+        assert!("fast"
+            .parse::<Search>()
+            .unwrap_err()
+            .contains("auto, exact or approximate"));
     }
 }

@@ -1,12 +1,14 @@
 //! The classifier behind `verger train`, `evaluate` and `identify`, as numbers: multinomial logistic
 //! regression (softmax) with an L2 penalty, fitted by L-BFGS ([`train`]); classification metrics
-//! ([`metrics`]); exact nearest neighbours of one row by brute force ([`nearest`]) and of many rows by blocked
-//! matrix products ([`knn`]); likely wrong labels by confident learning ([`label_issues`]).
+//! ([`metrics`]); exact nearest neighbours of one row by brute force ([`nearest`]), of many rows by blocked
+//! matrix products or, for large sets, an HNSW index with its measured recall ([`knn`], [`ann`]); likely wrong
+//! labels by confident learning ([`label_issues`]).
 //!
-//! Deterministic: every sum runs in one fixed order whatever the number of threads (the matrix products are
-//! split by output, never by the sum), so the same rows give the same bits.
+//! Deterministic, but for the HNSW index's graph: every sum runs in one fixed order whatever the number of
+//! threads (the matrix products are split by output, never by the sum), so the same rows give the same bits.
 //! Scope: numbers only. No files, no Arrow, no images.
 
+pub mod ann;
 pub mod knn;
 pub mod label_issues;
 mod lbfgs;

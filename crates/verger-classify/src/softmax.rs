@@ -23,6 +23,9 @@ pub enum ClassifyError {
     Shape { rows: usize, dim: usize },
     #[error("label index {0} is not below the number of classes")]
     Label(usize),
+    /// The approximate nearest-neighbour index failed (USearch's message).
+    #[error("nearest-neighbour index: {0}")]
+    Index(String),
 }
 
 /// How to fit.

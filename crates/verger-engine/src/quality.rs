@@ -6,9 +6,10 @@
 //!
 //! Written into the run: `quality/images.parquet` (a row per image), `quality/leakage.parquet` (a row per
 //! image and other run), `quality/summary.json`, and a section of `report.json` and `report.html`. The numbers
-//! are `verger-classify`'s ([`verger_classify::knn`], [`verger_classify::label_issues`]); exact kNN, so its
-//! time grows with the square of the rows (28 s for 7,432 images on two cores, hashing and folds included:
-//! docs/quality.md).
+//! are `verger-classify`'s ([`verger_classify::knn`], [`verger_classify::label_issues`]): exact kNN while the
+//! pairs of images stay within [`knn::EXACT_MAX_PAIRS`] (28 s for 7,432 images on two cores, hashing and
+//! folds included), an HNSW index beyond, whose recall@10 the summary reports (docs/quality.md). It runs in
+//! the calling process, also for runs a cluster made: see docs/quality.md for why.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use verger_classify::knn::{cosine_knn, Neighbours};
+use verger_classify::knn::{self, Method, Metric, Neighbours, Search};
 use verger_classify::{label_issues, TrainOptions};
 
 use crate::classify::run_rows::{self, RunRows};
@@ -80,6 +81,8 @@ pub struct QualityConfig {
     /// Embed small JPEGs of the images the page lists in the page. Off by default: photos may be personal
     /// data, and the page travels further than the images.
     pub thumbnails: bool,
+    /// Exact or approximate neighbours; by default exact up to [`knn::EXACT_MAX_PAIRS`] pairs of images.
+    pub search: Search,
     pub store: StoreOptions,
 }
 
@@ -93,6 +96,7 @@ impl QualityConfig {
             folds: DEFAULT_FOLDS,
             top: DEFAULT_TOP,
             thumbnails: false,
+            search: Search::Auto,
             store: StoreOptions::default(),
         }
     }
@@ -176,6 +180,13 @@ pub struct Leakage {
     pub share: f64,
     /// Of the leaked, those whose twin carries the same label.
     pub same_label: u64,
+    /// How the nearest images there were found.
+    #[serde(default = "exact")]
+    pub search: Method,
+}
+
+fn exact() -> Method {
+    Method::Exact
 }
 
 /// An image that is far from the others.
@@ -202,6 +213,17 @@ pub struct Suspect {
     pub neighbours_disagree: f64,
 }
 
+/// Seconds a check's numbers took (the hashes and the files aside).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Seconds {
+    /// The neighbours within the run (and building the index, where there is one).
+    pub neighbours: f64,
+    /// The nearest images in the `--against` runs.
+    pub leakage: f64,
+    /// The out-of-fold probabilities (`--folds` softmax fits).
+    pub probabilities: f64,
+}
+
 /// Images whose nearest neighbour's similarity falls in `[from, to)` (the last bin includes 1).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bin {
@@ -216,6 +238,12 @@ pub struct QualitySummary {
     pub rows: u64,
     pub threshold: f64,
     pub neighbours: usize,
+    /// How the neighbours within the run were found: exactly, or by an index with its recall@10.
+    #[serde(default = "exact")]
+    pub search: Method,
+    /// Seconds the numbers took, by part.
+    #[serde(default)]
+    pub seconds: Seconds,
     /// None when the run's paths are pseudonymised: its images cannot be read back.
     pub exact_duplicates: Option<Duplicates>,
     /// Images whose bytes could not be read again for their hash (moved or deleted since the run).
@@ -293,47 +321,10 @@ pub async fn check(config: &QualityConfig) -> Result<QualitySummary, QualityErro
         true => None,
         false => Some(hash_images(&rows.paths, &config.store).await?),
     };
-    let (k, folds) = (config.neighbours, config.folds);
-    let mine = rows.clone();
-    let within = tokio::task::spawn_blocking(move || {
-        let features = mine.features.as_deref().expect("read with features");
-        cosine_knn(features, features, verger_model::FEATURE_DIM, k, true)
-    })
-    .await
-    .map_err(task)?;
-    let mut leaks = Vec::new();
-    for o in &others {
-        let (mine, theirs) = (rows.clone(), o.clone());
-        leaks.push(
-            tokio::task::spawn_blocking(move || nearest_in(&mine, &theirs))
-                .await
-                .map_err(task)?,
-        );
-    }
-    let labels = rows.label_indices(&classes);
-    let probabilities = match classes.len() {
-        0 | 1 => None,
-        n => {
-            let (mine, l) = (rows.clone(), labels.clone());
-            let options = TrainOptions::default();
-            Some(
-                tokio::task::spawn_blocking(move || {
-                    label_issues::out_of_fold(&mine.pca, mine.k, &l, n, folds, &options)
-                })
-                .await
-                .map_err(task)?
-                .map_err(ClassifyError::Train)?,
-            )
-        }
-    };
-
-    let found = Found::new(config, &rows, &classes, labels, hashes, &within, probabilities);
-    let mut summary = found.summary(config, &rows, &classes);
-    for (name, (other, nearest)) in config.against.iter().zip(others.iter().zip(&leaks)) {
-        summary
-            .leakage
-            .push(leakage(&rows, name, other, nearest, config.threshold));
-    }
+    let (c, mine, theirs) = (config.clone(), rows.clone(), others.clone());
+    let (found, summary, leaks) = tokio::task::spawn_blocking(move || numbers(&c, &mine, &theirs, hashes))
+        .await
+        .map_err(task)??;
     let thumbnails = match config.thumbnails {
         true => Some(thumbnails(&summary, &config.store).await?),
         false => None,
@@ -371,6 +362,66 @@ pub async fn check(config: &QualityConfig) -> Result<QualitySummary, QualityErro
     claim.release().await;
     written?;
     Ok(summary)
+}
+
+/// What a check finds in rows in memory (no I/O: the hashes are read before): the neighbours within the run
+/// and in the other runs, the out-of-fold probabilities, and what they show.
+fn numbers(
+    config: &QualityConfig,
+    rows: &RunRows,
+    others: &[Arc<RunRows>],
+    hashes: Option<Vec<Option<String>>>,
+) -> Result<(Found, QualitySummary, Vec<Neighbours>), QualityError> {
+    let classes = rows.classes();
+    let features = rows.features.as_deref().expect("read with features");
+    let dim = features.len() / rows.len().max(1);
+    let clock = std::time::Instant::now();
+    let within = knn::search(
+        features,
+        features,
+        dim,
+        config.neighbours,
+        true,
+        Metric::Cosine,
+        config.search,
+    )
+    .map_err(ClassifyError::Train)?;
+    let neighbours = clock.elapsed().as_secs_f64();
+    let leaks = others
+        .iter()
+        .map(|o| nearest_in(rows, o, config.search))
+        .collect::<Result<Vec<_>, _>>()?;
+    let leakage_seconds = clock.elapsed().as_secs_f64() - neighbours;
+    let labels = rows.label_indices(&classes);
+    let probabilities = match classes.len() {
+        0 | 1 => None,
+        n => Some(
+            label_issues::out_of_fold(&rows.pca, rows.k, &labels, n, config.folds, &TrainOptions::default())
+                .map_err(ClassifyError::Train)?,
+        ),
+    };
+    let seconds = Seconds {
+        neighbours,
+        leakage: leakage_seconds,
+        probabilities: clock.elapsed().as_secs_f64() - neighbours - leakage_seconds,
+    };
+    let found = Found::new(config, rows, &classes, labels, hashes, &within, probabilities);
+    let mut summary = found.summary(config, rows, &classes);
+    summary.search = within.method();
+    summary.seconds = seconds;
+    for (name, (other, nearest)) in config.against.iter().zip(others.iter().zip(&leaks)) {
+        summary
+            .leakage
+            .push(leakage(rows, name, other, nearest, config.threshold));
+    }
+    Ok((found, summary, leaks))
+}
+
+/// The summary of a check of rows already in memory, without hashes or other runs, writing nothing: the
+/// numbers alone, for benchmarks at sizes no test run reaches (bench/quality.py).
+pub fn audit(config: &QualityConfig, rows: &RunRows) -> Result<QualitySummary, QualityError> {
+    config.check()?;
+    Ok(numbers(config, rows, &[], None)?.1)
 }
 
 fn task(e: tokio::task::JoinError) -> QualityError {
@@ -690,6 +741,8 @@ impl Found {
                 .count() as u64,
             near_duplicate_conflicts: conflicts(&near),
             nearest_similarity: bins,
+            search: Method::Exact,
+            seconds: Seconds::default(),
             leakage: Vec::new(),
             outliers: by_outlier
                 .into_iter()
@@ -831,6 +884,7 @@ fn leakage(rows: &RunRows, against: &str, other: &RunRows, nearest: &Neighbours,
         leaked,
         share: leaked as f64 / rows.len().max(1) as f64,
         same_label,
+        search: nearest.method(),
     }
 }
 
@@ -879,14 +933,18 @@ fn leakage_rows(
 
 /// The nearest image of `reference` to each of `rows`, by cosine similarity of the features (for
 /// `evaluate`'s novel-only scores).
-pub fn nearest_in(rows: &RunRows, reference: &RunRows) -> Neighbours {
-    cosine_knn(
-        rows.features.as_deref().expect("read with features"),
+pub fn nearest_in(rows: &RunRows, reference: &RunRows, search: Search) -> Result<Neighbours, ClassifyError> {
+    let features = rows.features.as_deref().expect("read with features");
+    knn::search(
+        features,
         reference.features.as_deref().expect("read with features"),
-        verger_model::FEATURE_DIM,
+        features.len() / rows.len().max(1),
         1,
         false,
+        Metric::Cosine,
+        search,
     )
+    .map_err(ClassifyError::Train)
 }
 
 #[cfg(test)]

@@ -567,6 +567,11 @@ pub struct TrainArgs {
     /// Default: 99.
     #[arg(long)]
     unknown_percentile: Option<f64>,
+    /// How the training images' neighbours are found (the unknown rule, identify): auto (exact up to 100,000
+    /// images, beyond an HNSW index saved with the classifier and its recall@10 reported), exact or
+    /// approximate.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "exact", "approximate"])]
+    search: String,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -584,6 +589,7 @@ impl TrainArgs {
             }
             config.options.l2 = l2;
         }
+        config.search = self.search.parse().map_err(Failure::Usage)?;
         if let Some(p) = self.unknown_percentile {
             config.unknown_percentile = verger::check_unknown_percentile(p).map_err(Failure::Usage)?;
         }
@@ -617,6 +623,10 @@ pub struct QualityArgs {
     /// Embed small JPEGs of the listed images in report.html (off by default: photos may be personal data).
     #[arg(long)]
     pub thumbnails: bool,
+    /// How neighbours are found: auto (exact up to 100,000 x 100,000 image pairs, an HNSW index beyond, its
+    /// recall@10 reported), exact or approximate.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "exact", "approximate"])]
+    pub search: String,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -630,6 +640,7 @@ impl QualityArgs {
         config.folds = self.folds.unwrap_or(config.folds);
         config.top = self.top.unwrap_or(config.top);
         config.thumbnails = self.thumbnails;
+        config.search = self.search.parse().map_err(Failure::Usage)?;
         config.store = self.store.options()?;
         config.check().map_err(|e| Failure::Usage(e.to_string()))?;
         Ok(config)

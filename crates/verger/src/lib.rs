@@ -33,6 +33,7 @@ use thiserror::Error;
 
 pub mod cli;
 
+pub use verger_classify::knn::{Method, Search};
 pub use verger_classify::TrainOptions;
 pub use verger_engine::classify::{
     check_unknown_percentile, Classifier, ClassifyError, Evaluation, Exported, Identification, Identified, Input,

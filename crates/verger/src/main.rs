@@ -312,6 +312,12 @@ fn print_quality(run: &str, q: &verger::QualitySummary) {
     let run = run.trim_end_matches('/');
     let share = |n: u64| 100.0 * n as f64 / q.rows.max(1) as f64;
     println!("{} images of {run}", q.rows);
+    if let verger::Method::Approximate(r) = q.search {
+        println!(
+            "  neighbours by an HNSW index: recall@10 {:.3} against exact search on {} images",
+            r.recall_at_10, r.sample
+        );
+    }
     match &q.exact_duplicates {
         Some(d) => println!(
             "  exact duplicates: {} groups, {} copies ({} groups with conflicting labels)",
@@ -339,6 +345,12 @@ fn print_quality(run: &str, q: &verger::QualitySummary) {
             l.against,
             l.same_label
         );
+        if let verger::Method::Approximate(r) = l.search {
+            println!(
+                "    (by an HNSW index: recall@10 {:.3} on {} images)",
+                r.recall_at_10, r.sample
+            );
+        }
     }
     println!(
         "  likely wrong labels: {} label issues (confident learning, {} folds), {} suspects",

@@ -240,6 +240,82 @@ fn train_evaluate_identify_on_the_shared_splits() {
         );
     }
 
+    // The HNSW index (what more than 100,000 training images get by default), asked for here: saved with the
+    // classifier and checked on loading, its recall reported; identify finds the same nearest images.
+    let indexed = tmp.path().join("classifier-index");
+    let trained = verger(&[
+        "train",
+        train_run.to_str().unwrap(),
+        "--out",
+        indexed.to_str().unwrap(),
+        "--search",
+        "approximate",
+    ]);
+    assert_success(&trained, "train with the index");
+    let search = json(&indexed.join("training.json"))["search"].clone();
+    assert_eq!(search["method"], "approximate", "{search}");
+    assert_eq!(search["sample"], 1000, "{search}");
+    assert!(search["recall_at_10"].as_f64().unwrap() >= 0.95, "{search}");
+    assert!(indexed.join("neighbours.usearch").exists());
+    assert!(
+        !pca_classifier.join("neighbours.usearch").exists(),
+        "an index for 7,432 images by default"
+    );
+    let (exact_rule, indexed_rule) = (
+        json(&pca_classifier.join("classifier.json"))["unknown"]["distance"]
+            .as_f64()
+            .unwrap(),
+        json(&indexed.join("classifier.json"))["unknown"]["distance"]
+            .as_f64()
+            .unwrap(),
+    );
+    assert!(
+        (indexed_rule - exact_rule).abs() <= 0.01 * exact_rule,
+        "{indexed_rule} vs {exact_rule}"
+    );
+    let some: Vec<String> = ["Kiwi", "Lemon", "Pomegranate", "Cherry 1", "Apple 10"]
+        .iter()
+        .map(|label| {
+            let mut files: Vec<_> = std::fs::read_dir(test.join(label))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            files[0].to_string_lossy().into_owned()
+        })
+        .collect();
+    let nearest = |classifier: &Path| -> Vec<Vec<String>> {
+        let mut args = vec!["identify", "--model", classifier.to_str().unwrap(), "--json"];
+        args.extend(some.iter().map(String::as_str));
+        let identified = verger(&args);
+        assert_success(&identified, "identify");
+        let answers: serde_json::Value = serde_json::from_slice(&identified.stdout).unwrap();
+        answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let found = a["identified"]["neighbours"].as_array().unwrap();
+                found.iter().map(|n| n["path"].as_str().unwrap().to_string()).collect()
+            })
+            .collect()
+    };
+    assert_eq!(
+        nearest(&indexed),
+        nearest(&pca_classifier),
+        "the index finds other nearest images"
+    );
+    let mut damaged = std::fs::read(indexed.join("neighbours.usearch")).unwrap();
+    damaged.push(0);
+    std::fs::write(indexed.join("neighbours.usearch"), damaged).unwrap();
+    let refused = verger(&["identify", "--model", indexed.to_str().unwrap(), &some[0]]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("neighbours.usearch is not the index the classifier was trained with"),
+        "{}",
+        text(&refused)
+    );
+
     // Identify: three Test photos, an empty file and a text file; the bad ones are errors, never a crash.
     let bad = tmp.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();

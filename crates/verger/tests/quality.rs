@@ -50,6 +50,34 @@ fn planted_problems_are_found_and_leakage_matches_numpy() {
     assert_success(&against, "quality of Test against the planted Training");
     assert!(text(&against).contains("have a near twin in"), "{}", text(&against));
 
+    // The same check through the HNSW index (what more than 100,000 images get by default): its recall
+    // reported, the planted problems still found (check_quality.py below reads these results), the exact
+    // duplicates the same.
+    let exact = json(&run.join("quality/summary.json"));
+    let approximate = verger(&["quality", run.to_str().unwrap(), "--search", "approximate"]);
+    assert_success(&approximate, "quality through the index");
+    assert!(text(&approximate).contains("recall@10"), "{}", text(&approximate));
+    let indexed = json(&run.join("quality/summary.json"));
+    assert_eq!(indexed["search"]["method"], "approximate", "{}", indexed["search"]);
+    assert_eq!(indexed["search"]["sample"], 1000);
+    assert!(
+        indexed["search"]["recall_at_10"].as_f64().unwrap() >= 0.95,
+        "{}",
+        indexed["search"]
+    );
+    assert_eq!(exact["search"]["method"], "exact");
+    assert_eq!(indexed["exact_duplicates"], exact["exact_duplicates"]);
+    let near = |s: &serde_json::Value| s["near_duplicate_images"].as_f64().unwrap();
+    assert!(
+        (near(&indexed) - near(&exact)).abs() <= 0.01 * near(&exact),
+        "{} vs {}",
+        near(&indexed),
+        near(&exact)
+    );
+    assert!(std::fs::read_to_string(run.join("report.html"))
+        .unwrap()
+        .contains("HNSW index"));
+
     let verdict = python(
         "check_quality.py",
         &[

@@ -219,6 +219,12 @@ def test_quality_and_novel_scores(small_input, tmp_path):
     images = pq.read_table(run / "quality" / "images.parquet")
     assert images.num_rows == 64 and json.loads(images.schema.metadata[b"verger.classes"]) == sorted(LABELS)
     assert json.load(open(run / "report.json"))["quality"]["rows"] == 64
+    assert summary.search == {"method": "exact"}, summary.search
+    indexed = verger.quality(run, neighbours=3, folds=2, top=5, search="approximate")
+    assert indexed.search["method"] == "approximate" and indexed.search["sample"] == 64, indexed.search
+    assert 0.9 <= indexed.search["recall_at_10"] <= 1.0, indexed.search
+    with pytest.raises(verger.UsageError, match="search"):
+        verger.quality(run, search="fast")
     with pytest.raises(verger.UsageError, match=r"\(0, 1\]"):
         verger.quality(run, threshold=1.5)
     with pytest.raises(verger.ClassifyError, match="not a finished verger run"):

@@ -142,9 +142,11 @@ pub async fn evaluate(
             crate::quality::check_threshold(n.threshold).map_err(ClassifyError::Mismatch)?;
             let reference = run_rows::read(&n.against, store, true).await?;
             crate::quality::same_featurizer(run, &rows, &n.against, &reference)?;
-            let nearest = tokio::task::spawn_blocking(move || crate::quality::nearest_in(&rows, &reference))
-                .await
-                .map_err(|e| ClassifyError::Job(crate::error::JobError::task(e)))?;
+            let nearest = tokio::task::spawn_blocking(move || {
+                crate::quality::nearest_in(&rows, &reference, verger_classify::knn::Search::Auto)
+            })
+            .await
+            .map_err(|e| ClassifyError::Job(crate::error::JobError::task(e)))??;
             let keep: Vec<usize> = (0..truth.len())
                 .filter(|&i| nearest.nearest(i).is_none_or(|(_, s)| s < n.threshold))
                 .collect();

@@ -7,7 +7,8 @@ use datafusion::arrow::array::{ArrayRef, Float64Builder, ListBuilder, RecordBatc
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use serde::{Deserialize, Serialize};
-use verger_classify::{Softmax, TrainOptions};
+use verger_classify::knn::Metric;
+use verger_classify::{ann, Softmax, TrainOptions};
 
 use super::run_rows::{extend_rows, strings};
 use super::ClassifyError;
@@ -18,6 +19,8 @@ use crate::saved_pca::{sha256_hex, SavedPca};
 const CLASSIFIER: &str = "classifier.json";
 const PCA: &str = "pca_model.json";
 const NEIGHBOURS: &str = "neighbours.parquet";
+/// The training rows' HNSW graph, for classifiers trained on more than 100,000 images.
+const INDEX: &str = "neighbours.usearch";
 pub const TRAINING: &str = "training.json";
 pub const EVALUATION: &str = "evaluation.json";
 pub const CONFUSION: &str = "confusion.parquet";
@@ -25,7 +28,7 @@ const FORMAT: &str = "verger-classifier-1";
 /// A classifier folder: what `train --overwrite` replaces, and what makes a folder one.
 pub const KIND: OutputKind = OutputKind {
     what: "classifier",
-    names: &[CLASSIFIER, PCA, NEIGHBOURS, TRAINING, EVALUATION, CONFUSION],
+    names: &[CLASSIFIER, PCA, NEIGHBOURS, INDEX, TRAINING, EVALUATION, CONFUSION],
     marks: &[CLASSIFIER, TRAINING],
 };
 
@@ -51,6 +54,9 @@ struct Stored {
     /// Absent in classifiers trained before verger flagged unknown photos.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unknown: Option<UnknownRule>,
+    /// The sha256 of `neighbours.usearch`, where the classifier has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    index_sha256: Option<String>,
 }
 
 /// When a photo is unlike every training image: its distance to the nearest training image in PCA space
@@ -87,6 +93,9 @@ pub struct Classifier {
     pub neighbours: Neighbours,
     /// None for classifiers trained before verger had it.
     pub unknown: Option<UnknownRule>,
+    /// The training rows' HNSW graph (beyond 100,000 rows): `identify` finds the nearest training images
+    /// through it instead of by brute force.
+    pub index: Option<Arc<ann::Index>>,
 }
 
 impl Classifier {
@@ -100,6 +109,7 @@ impl Classifier {
 
     /// Writes the folder (every file atomically; `training.json` last).
     pub async fn save(&self, out: &OutputStore, training: &impl Serialize) -> Result<(), ClassifyError> {
+        let index = self.index.as_ref().map(|i| i.to_bytes()).transpose()?;
         let stored = Stored {
             format: FORMAT.into(),
             input: self.input,
@@ -109,8 +119,12 @@ impl Classifier {
             pca_sha256: sha256_hex(&self.pca_bytes),
             options: self.options,
             unknown: self.unknown,
+            index_sha256: index.as_ref().map(|b| sha256_hex(b)),
         };
         out.put(PCA, self.pca_bytes.clone()).await?;
+        if let Some(bytes) = index {
+            out.put(INDEX, bytes).await?;
+        }
         let n = &self.neighbours;
         let k = self.pca.model.k;
         let mut pca = ListBuilder::new(Float64Builder::new())
@@ -188,6 +202,28 @@ impl Classifier {
         let neighbours = read_neighbours(&out, pca.model.k)
             .await
             .map_err(|e| bad(format!("{NEIGHBOURS}: {e}")))?;
+        let index = match &stored.index_sha256 {
+            None => None,
+            Some(sha256) => {
+                if !out.exists(INDEX).await? {
+                    return Err(bad(format!("{INDEX} is missing")));
+                }
+                let bytes = out.get(INDEX).await?;
+                if sha256_hex(&bytes) != *sha256 {
+                    return Err(bad(format!("{INDEX} is not the index the classifier was trained with")));
+                }
+                let index = ann::Index::from_bytes(&bytes, pca.model.k.max(1), Metric::Euclidean)
+                    .map_err(|e| bad(format!("{INDEX}: {e}")))?;
+                if index.len() != neighbours.paths.len() {
+                    return Err(bad(format!(
+                        "{INDEX} holds {} rows, {NEIGHBOURS} {}",
+                        index.len(),
+                        neighbours.paths.len()
+                    )));
+                }
+                Some(Arc::new(index))
+            }
+        };
         Ok(Classifier {
             input: stored.input,
             classes: stored.classes,
@@ -198,6 +234,7 @@ impl Classifier {
             pca_bytes,
             neighbours,
             unknown: stored.unknown,
+            index,
         })
     }
 }

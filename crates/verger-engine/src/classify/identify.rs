@@ -1,5 +1,6 @@
 //! `verger identify`: new photos through the featurizer, the classifier's PCA model and the classifier, with
-//! the nearest training images in PCA space (exact, brute force: milliseconds at 100,000 rows).
+//! the nearest training images in PCA space (exact, by brute force, up to 100,000 training rows: milliseconds;
+//! beyond, through the classifier's HNSW index).
 
 use serde::Serialize;
 use verger_classify::metrics::top_k;
@@ -72,7 +73,12 @@ impl Classifier {
             })
             .collect();
         let n = &self.neighbours;
-        let found = verger_classify::nearest(&n.pca, self.pca.model.k, &pca, neighbours.max(1));
+        let k = neighbours.max(1);
+        // Through the index where the classifier has one; by brute force if it has none (or fails).
+        let found = match self.index.as_ref().map(|index| index.nearest(&n.pca, &pca, k, None)) {
+            Some(Ok(found)) => found,
+            _ => verger_classify::nearest(&n.pca, self.pca.model.k, &pca, k),
+        };
         let novelty = self
             .unknown
             .zip(found.first())

@@ -1,10 +1,12 @@
 //! `verger train`: a softmax classifier on a finished run's rows, written as a classifier folder.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use verger_classify::TrainOptions;
+use verger_classify::knn::{self, Method, Metric, Search};
+use verger_classify::{ann, TrainOptions};
 
 use super::folder::{Classifier, Input, Neighbours, UnknownRule};
 use super::{run_rows, ClassifyError};
@@ -44,6 +46,9 @@ pub struct TrainConfig {
     /// The percentile of the training images' [`UNKNOWN_NEIGHBOUR`]-th nearest-neighbour distances above which a
     /// photo is unknown, in (0, 100].
     pub unknown_percentile: f64,
+    /// How the training images' neighbours are found: [`Search::Auto`] builds an HNSW index (saved with the
+    /// classifier, for `identify`) beyond [`knn::EXACT_MAX_PAIRS`] pairs; `Approximate` always, `Exact` never.
+    pub search: Search,
 }
 
 impl TrainConfig {
@@ -57,6 +62,7 @@ impl TrainConfig {
             store: StoreOptions::default(),
             overwrite: false,
             unknown_percentile: DEFAULT_UNKNOWN_PERCENTILE,
+            search: Search::Auto,
         }
     }
 }
@@ -78,6 +84,10 @@ pub struct TrainReport {
     pub options: TrainOptions,
     /// When `identify` calls a photo unknown.
     pub unknown: UnknownRule,
+    /// How the training images' neighbours were found (for the unknown rule, and for `identify` through the
+    /// saved index beyond [`verger_classify::knn::EXACT_MAX_PAIRS`] pairs): exactly, or by an index with its
+    /// recall@10.
+    pub search: Method,
 }
 
 /// Trains on `config.run` and writes the classifier folder `config.out`.
@@ -122,14 +132,15 @@ pub async fn train(config: &TrainConfig) -> Result<(Classifier, TrainReport), Cl
         ),
     };
     let (options, n_classes) = (config.options, classes.len());
-    let (pca, k) = (rows.pca.clone(), rows.k);
+    let (pca, k, search) = (rows.pca.clone(), rows.k, config.search);
     let (trained, unknown) = tokio::task::spawn_blocking(move || {
         let trained = verger_classify::train(&x, dim, &labels, n_classes, &options);
-        (trained, unknown_rule(&pca, k, percentile, UNKNOWN_NEIGHBOUR))
+        (trained, unknown_rule(&pca, k, percentile, UNKNOWN_NEIGHBOUR, search))
     })
     .await
     .map_err(|e| ClassifyError::Job(crate::error::JobError::task(e)))?;
     let trained = trained?;
+    let (unknown, index, search) = unknown?;
     tracing::info!(
         iterations = trained.iterations,
         loss = trained.loss,
@@ -150,6 +161,7 @@ pub async fn train(config: &TrainConfig) -> Result<(Classifier, TrainReport), Cl
             pca: rows.pca.clone(),
         },
         unknown: Some(unknown),
+        index: index.map(Arc::new),
     };
     let report = TrainReport {
         run: config.run.clone(),
@@ -164,6 +176,7 @@ pub async fn train(config: &TrainConfig) -> Result<(Classifier, TrainReport), Cl
         featurizer_sha256,
         options: config.options,
         unknown,
+        search,
     };
     classifier.save(&out, &report).await?;
     Ok((classifier, report))
@@ -171,9 +184,29 @@ pub async fn train(config: &TrainConfig) -> Result<(Classifier, TrainReport), Cl
 
 /// The distance at the `percentile`-th percentile (numpy's linear interpolation) of each training row's
 /// Euclidean distance to its `neighbour`-th nearest other row (the furthest there is, with fewer rows), in PCA
-/// space (`k` values a row).
-fn unknown_rule(pca: &[f64], k: usize, percentile: f64, neighbour: usize) -> UnknownRule {
-    let found = verger_classify::knn::euclidean_knn(pca, pca, k.max(1), neighbour.max(1), true);
+/// space (`k` values a row). Beyond [`knn::EXACT_MAX_PAIRS`] pairs, through an index over the rows, which
+/// `identify` then uses too.
+fn unknown_rule(
+    pca: &[f64],
+    k: usize,
+    percentile: f64,
+    neighbour: usize,
+    search: Search,
+) -> Result<(UnknownRule, Option<ann::Index>, Method), ClassifyError> {
+    let (dim, rows) = (k.max(1), (pca.len() / k.max(1)) as u64);
+    let indexed = match search {
+        Search::Auto => rows * rows > knn::EXACT_MAX_PAIRS,
+        Search::Approximate => true,
+        Search::Exact => false,
+    };
+    let index = match indexed {
+        true => Some(ann::Index::build(pca, dim, Metric::Euclidean).map_err(ClassifyError::Train)?),
+        false => None,
+    };
+    let found = match &index {
+        Some(index) => knn::search_with(index, pca, pca, dim, neighbour.max(1), true).map_err(ClassifyError::Train)?,
+        None => knn::euclidean_knn(pca, pca, dim, neighbour.max(1), true),
+    };
     let mut distances: Vec<f64> = (0..found.queries())
         .filter_map(|i| found.of(i).last())
         .map(|(_, d)| d)
@@ -187,11 +220,12 @@ fn unknown_rule(pca: &[f64], k: usize, percentile: f64, neighbour: usize) -> Unk
             distances[lo] + (distances[hi] - distances[lo]) * (at - lo as f64)
         }
     };
-    UnknownRule {
+    let rule = UnknownRule {
         percentile,
         neighbour,
         distance,
-    }
+    };
+    Ok((rule, index, found.method()))
 }
 
 #[cfg(test)]
@@ -202,13 +236,13 @@ mod tests {
     fn the_unknown_distance_is_numpys_linear_percentile_of_the_nearest_other_distances() {
         // Points on a line at 0, 1, 3, 7: nearest other distances 1, 1, 2, 4.
         let line = [0.0, 1.0, 3.0, 7.0];
-        let rule = unknown_rule(&line, 1, 50.0, 1);
+        let rule = unknown_rule(&line, 1, 50.0, 1, Search::Exact).unwrap().0;
         assert_eq!((rule.distance, rule.neighbour), (1.5, 1));
-        assert_eq!(unknown_rule(&line, 1, 100.0, 1).distance, 4.0);
+        assert_eq!(unknown_rule(&line, 1, 100.0, 1, Search::Exact).unwrap().0.distance, 4.0);
         // np.percentile([1, 1, 2, 4], 90) = 2 + 0.7 * 2.
-        assert!((unknown_rule(&line, 1, 90.0, 1).distance - 3.4).abs() < 1e-12);
+        assert!((unknown_rule(&line, 1, 90.0, 1, Search::Exact).unwrap().0.distance - 3.4).abs() < 1e-12);
         // 2nd nearest other: 3, 2, 3, 6; with more neighbours than rows, the furthest: 7, 6, 4, 7.
-        assert_eq!(unknown_rule(&line, 1, 50.0, 2).distance, 3.0);
-        assert_eq!(unknown_rule(&line, 1, 0.0, 9).distance, 4.0);
+        assert_eq!(unknown_rule(&line, 1, 50.0, 2, Search::Exact).unwrap().0.distance, 3.0);
+        assert_eq!(unknown_rule(&line, 1, 0.0, 9, Search::Exact).unwrap().0.distance, 4.0);
     }
 }

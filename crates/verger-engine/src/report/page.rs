@@ -588,6 +588,17 @@ fn quality(q: &crate::quality::QualitySummary, thumbnails: &std::collections::BT
             value: q.label_issues.to_string(),
         },
     ]);
+    // An index never hides its quality loss.
+    facts.push(match q.search {
+        verger_classify::knn::Method::Exact => Fact {
+            name: "neighbours: exact search",
+            value: "exact".into(),
+        },
+        verger_classify::knn::Method::Approximate(r) => Fact {
+            name: "neighbours by an HNSW index: recall@10 against exact search",
+            value: format!("{:.3} ({} images)", r.recall_at_10, r.sample),
+        },
+    });
     let height = 160.0;
     let bottom = TOP + height;
     let most = q.nearest_similarity.iter().map(|b| b.images).max().unwrap_or(0).max(1) as f64;

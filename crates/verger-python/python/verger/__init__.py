@@ -437,6 +437,7 @@ def train(
     on: Literal["pca-features", "features"] = "pca-features",
     l2: float | None = None,
     unknown_percentile: float | None = None,
+    search: str = "auto",
     overwrite: bool = False,
     region: str | None = None,
     endpoint: str | None = None,
@@ -447,12 +448,14 @@ def train(
     """Trains a classifier (softmax regression, L2) on the finished run ``run`` and writes its folder
     ``out``, as ``verger train`` does; returns how training went (``training.json``). ``identify`` calls a
     photo unknown above the ``unknown_percentile`` (default 99) of the training images' distances to their
-    5th nearest other."""
+    5th nearest other. ``search``: ``"auto"`` (exact up to 100,000 training images; beyond, an HNSW index saved
+    with the classifier, its recall@10 in the result's ``search``), ``"exact"`` or ``"approximate"``."""
     argv = ["train", _text(run), "--out", _text(out)]
     argv += _options(
         on=on,
         l2=l2,
         unknown_percentile=unknown_percentile,
+        search=search,
         overwrite=overwrite,
         **_store(region, endpoint, allow_http, max_retries, timeout),
     )
@@ -493,6 +496,7 @@ def quality(
     folds: int | None = None,
     top: int | None = None,
     thumbnails: bool = False,
+    search: str = "auto",
     region: str | None = None,
     endpoint: str | None = None,
     allow_http: bool = False,
@@ -503,7 +507,9 @@ def quality(
     duplicates, leakage into the runs ``against`` (e.g. the Training run for the Test run), outliers and likely
     wrong labels (``suspects``). Writes ``run/quality/`` (``images.parquet``: a row per image) and a section of
     the run's report; returns the summary. ``thumbnails=True`` embeds small JPEGs of the listed images in
-    ``report.html`` (off by default: photos may be personal data)."""
+    ``report.html`` (off by default: photos may be personal data). ``search``: ``"auto"`` (exact up to
+    100,000 x 100,000 image pairs, an HNSW index beyond, its recall@10 in the summary's ``search``),
+    ``"exact"`` or ``"approximate"``."""
     argv = ["quality", _text(run)]
     argv += _options(
         against=[_text(a) for a in against],
@@ -512,6 +518,7 @@ def quality(
         folds=folds,
         top=top,
         thumbnails=thumbnails,
+        search=search,
         **_store(region, endpoint, allow_http, max_retries, timeout),
     )
     return _Attributes(json.loads(_verger.classify(argv)))
