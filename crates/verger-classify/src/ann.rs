@@ -77,7 +77,7 @@ impl Index {
     /// The graph of `rows` (`dim` values each, row-major; unit rows for [`Metric::Cosine`]), built on every
     /// core.
     pub fn build(rows: &[f64], dim: usize, metric: Metric) -> Result<Index, ClassifyError> {
-        if dim == 0 || rows.len() % dim != 0 {
+        if dim == 0 || !rows.len().is_multiple_of(dim) {
             return Err(ClassifyError::Shape { rows: rows.len(), dim });
         }
         let index = Index::empty(dim, metric)?;

@@ -171,7 +171,7 @@ pub fn search(
     metric: Metric,
     search: Search,
 ) -> Result<Neighbours, ClassifyError> {
-    if dim == 0 || queries.len() % dim != 0 || references.len() % dim != 0 {
+    if dim == 0 || !queries.len().is_multiple_of(dim) || !references.len().is_multiple_of(dim) {
         return Err(ClassifyError::Shape {
             rows: queries.len().max(references.len()),
             dim,
