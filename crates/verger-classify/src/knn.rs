@@ -113,9 +113,12 @@ impl Neighbours {
 /// neighbour. A zero row has similarity 0 to everything.
 pub fn cosine_knn(queries: &[f64], references: &[f64], dim: usize, k: usize, same_rows: bool) -> Neighbours {
     let skip = |q: usize, r: usize| same_rows && q == r;
+    // One unit-length copy of a set searched against itself (1 GB at 100,000 features).
+    let references = unit(references, dim);
+    let queries = (!same_rows).then(|| unit(queries, dim));
     blocked(
-        &unit(queries, dim),
-        &unit(references, dim),
+        queries.as_deref().unwrap_or(&references),
+        &references,
         dim,
         k,
         skip,
