@@ -113,17 +113,23 @@ impl Neighbours {
 /// neighbour. A zero row has similarity 0 to everything.
 pub fn cosine_knn(queries: &[f64], references: &[f64], dim: usize, k: usize, same_rows: bool) -> Neighbours {
     let skip = |q: usize, r: usize| same_rows && q == r;
-    // One unit-length copy of a set searched against itself (1 GB at 100,000 features).
+    with_units(queries, references, dim, same_rows, |q, r| {
+        blocked(q, r, dim, k, skip, |dot, _, _| dot)
+    })
+}
+
+/// `search` on unit-length copies of the queries and references: one copy of a set searched against itself
+/// (1 GB at 100,000 features).
+fn with_units<T>(
+    queries: &[f64],
+    references: &[f64],
+    dim: usize,
+    same_rows: bool,
+    search: impl FnOnce(&[f64], &[f64]) -> T,
+) -> T {
     let references = unit(references, dim);
     let queries = (!same_rows).then(|| unit(queries, dim));
-    blocked(
-        queries.as_deref().unwrap_or(&references),
-        &references,
-        dim,
-        k,
-        skip,
-        |dot, _, _| dot,
-    )
+    search(queries.as_deref().unwrap_or(&references), &references)
 }
 
 /// Rows scaled to length 1 (a zero row stays zero).
@@ -189,19 +195,9 @@ pub fn search(
     Ok(match (exact, metric) {
         (true, Metric::Cosine) => cosine_knn(queries, references, dim, k, same_rows),
         (true, Metric::Euclidean) => euclidean_knn(queries, references, dim, k, same_rows),
-        (false, Metric::Cosine) => {
-            // One copy of a set searched against itself.
-            let references = unit(references, dim);
-            let queries = (!same_rows).then(|| unit(queries, dim));
-            approximate(
-                queries.as_deref().unwrap_or(&references),
-                &references,
-                dim,
-                k,
-                same_rows,
-                metric,
-            )?
-        }
+        (false, Metric::Cosine) => with_units(queries, references, dim, same_rows, |q, r| {
+            approximate(q, r, dim, k, same_rows, metric)
+        })?,
         (false, Metric::Euclidean) => approximate(queries, references, dim, k, same_rows, metric)?,
     })
 }
