@@ -275,14 +275,7 @@ fn train_evaluate_identify_on_the_shared_splits() {
     );
     let some: Vec<String> = ["Kiwi", "Lemon", "Pomegranate", "Cherry 1", "Apple 10"]
         .iter()
-        .map(|label| {
-            let mut files: Vec<_> = std::fs::read_dir(test.join(label))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            files.sort();
-            files[0].to_string_lossy().into_owned()
-        })
+        .map(|label| walk(&test.join(label))[0].clone())
         .collect();
     let nearest = |classifier: &Path| -> Vec<Vec<String>> {
         let mut args = vec!["identify", "--model", classifier.to_str().unwrap(), "--json"];
